@@ -1,0 +1,265 @@
+"""The ``refinery`` command: one typer group per wing; errors are one line, never a traceback wall."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from refinery import __version__
+from refinery.errors import RefineryError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(name="refinery", help="Refinery: Nemotron-family recipes (data, RLVR, reward models, "
+                  "compression) at laptop scale and real scale.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="Tiny model zoo: build, pretrain and inspect HF-format Llama models.",
+                         no_args_is_help=True)
+tasks_app = typer.Typer(help="Procedural tasks with verifiable answers (arithmetic, word problems, countdown).",
+                        no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(tasks_app, name="tasks")
+
+# Wings that later issues fill. They answer honestly instead of pretending to work.
+PENDING = {
+    "serve": ("OpenAI-compatible server over a local model", 3),
+    "generate": ("batch generation through any Generator backend", 3),
+    "verify": ("math / code / multiple-choice verifiers", 4),
+    "sft": ("supervised fine-tuning", 5),
+    "rl": ("GRPO-family RL trainer (AceReason, ProRL, CrossThink)", 5),
+    "rm": ("reward models (HelpSteer2-Preference, ArmoRM)", 11),
+    "compress": ("2:4 sparsity (MaskLLM, Wanda, SparseGPT) and Puzzle", 6),
+    "data": ("data engine and Nemotron-CC-Math / BeyondWeb / CultureGuard pipelines", 12),
+    "eval": ("pass@k, benchmarks, perplexity", 5),
+}
+
+
+def _pending_group(name: str, what: str, issue: int) -> typer.Typer:
+    group = typer.Typer(help=f"{what[0].upper() + what[1:]} (not implemented yet: issue #{issue}).",
+                        invoke_without_command=True)
+
+    @group.callback()
+    def _not_yet(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            raise RefineryError(f"'refinery {name}' is not implemented yet ({what}; tracked in issue #{issue})")
+
+    return group
+
+
+for _name, (_what, _issue) in PENDING.items():
+    app.add_typer(_pending_group(_name, _what, _issue), name=_name)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"refinery {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+RecipeArg = typer.Argument(..., help="Recipe YAML file (see recipes/).", show_default=False)
+OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. trainer.steps=200 model.preset=micro.",
+                              show_default=False)
+OutOpt = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>).")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+def _quiet_hf() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+# ---- models ------------------------------------------------------------------------------------------------
+@models_app.command("build")
+def models_build(
+    preset: str = typer.Argument("nano", help="Model preset: nano, mini or micro."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Copy the built model here (default: cache only)."),
+    corpus: List[Path] = typer.Option([], "--corpus", help="Text file(s) to train the tokenizer on "
+                                      "(default: the procedural task corpus)."),
+    seed: int = typer.Option(0, "--seed"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Model overrides, e.g. hidden_size=192."),
+) -> None:
+    """Build an initialised model and its tokenizer (cached under ~/.cache/refinery by config hash)."""
+    import shutil
+
+    from refinery.config import apply_overrides, validate
+    from refinery.models.pretrain import PretrainData, read_text_files, tokenizer_corpus
+    from refinery.models.zoo import ModelConfig, TokenizerConfig, build_cached
+
+    _quiet_hf()
+    mcfg = validate(ModelConfig, apply_overrides({"preset": preset}, overrides or []), source="model")
+    texts = read_text_files([str(p) for p in corpus]) if corpus else tokenizer_corpus(PretrainData(), seed)
+    path = build_cached(mcfg, TokenizerConfig(), texts, seed=seed)
+    if out is not None:
+        if out.exists() and any(out.iterdir()):
+            raise RefineryError(f"--out {out} exists and is not empty")
+        shutil.copytree(path, out, dirs_exist_ok=True)
+        path = out
+    _print_info(path)
+
+
+@models_app.command("pretrain")
+def models_pretrain(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
+                    out: Optional[Path] = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
+                    progress: bool = ProgressOpt) -> None:
+    """Pretrain a tiny model on text files or a procedural task stream (cosine LR, eval, checkpoints)."""
+    from refinery.config import dump_config, load_config
+    from refinery.models.pretrain import PretrainConfig, check_config, pretrain
+    from refinery.runs import RunDir
+
+    cfg = load_config(PretrainConfig, recipe, overrides)
+    check_config(cfg)
+    if dry_run:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    _quiet_hf()
+    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
+    summary = pretrain(cfg, run, progress=progress)
+    _print_summary(summary, run.path)
+
+
+@models_app.command("info")
+def models_info(path: Path = typer.Argument(..., help="HF model directory or checkpoint.")) -> None:
+    """Print a model's architecture, parameter count and 2:4 readiness."""
+    _quiet_hf()
+    _print_info(path)
+
+
+def _print_info(path: Path) -> None:
+    from refinery.models.io import load_model, load_tokenizer
+    from refinery.models.zoo import count_parameters
+
+    model = load_model(path)
+    tok = load_tokenizer(path)
+    c = model.config
+    linears = [(n, m) for n, m in model.named_modules()
+               if m.__class__.__name__ == "Linear" and ".layers." in f".{n}"]
+    ready = all(m.in_features % 4 == 0 and m.out_features % 4 == 0 for _, m in linears)
+    info = {
+        "path": str(path), "architecture": c.architectures[0] if c.architectures else type(model).__name__,
+        "params": count_parameters(model), "layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
+        "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+        "intermediate_size": c.intermediate_size, "vocab_size": len(tok),
+        "max_position_embeddings": c.max_position_embeddings, "tied_embeddings": bool(c.tie_word_embeddings),
+        "chat_template": bool(tok.chat_template), "block_linears": len(linears), "sparsity_2_4_ready": ready,
+    }
+    console.print_json(json.dumps(info))
+
+
+# ---- tasks -------------------------------------------------------------------------------------------------
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the procedural tasks and their difficulty levels."""
+    from refinery.tasks import TASKS
+
+    for name in sorted(TASKS):
+        t = TASKS[name]
+        console.print(f"[bold]{name}[/bold] ({t.domain}; difficulty {list(t.difficulties)}): {t.description}")
+
+
+@tasks_app.command("sample")
+def tasks_sample(
+    name: str = typer.Argument(..., help="Task name (see 'refinery tasks list')."),
+    n: int = typer.Option(100, "--n", min=1, help="How many items."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL file."),
+    seed: int = typer.Option(0, "--seed"),
+    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="Levels, e.g. 2 or 1,2,3 (default: all)."),
+    split: str = typer.Option("train", "--split", help="train or test: the two never share a prompt."),
+) -> None:
+    """Write N items {id, domain, prompt, answer, difficulty, solution} as JSONL."""
+    from refinery.runs import atomic_write_text
+    from refinery.tasks import sample
+
+    levels = None
+    if difficulty:
+        try:
+            levels = [int(x) for x in difficulty.split(",")]
+        except ValueError:
+            raise RefineryError(f"--difficulty {difficulty!r}: expected integers like 2 or 1,2,3") from None
+    if split not in ("train", "test"):
+        raise RefineryError(f"--split must be 'train' or 'test', got {split!r}")
+    # The split is a hash of the prompt, so any 'train' file and any 'test' file are disjoint.
+    items = sample(name, n, seed=seed, difficulty=levels, split=split)
+    atomic_write_text(out, "".join(json.dumps(it) + "\n" for it in items))
+    console.print(f"wrote {len(items)} {name} items to {out}")
+
+
+# ---- quickstart --------------------------------------------------------------------------------------------
+@app.command("quickstart")
+def quickstart_cmd(recipe: Optional[Path] = typer.Argument(None, help="Recipe (default: the built-in quickstart)."),
+                   overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
+                   resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """The whole life of a tiny model on a laptop: build, pretrain, evaluate, report."""
+    from refinery.config import dump_config, load_config
+    from refinery.quickstart import QuickstartConfig, run_quickstart
+    from refinery.runs import RunDir
+
+    if recipe is not None and "=" in str(recipe) and not recipe.exists():
+        overrides, recipe = [str(recipe), *(overrides or [])], None  # no recipe given, only overrides
+    cfg = load_config(QuickstartConfig, recipe, overrides)
+    if dry_run:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    _quiet_hf()
+    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
+    summary = run_quickstart(cfg, run, progress=progress, console=console)
+    _print_summary(summary, run.path)
+
+
+def _print_summary(summary: dict, path: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="summary", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print(f"run directory: [bold]{path}[/bold]  (report: {path / 'report.md'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to one line and an exit code."""
+    import click
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="refinery", standalone_mode=False)
+    except RefineryError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the last checkpoint is kept; continue with --out RUN_DIR --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

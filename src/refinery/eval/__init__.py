@@ -1,0 +1,1 @@
+"""Evaluation: held-out task accuracy (pass@k, benchmarks and perplexity come with their issues)."""

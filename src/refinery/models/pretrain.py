@@ -1,0 +1,402 @@
+"""Pretraining a tiny model on text files or a procedural task stream.
+
+The batch at step ``s`` is a pure function of ``(seed, s)``, and a checkpoint holds model, optimizer and step,
+so a killed run resumed from its last checkpoint ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from refinery.config import Section
+from refinery.errors import CheckpointError, ConfigError, DataError
+from refinery.models.zoo import ModelConfig, TokenizerConfig, build_cached, count_parameters
+from refinery.runs import RunDir, checkpoint_step
+
+DEFAULT_TASKS = ["arithmetic", "word_problems", "countdown"]
+
+
+class PretrainData(Section):
+    source: Literal["tasks", "text"] = Field("tasks", description="'tasks': procedural worked solutions; "
+                                                                   "'text': the files in text_files")
+    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), description="task names (source=tasks)")
+    difficulty: dict[str, list[int]] = Field(
+        default_factory=lambda: {"arithmetic": [2, 3, 4], "word_problems": [1, 2, 3], "countdown": [1, 2]},
+        description="difficulty levels per task; a task not listed uses all its levels")
+    n_train_per_task: int = Field(20000, gt=0, description="distinct training items per task")
+    n_test_per_task: int = Field(200, ge=0, description="held-out items per task, never in train")
+    text_files: list[str] = Field(default_factory=list, description="UTF-8 text files (source=text)")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="tail of the text held out for eval loss")
+    seq_len: int = Field(128, ge=8, description="training window (text) / max item length (tasks)")
+    completion_only: bool = Field(False, description="tasks: train only on the solution, not the prompt")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainData":
+        if self.source == "text" and not self.text_files:
+            raise ValueError("source is 'text' but text_files is empty")
+        if self.source == "tasks" and not self.tasks:
+            raise ValueError("source is 'tasks' but tasks is empty")
+        return self
+
+
+class TrainerConfig(Section):
+    steps: int = Field(1500, gt=0, description="optimizer steps")
+    batch_size: int = Field(64, gt=0, description="sequences per step")
+    lr: float = Field(3e-3, gt=0, description="peak LR; tiny models take high LRs (nanoGPT char models: 1e-3)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr (Chinchilla: 0.1)")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices only (nanoGPT)")
+    beta1: float = Field(0.9, description="AdamW beta1")
+    beta2: float = Field(0.95, description="AdamW beta2 (GPT-3/Llama: 0.95)")
+    grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 disables")
+    log_every: int = Field(10, gt=0, description="steps between metrics rows")
+    eval_every: int = Field(250, gt=0, description="steps between eval-loss measurements")
+    eval_batches: int = Field(4, gt=0, description="held-out batches per eval-loss measurement")
+    checkpoint_every: int = Field(250, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    threads: int | None = Field(None, description="torch threads (default: all cores)")
+
+
+class EvalConfig(Section):
+    n_per_task: int = Field(200, ge=0, description="held-out items per task for greedy accuracy (0 skips)")
+    max_new_tokens: int = Field(64, gt=0, description="generation budget per answer")
+    batch_size: int = Field(100, gt=0, description="prompts per generation batch")
+
+
+class PretrainConfig(Section):
+    name: str = Field("pretrain", description="run name (directory prefix)")
+    seed: int = Field(0, description="seed for data, init and batches")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: PretrainData = Field(default_factory=PretrainData)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---- schedule --------------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainerConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+class TaskData:
+    """Pre-tokenised chat sequences (prompt + worked solution + EOS) with optional prompt masking."""
+
+    def __init__(self, train_items, test_items, tokenizer, seq_len: int, completion_only: bool):
+        from refinery.models.chat import prompt_text
+
+        self.test_items = test_items
+        self.pad = tokenizer.pad_token_id
+
+        def encode(items):
+            prompts = tokenizer([prompt_text(tokenizer, it["prompt"]) for it in items], add_special_tokens=False)
+            sols = tokenizer([it["solution"] for it in items], add_special_tokens=False)
+            seqs = []
+            for p, s in zip(prompts["input_ids"], sols["input_ids"]):
+                ids = (p + s + [tokenizer.eos_token_id])[:seq_len]
+                n_prompt = len(p) if completion_only else 0
+                seqs.append((ids, n_prompt))
+            return seqs
+
+        self.train = encode(train_items)
+        self.val = encode(test_items)
+
+    def _collate(self, seqs):
+        import torch
+
+        width = max(len(ids) for ids, _ in seqs)
+        x = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        y = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(seqs):
+            x[i, :len(ids)] = torch.tensor(ids)
+            y[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+        return x, y
+
+    def batch(self, step: int, batch_size: int, seed: int):
+        import torch
+
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, len(self.train), (batch_size,), generator=g).tolist()
+        return self._collate([self.train[i] for i in idx])
+
+    def val_batches(self, batch_size: int, n: int):
+        for i in range(0, min(len(self.val), n * batch_size), batch_size):
+            yield self._collate(self.val[i:i + batch_size])
+
+
+class TextData:
+    """One long token stream; a batch is random windows of ``seq_len``."""
+
+    def __init__(self, train_ids, val_ids, seq_len: int):
+        self.train, self.val, self.seq_len = train_ids, val_ids, seq_len
+        self.test_items: list = []
+        if len(train_ids) <= seq_len + 1:
+            raise DataError(f"text corpus has {len(train_ids)} training tokens, fewer than seq_len+1 = {seq_len + 1}")
+
+    def batch(self, step: int, batch_size: int, seed: int):
+        import torch
+
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.train) - self.seq_len - 1, (batch_size,), generator=g)
+        x = torch.stack([self.train[s:s + self.seq_len] for s in starts.tolist()])
+        return x, x.clone()
+
+    def val_batches(self, batch_size: int, n: int):
+        import torch
+
+        L = self.seq_len
+        windows = [self.val[i:i + L] for i in range(0, len(self.val) - L, L)][: n * batch_size]
+        for i in range(0, len(windows), batch_size):
+            x = torch.stack(windows[i:i + batch_size])
+            yield x, x.clone()
+
+
+def read_text_files(paths: list[str]) -> list[str]:
+    texts = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"text file {path} does not exist")
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return texts
+
+
+def task_items(data: PretrainData, seed: int):
+    """(train, test) items of every configured task; no test prompt is ever in train."""
+    from refinery.tasks import make_splits
+
+    train, test = [], []
+    for name in data.tasks:
+        tr, te = make_splits(name, data.n_train_per_task, data.n_test_per_task, seed=seed,
+                             difficulty=data.difficulty.get(name))
+        train += tr
+        test += te
+    return train, test
+
+
+def tokenizer_corpus(data: PretrainData, seed: int) -> list[str]:
+    if data.source == "text":
+        return read_text_files(data.text_files)
+    train, _ = task_items(data, seed)
+    return [it["prompt"] + "\n" + it["solution"] for it in train]
+
+
+# ---- training --------------------------------------------------------------------------------------------
+def _optimizer(model, cfg: TrainerConfig):
+    import torch
+
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def eval_loss(model, data, batch_size: int, n_batches: int) -> float:
+    """Token-weighted mean cross-entropy on held-out batches."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in data.val_batches(batch_size, n_batches):
+            logits = model(input_ids=x).logits[:, :-1]
+            target = y[:, 1:]
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            total += loss.item()
+            count += int((target != -100).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def _load_state(path: Path):
+    import torch
+
+    try:
+        return torch.load(path / "trainer_state.pt", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path.parent.name}/{path.name}: trainer_state.pt is corrupt or "
+                              f"missing ({type(e).__name__}); delete this checkpoint to resume from an earlier one") from None
+
+
+def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train per ``cfg`` into ``run``; resumes from the run's latest checkpoint if it has one.
+
+    ``stop_after`` ends the run after that many total steps without finishing (used to test resume).
+    Returns the run's summary.
+    """
+    import torch
+
+    from refinery.models.io import load_model, load_tokenizer
+
+    tc = cfg.trainer
+    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    t_setup = time.time()
+    if cfg.data.source == "tasks":
+        train_items, test_items = task_items(cfg.data, cfg.seed)
+        corpus = [it["prompt"] + "\n" + it["solution"] for it in train_items]
+    else:
+        corpus = read_text_files(cfg.data.text_files)
+    init_dir = build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
+    tokenizer = load_tokenizer(init_dir)
+
+    if cfg.data.source == "tasks":
+        data = TaskData(train_items, test_items, tokenizer, cfg.data.seq_len, cfg.data.completion_only)
+    else:
+        ids = torch.tensor(tokenizer("\n\n".join(corpus), add_special_tokens=False)["input_ids"], dtype=torch.long)
+        cut = int(len(ids) * (1 - cfg.data.val_fraction))
+        data = TextData(ids[:cut], ids[cut:], cfg.data.seq_len)
+
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:
+        model = load_model(ckpt)
+        state = _load_state(ckpt)
+        start = checkpoint_step(ckpt)
+        optimizer = _optimizer(model, tc)
+        optimizer.load_state_dict(state["optimizer"])
+        run.truncate_metrics(start)
+    else:
+        model = load_model(init_dir)
+        optimizer = _optimizer(model, tc)
+        start = 0
+    model.train()
+    n_params = count_parameters(model)
+
+    def save(step: int) -> None:
+        def write(d: Path) -> None:
+            model.save_pretrained(d)
+            tokenizer.save_pretrained(d)
+            torch.save({"optimizer": optimizer.state_dict(), "step": step}, d / "trainer_state.pt")
+        run.save_checkpoint(step, write, keep=tc.keep_checkpoints)
+
+    bar = _progress(progress, total=tc.steps, start=start, name=cfg.name)
+    t0, tokens, window = time.time(), 0, []
+    last_eval = None
+    try:
+        for step in range(start, tc.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, tc)
+            x, y = data.batch(step, tc.batch_size, cfg.seed)
+            loss = model(input_ids=x, labels=y).loss
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window.append(loss.item())
+            tokens += int((y != -100).sum())
+            done = step + 1
+            row = {}
+            if done % tc.log_every == 0 or done == tc.steps:
+                row.update(loss=sum(window) / len(window), lr=lr_at(step, tc),
+                           steps_per_s=(done - start) / (time.time() - t0), tokens=tokens)
+                window = []
+            if done % tc.eval_every == 0 or done == tc.steps:
+                last_eval = eval_loss(model, data, tc.batch_size, tc.eval_batches)
+                row["eval_loss"] = last_eval
+            if row:
+                run.log_metrics(done, **row)
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                save(done)
+            bar.update(done, row.get("loss"), last_eval)
+            if stop_after is not None and done >= stop_after and done < tc.steps:
+                return run.summary()
+    finally:
+        bar.close()
+
+    train_time = time.time() - t0
+    model.save_pretrained(run.path / "model")
+    tokenizer.save_pretrained(run.path / "model")
+    summary = {
+        "model.params": n_params,
+        "model.preset": cfg.model.preset,
+        "pretrain.steps": tc.steps,
+        "pretrain.final_loss": next((r["loss"] for r in reversed(run.metrics()) if "loss" in r), None),
+        "pretrain.eval_loss": last_eval,
+        "pretrain.train_seconds": round(train_time, 1),
+        "pretrain.setup_seconds": round(t0 - t_setup, 1),
+    }
+    if cfg.data.source == "tasks" and cfg.eval.n_per_task:
+        from refinery.eval.accuracy import task_accuracy
+
+        per_task = {}
+        for it in data.test_items:
+            per_task.setdefault(it["id"].rsplit("-", 1)[0], []).append(it)
+        items = [it for group in per_task.values() for it in group[: cfg.eval.n_per_task]]
+        acc = task_accuracy(model, tokenizer, items, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        summary.update({f"pretrain.{k}": round(v, 4) for k, v in acc.items()})
+    run.write_summary(summary)
+    run.write_report(render_report(cfg, run))
+    run.finish()
+    return run.summary()
+
+
+def render_report(cfg: PretrainConfig, run: RunDir) -> str:
+    summary = run.summary()
+    rows = run.metrics()
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    lines = [f"# {cfg.name}", "", f"Run directory: `{run.path}`", "", "## Summary", "", "| metric | value |",
+             "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    if losses:
+        picks = losses[:: max(1, len(losses) // 10)] + [losses[-1]]
+        lines += ["", "## Training loss", "", "| step | loss |", "|---|---|"]
+        lines += [f"| {s} | {v:.4f} |" for s, v in dict(picks).items()]
+    if evals:
+        lines += ["", "## Eval loss", "", "| step | eval loss |", "|---|---|"]
+        lines += [f"| {s} | {v:.4f} |" for s, v in evals]
+    lines += ["", "Config: `config.yaml`; per-step metrics: `metrics.jsonl`; model: `model/` (HF format)."]
+    return "\n".join(lines) + "\n"
+
+
+class _progress:
+    """A rich progress bar (or nothing when disabled / not a terminal)."""
+
+    def __init__(self, enabled: bool, total: int, start: int, name: str):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task(name, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, done: int, loss: float | None, eval_loss: float | None) -> None:
+        if self.bar is None:
+            return
+        info = " ".join(f"{k} {v:.3f}" for k, v in (("loss", loss), ("eval", eval_loss)) if v is not None)
+        if info:
+            self.bar.update(self.task, completed=done, info=info)
+        else:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Errors that need more than one field to see."""
+    if cfg.trainer.warmup_steps >= cfg.trainer.steps:
+        raise ConfigError(f"trainer.warmup_steps ({cfg.trainer.warmup_steps}) must be below trainer.steps "
+                          f"({cfg.trainer.steps})")

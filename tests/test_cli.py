@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refinery.cli import PENDING, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    """The real console entry point in a subprocess: exit code, stdout, stderr."""
+    out = subprocess.run([sys.executable, "-m", "refinery.cli", *map(str, args)], capture_output=True, text=True,
+                         timeout=300)
+    return out.returncode, out.stdout, out.stderr
+
+
+def one_line_error(code, out, err):
+    assert code != 0
+    assert "Traceback" not in out + err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("group", ["models", "tasks", *PENDING])
+def test_help_everywhere(group, capsys):
+    assert main([group, "--help"]) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", [["models", "build"], ["models", "pretrain"], ["models", "info"], ["tasks", "list"],
+                                 ["tasks", "sample"], ["quickstart"]])
+def test_help_on_commands(cmd, capsys):
+    assert main([*cmd, "--help"]) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("group", sorted(PENDING))
+def test_unbuilt_groups_say_so_and_fail(group, capsys):
+    assert main([group]) == 2
+    err = capsys.readouterr().err
+    assert "not implemented yet" in err and f"issue #{PENDING[group][1]}" in err
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert "refinery" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["models", "pretrain", "missing.yaml"], "does not exist"),
+    (["models", "pretrain", ROOT / "recipes/pretrain.yaml", "trainer.lrr=1", "--dry-run"], "did you mean 'trainer.lr'"),
+    (["models", "pretrain", ROOT / "recipes/pretrain.yaml", "trainer.steps=many", "--dry-run"], "trainer.steps"),
+    (["models", "pretrain", ROOT / "recipes/pretrain.yaml", "--resume"], "--resume needs --out"),
+    (["models", "info", "/nonexistent/model"], "does not exist"),
+    (["tasks", "sample", "arithmatic", "--out", "/tmp/x.jsonl"], "did you mean 'arithmetic'"),
+    (["tasks", "sample", "arithmetic", "--difficulty", "a,b", "--out", "/tmp/x.jsonl"], "--difficulty"),
+])
+def test_bad_input_gives_one_clear_line(args, msg):
+    line = one_line_error(*run_cli(*args))
+    assert msg in line
+
+
+def test_malformed_recipe(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  steps: [1,\n")
+    assert "malformed YAML" in one_line_error(*run_cli("models", "pretrain", bad))
+
+
+def test_corrupt_checkpoint_info(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    assert "cannot load model" in one_line_error(*run_cli("models", "info", tmp_path))
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    assert main(["models", "pretrain", str(ROOT / "recipes/pretrain.yaml"), "trainer.lr=1e-4", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0001" in out and "preset: nano" in out
+
+
+def test_tasks_sample_writes_jsonl_and_splits_are_disjoint(tmp_path, capsys):
+    assert main(["tasks", "sample", "word_problems", "--n", "50", "--out", str(tmp_path / "tr.jsonl")]) == 0
+    assert main(["tasks", "sample", "word_problems", "--n", "50", "--split", "test", "--seed", "3",
+                 "--out", str(tmp_path / "te.jsonl")]) == 0
+    tr = [json.loads(x) for x in (tmp_path / "tr.jsonl").read_text().splitlines()]
+    te = [json.loads(x) for x in (tmp_path / "te.jsonl").read_text().splitlines()]
+    assert len(tr) == len(te) == 50
+    assert not {x["prompt"] for x in tr} & {x["prompt"] for x in te}
+
+
+def test_models_build_and_info(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world 123 " * 200)
+    assert main(["models", "build", "nano", "--corpus", str(corpus), "--out", str(tmp_path / "m")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sparsity_2_4_ready"] and info["chat_template"] and 0.9e6 < info["params"] < 3e6
+    assert main(["models", "info", str(tmp_path / "m")]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == info["params"]
+
+
+def test_quickstart_small(tmp_path, tiny_overrides, capsys):
+    over = [f"pretrain.{o}" for o in tiny_overrides]
+    assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert "pretrain.accuracy" in summary and summary["model.params"] > 0
+    assert (tmp_path / "q" / "report.md").exists()
+    assert "run directory" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quickstart_default(tmp_path):
+    """The README's quickstart as a user runs it (minutes)."""
+    code, out, err = run_cli("quickstart", "--out", tmp_path / "q", "--no-progress")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["pretrain.accuracy"] > 0.1, summary  # it learns the easy levels
+    assert summary["pretrain.accuracy.arithmetic.d1"] > summary["pretrain.accuracy.arithmetic.d3"]

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from refinery.config import Section, apply_overrides, load_config, parse_override, read_yaml
+from refinery.errors import ConfigError
+from refinery.models.pretrain import PretrainConfig
+from refinery.quickstart import QuickstartConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Inner(Section):
+    lr: float = 1e-3
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.95])
+
+
+class Outer(Section):
+    name: str = "x"
+    trainer: Inner = Field(default_factory=Inner)
+
+
+def test_override_values_are_typed_as_yaml():
+    assert parse_override("trainer.lr=1e-4") == (["trainer", "lr"], 1e-4)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    assert parse_override("a.b=true") == (["a", "b"], True)
+    assert parse_override("a=hello world") == (["a"], "hello world")
+
+
+def test_overrides_create_sections_and_do_not_mutate_input():
+    base = {"trainer": {"lr": 1.0}}
+    out = apply_overrides(base, ["trainer.lr=2", "new.deep.key=3"])
+    assert out == {"trainer": {"lr": 2}, "new": {"deep": {"key": 3}}}
+    assert base == {"trainer": {"lr": 1.0}}
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1"])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError):
+        parse_override(bad)
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_unknown_key_suggests_closest_at_the_right_depth():
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer.lrr'; did you mean 'trainer.lr'\?"):
+        load_config(Outer, None, ["trainer.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'traner'; did you mean 'trainer'\?"):
+        load_config(Outer, None, ["traner.lr=1"])
+
+
+def test_unknown_key_without_a_close_match_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"valid keys here: lr, betas"):
+        load_config(Outer, None, ["trainer.zzzzzz=1"])
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"trainer.lr: .*valid number.*got 'fast'"):
+        load_config(Outer, None, ["trainer.lr=fast"])
+
+
+def test_malformed_yaml_reports_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\ntrainer:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"r.yaml line \d+, column \d+: malformed YAML"):
+        read_yaml(p)
+
+
+def test_non_mapping_and_missing_recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        read_yaml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "missing.yaml")
+
+
+RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig, "quickstart.yaml": QuickstartConfig}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_recipes_validate(name):
+    overrides = ["data.text_files=[x.txt]"] if name == "pretrain_text.yaml" else []
+    load_config(RECIPES[name], ROOT / "recipes" / name, overrides)
+
+
+def test_every_recipe_is_covered():
+    assert {p.name for p in (ROOT / "recipes").glob("*.yaml")} <= set(RECIPES)
+
+
+def test_quickstart_recipe_matches_builtin_defaults():
+    from_file = load_config(QuickstartConfig, ROOT / "recipes" / "quickstart.yaml")
+    assert from_file.pretrain.trainer == QuickstartConfig().pretrain.trainer
+    assert from_file.pretrain.data == QuickstartConfig().pretrain.data
+
+
+def test_every_config_field_is_documented():
+    def walk(model, prefix=""):
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, Section):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                assert field.description, f"{prefix}{name} has no description"
+
+    walk(PretrainConfig)
+    walk(QuickstartConfig)
