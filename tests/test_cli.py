@@ -117,4 +117,4 @@ def test_quickstart_default(tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["pretrain.accuracy"] > 0.1, summary  # it learns the easy levels
-    assert summary["pretrain.accuracy.arithmetic.d1"] > summary["pretrain.accuracy.arithmetic.d3"]
+    assert summary["pretrain.eval_loss"] < 1.0  # an untrained model is at ~ln(512) = 6.2

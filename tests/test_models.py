@@ -1,10 +1,18 @@
 import pytest
 import torch
 
-from refinery.errors import CheckpointError, ConfigError
 from refinery.config import validate
+from refinery.errors import CheckpointError, ConfigError
 from refinery.models.io import load_model, load_tokenizer
-from refinery.models.zoo import PRESETS, ModelConfig, TokenizerConfig, build_cached, build_model, build_tokenizer, count_parameters
+from refinery.models.zoo import (
+    PRESETS,
+    ModelConfig,
+    TokenizerConfig,
+    build_cached,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+)
 
 CORPUS = [f"Compute {a}+{b} {a}+{b}={a + b}. The answer is {a + b}." for a in range(30) for b in range(30)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 from rich.console import Console
@@ -94,11 +94,11 @@ def _quiet_hf() -> None:
 @models_app.command("build")
 def models_build(
     preset: str = typer.Argument("nano", help="Model preset: nano, mini or micro."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Copy the built model here (default: cache only)."),
+    out: Path | None = typer.Option(None, "--out", help="Copy the built model here (default: cache only)."),
     corpus: List[Path] = typer.Option([], "--corpus", help="Text file(s) to train the tokenizer on "
                                       "(default: the procedural task corpus)."),
     seed: int = typer.Option(0, "--seed"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Model overrides, e.g. hidden_size=192."),
+    overrides: List[str] | None = typer.Argument(None, help="Model overrides, e.g. hidden_size=192."),
 ) -> None:
     """Build an initialised model and its tokenizer (cached under ~/.cache/refinery by config hash)."""
     import shutil
@@ -120,8 +120,8 @@ def models_build(
 
 
 @models_app.command("pretrain")
-def models_pretrain(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
-                    out: Optional[Path] = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
+def models_pretrain(recipe: Path = RecipeArg, overrides: List[str] | None = OverridesArg,
+                    out: Path | None = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
                     progress: bool = ProgressOpt) -> None:
     """Pretrain a tiny model on text files or a procedural task stream (cosine LR, eval, checkpoints)."""
     from refinery.config import dump_config, load_config
@@ -184,7 +184,7 @@ def tasks_sample(
     n: int = typer.Option(100, "--n", min=1, help="How many items."),
     out: Path = typer.Option(..., "--out", help="Output JSONL file."),
     seed: int = typer.Option(0, "--seed"),
-    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="Levels, e.g. 2 or 1,2,3 (default: all)."),
+    difficulty: str | None = typer.Option(None, "--difficulty", help="Levels, e.g. 2 or 1,2,3 (default: all)."),
     split: str = typer.Option("train", "--split", help="train or test: the two never share a prompt."),
 ) -> None:
     """Write N items {id, domain, prompt, answer, difficulty, solution} as JSONL."""
@@ -207,8 +207,8 @@ def tasks_sample(
 
 # ---- quickstart --------------------------------------------------------------------------------------------
 @app.command("quickstart")
-def quickstart_cmd(recipe: Optional[Path] = typer.Argument(None, help="Recipe (default: the built-in quickstart)."),
-                   overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
+def quickstart_cmd(recipe: Path | None = typer.Argument(None, help="Recipe (default: the built-in quickstart)."),
+                   overrides: List[str] | None = OverridesArg, out: Path | None = OutOpt,
                    resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
     """The whole life of a tiny model on a laptop: build, pretrain, evaluate, report."""
     from refinery.config import dump_config, load_config

@@ -90,7 +90,7 @@ class RunDir:
         resume: bool = False,
         seed: int | None = None,
         argv: list[str] | None = None,
-    ) -> "RunDir":
+    ) -> RunDir:
         """Make (or, with ``resume``, reopen) the run directory and write config and manifest.
 
         On resume the saved config must equal ``config``: continuing a run under other settings would

@@ -37,7 +37,7 @@ class PretrainData(Section):
     completion_only: bool = Field(False, description="tasks: train only on the solution, not the prompt")
 
     @model_validator(mode="after")
-    def _check(self) -> "PretrainData":
+    def _check(self) -> PretrainData:
         if self.source == "text" and not self.text_files:
             raise ValueError("source is 'text' but text_files is empty")
         if self.source == "tasks" and not self.tasks:
@@ -233,8 +233,9 @@ def _load_state(path: Path):
     try:
         return torch.load(path / "trainer_state.pt", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path.parent.name}/{path.name}: trainer_state.pt is corrupt or "
-                              f"missing ({type(e).__name__}); delete this checkpoint to resume from an earlier one") from None
+        raise CheckpointError(
+            f"checkpoint {path.parent.name}/{path.name}: trainer_state.pt is corrupt or missing "
+            f"({type(e).__name__}); delete this checkpoint to resume from an earlier one") from None
 
 
 def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after: int | None = None) -> dict:

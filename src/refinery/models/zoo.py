@@ -56,7 +56,7 @@ class ModelConfig(Section):
     tie_word_embeddings: bool = Field(True, description="share embedding and LM head (saves params at tiny scale)")
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.preset not in PRESETS:
             import difflib
 
@@ -85,7 +85,7 @@ class ModelConfig(Section):
                 out[key] = value
         return out
 
-    def hf_config(self, tokenizer) -> "object":
+    def hf_config(self, tokenizer) -> object:
         from transformers import LlamaConfig
 
         d = self.resolved()

@@ -47,7 +47,8 @@ def generate(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
         if value.denominator == 1 and 1 <= value <= 999:
             break
     target = int(value)
-    prompt = f"Using the numbers {', '.join(map(str, numbers))}, each at most once, write an expression equal to {target}."
+    prompt = (f"Using the numbers {', '.join(map(str, numbers))}, each at most once, "
+              f"write an expression equal to {target}.")
     solution = " ".join(s + "." for s in steps) + f" The answer is {expr}"
     return prompt, expr, solution
 

@@ -42,7 +42,8 @@ def _money(rng, d):  # price*qty + price2*qty2, change from a note
     note = 10 * ((cost // 10) + 1 + rng.randint(0, d))
     prompt = (f"{who} buys {q1} notebooks at ${p1} each and {q2} pencils at ${p2} each, and pays with ${note}. "
               f"How many dollars of change does {who} get?")
-    steps = [f"{q1}*{p1}={p1 * q1}", f"{q2}*{p2}={p2 * q2}", f"{p1 * q1}+{p2 * q2}={cost}", f"{note}-{cost}={note - cost}"]
+    steps = [f"{q1}*{p1}={p1 * q1}", f"{q2}*{p2}={p2 * q2}", f"{p1 * q1}+{p2 * q2}={cost}",
+             f"{note}-{cost}={note - cost}"]
     return prompt, note - cost, steps
 
 
