@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -28,8 +28,6 @@ app.add_typer(tasks_app, name="tasks")
 
 # Wings that later issues fill. They answer honestly instead of pretending to work.
 PENDING = {
-    "serve": ("OpenAI-compatible server over a local model", 3),
-    "generate": ("batch generation through any Generator backend", 3),
     "verify": ("math / code / multiple-choice verifiers", 4),
     "sft": ("supervised fine-tuning", 5),
     "rl": ("GRPO-family RL trainer (AceReason, ProRL, CrossThink)", 5),
@@ -203,6 +201,77 @@ def tasks_sample(
     items = sample(name, n, seed=seed, difficulty=levels, split=split)
     atomic_write_text(out, "".join(json.dumps(it) + "\n" for it in items))
     console.print(f"wrote {len(items)} {name} items to {out}")
+
+
+# ---- generation ------------------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    model_dir: Path = typer.Argument(..., help="HF model directory to serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Served model id (default: dir name)."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most rows decoded together."),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) over a local model."""
+    from refinery.generation.server import serve
+    from refinery.models.io import load_tokenizer
+
+    _quiet_hf()
+    load_tokenizer(model_dir)  # fail fast with one line on a bad directory
+    console.print(f"serving {model_dir} on http://{host}:{port}/v1", highlight=False)
+    serve(str(model_dir), host=host, port=port, model_name=model_name, max_batch=max_batch, log_level=log_level)
+
+
+@app.command("generate")
+def generate_cmd(
+    input: Path = typer.Option(..., "--input", help="JSONL with id and prompt (or messages) per line."),
+    output: Path = typer.Option(..., "--output", help="JSONL of results; a re-run skips ids already here."),
+    backend: str = typer.Option("hf", "--backend", help="hf (local dir), openai (any compatible server), vllm."),
+    model: str = typer.Option(..., "--model", help="Model dir (hf, vllm) or served model name (openai)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url", help="openai: server base URL."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai: env var with the API key."),
+    n: int = typer.Option(1, "--n", min=1, help="Samples per request."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k", min=0),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    logprobs: bool = typer.Option(False, "--logprobs", help="Store per-token logprobs."),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="openai: requests in flight."),
+    timeout: float = typer.Option(120.0, "--timeout", help="openai: per-request timeout (s)."),
+    max_retries: int = typer.Option(6, "--max-retries", min=0, help="openai: retries on 429/5xx/timeouts."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="openai: on-disk response cache."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="hf: rows per decode batch."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Default: OUTPUT with .rejects.jsonl."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Generate for every request in a JSONL file (resumable; failures go to a rejects file)."""
+    from refinery.config import validate
+    from refinery.generation import SamplingParams, get_generator
+    from refinery.generation.runner import generate_file
+
+    _quiet_hf()
+    params = validate(SamplingParams, dict(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                                           max_new_tokens=max_new_tokens, stop=stop, seed=seed, logprobs=logprobs),
+                      source="sampling")
+    if not input.is_file():
+        raise RefineryError(f"input file {input} does not exist")
+    kwargs: dict = {}
+    if backend == "openai":
+        kwargs = dict(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
+                      max_retries=max_retries, cache_dir=cache_dir)
+    elif backend == "hf":
+        kwargs = dict(batch_size=batch_size)
+    generator = get_generator(backend, model, **kwargs)
+    stats = generate_file(generator, input, output, params, rejects_path=rejects, progress=progress)
+    console.print(f"{stats.generated} generated, {stats.skipped_done} already done, {stats.rejected} rejected "
+                  f"({stats.completion_tokens} completion tokens) -> {output}", highlight=False)
+    if stats.rejected:
+        console.print(f"rejects: {rejects or output.with_suffix('.rejects.jsonl')}", highlight=False)
+        if not stats.generated and not stats.skipped_done:
+            raise RefineryError(f"every request failed ({stats.rejected} rejected); see the rejects file")
 
 
 # ---- quickstart --------------------------------------------------------------------------------------------

@@ -5,30 +5,18 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from refinery.models.chat import prompt_text
 from refinery.tasks import get_task
 from refinery.tasks.base import Item
 
 
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
-    """Greedy completions of chat prompts, batched with left padding (prompts sorted by length for speed)."""
-    import torch
+    """Greedy completions of task prompts, sent as one-turn chats."""
+    from refinery.generation import SamplingParams
+    from refinery.generation.hf import HFGenerator
 
-    tokenizer.padding_side = "left"
-    texts = [prompt_text(tokenizer, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            for i, row in zip(idx, new):
-                out[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return out
+    gen = HFGenerator(model, tokenizer, batch_size=batch_size)
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    return [c.text for c in gen.generate([[{"role": "user", "content": p}] for p in prompts], params)]
 
 
 def task_accuracy(model, tokenizer, items: Iterable[Item], max_new_tokens: int = 64,

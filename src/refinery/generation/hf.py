@@ -1,0 +1,190 @@
+"""Local transformers backend: batched decoding with left padding and a KV cache.
+
+Each row (one sample of one request) carries its own sampling params and random generator, so requests with
+different params batch together (the server relies on this) and a sample does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refinery.generation.base import Completion, GenerationError, Request, SamplingParams, check_requests
+
+
+@dataclass
+class Row:
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+    index: int = 0
+    sample: int = 0
+
+
+def row_seed(seed: int | None, index: int, sample: int) -> int:
+    """A per-(request, sample) seed: fixed when ``seed`` is set, fresh randomness otherwise."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little") >> 1
+    digest = hashlib.sha256(f"{seed}:{index}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class HFGenerator:
+    """Generator over a local HF causal LM (a path or a loaded model + tokenizer)."""
+
+    def __init__(self, model: Any, tokenizer: Any = None, batch_size: int = 64, device: str | None = None):
+        if isinstance(model, (str, Path)):
+            from refinery.models.io import load_model, load_tokenizer
+
+            tokenizer = tokenizer or load_tokenizer(model)
+            model = load_model(model)
+        if tokenizer is None:
+            raise GenerationError("HFGenerator needs a tokenizer when given a loaded model")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.device = device or str(next(model.parameters()).device)
+        self.model.to(self.device)
+        self.model.eval()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if gen_eos is not None:
+            self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.context = getattr(model.config, "max_position_embeddings", None) or 2048
+        import inspect
+
+        # transformers 5.x renamed the KV-cache argument from past_key_values to cache.
+        self.cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    # ---- requests -> rows -------------------------------------------------------------------------------
+    def encode(self, request: Request) -> list[int]:
+        """Token ids of a prompt (as given) or of a chat (template applied, assistant turn opened)."""
+        if isinstance(request, str):
+            text = request
+        else:
+            text = self.tokenizer.apply_chat_template(request, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def rows(self, requests: list[Request], params: SamplingParams) -> list[Row]:
+        check_requests(requests)
+        out = []
+        for i, request in enumerate(requests):
+            ids = self.encode(request)
+            if not ids:
+                raise GenerationError(f"request {i}: empty prompt")
+            if len(ids) >= self.context:
+                raise GenerationError(f"request {i}: prompt has {len(ids)} tokens; the model's context is "
+                                      f"{self.context}")
+            out += [Row(ids, params, row_seed(params.seed, i, s), i, s) for s in range(params.n)]
+        return out
+
+    def generate(self, requests: list[Request], params: SamplingParams | None = None) -> list[Completion]:
+        params = params or SamplingParams()
+        return self.generate_rows(self.rows(requests, params))
+
+    def generate_rows(self, rows: list[Row]) -> list[Completion]:
+        """Decode rows in batches of similar prompt length; results come back in input order."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
+        out: list[Completion | None] = [None] * len(rows)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            for i, c in zip(idx, self._decode([rows[i] for i in idx])):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    # ---- the decode loop ------------------------------------------------------------------------------
+    def _decode(self, rows: list[Row]) -> list[Completion]:
+        import torch
+
+        B = len(rows)
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            attn[i, width - len(r.prompt_ids):] = 1
+        budget = [min(r.params.max_new_tokens, self.context - len(r.prompt_ids)) for r in rows]
+        temps = torch.tensor([r.params.temperature for r in rows])
+        top_k = torch.tensor([r.params.top_k for r in rows])
+        top_p = torch.tensor([r.params.top_p for r in rows])
+        gens = [torch.Generator().manual_seed(r.seed) for r in rows]
+        tokens: list[list[int]] = [[] for _ in rows]
+        logps: list[list[float]] = [[] for _ in rows]
+        texts = [""] * B
+        reasons: list[str | None] = [None] * B
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        ids, attn, pos = ids.to(self.device), attn.to(self.device), pos.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                                **{self.cache_kw: cache}).logits[:, -1].float().cpu()
+            pos = pos[:, -1:]
+            for _ in range(max(budget)):
+                raw = torch.log_softmax(logits, dim=-1)
+                nxt = sample_next(logits, temps, top_k, top_p, gens)
+                for i in range(B):
+                    if reasons[i] is not None:
+                        continue
+                    tok = int(nxt[i])
+                    tokens[i].append(tok)
+                    logps[i].append(float(raw[i, tok]))
+                    reasons[i] = self._finished(rows[i], tokens[i], texts, i, budget[i])
+                if all(r is not None for r in reasons):
+                    break
+                feed = torch.tensor([t[-1] if reasons[i] is None else self.pad_id for i, t in enumerate(tokens)])
+                attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], dim=1)
+                pos = pos + 1
+                logits = self.model(input_ids=feed[:, None].to(self.device), attention_mask=attn, position_ids=pos,
+                                    use_cache=True, **{self.cache_kw: cache}).logits[:, -1].float().cpu()
+        return [
+            Completion(text=texts[i], token_ids=tokens[i], logprobs=logps[i] if r.params.logprobs else None,
+                       finish_reason=reasons[i] or "length", index=r.index, sample=r.sample,
+                       prompt_tokens=len(r.prompt_ids))
+            for i, r in enumerate(rows)
+        ]
+
+    def _finished(self, row: Row, toks: list[int], texts: list[str], i: int, budget: int) -> str | None:
+        """Update row i's text; return 'stop' / 'length' when it is done, else None."""
+        if toks[-1] in self.eos_ids:
+            texts[i] = self.tokenizer.decode(toks[:-1], skip_special_tokens=True)
+            return "stop"
+        texts[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        if row.params.stop:
+            hits = [texts[i].find(s) for s in row.params.stop]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                texts[i] = texts[i][: min(hits)]
+                return "stop"
+        return "length" if len(toks) >= budget else None
+
+
+def sample_next(logits, temps, top_k, top_p, gens):
+    """One token per row: greedy where temperature is 0, else temperature + top-k + top-p sampling.
+
+    ``top_k``/``top_p`` are per-row (0 / 1.0 = off); each row draws from its own ``torch.Generator``.
+    """
+    import torch
+
+    out = logits.argmax(dim=-1)
+    sampled = (temps > 0).nonzero().flatten().tolist()
+    if not sampled:
+        return out
+    scaled = logits[sampled] / temps[sampled, None]
+    sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)
+    V = scaled.shape[-1]
+    k = top_k[sampled].clone()
+    k[k <= 0] = V
+    ranks = torch.arange(V)[None, :]
+    sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+    probs = probs.masked_fill(before >= top_p[sampled, None], 0.0)  # the top token always survives
+    for j, row in enumerate(sampled):
+        choice = torch.multinomial(probs[j], 1, generator=gens[row])
+        out[row] = sorted_idx[j, choice]
+    return out
