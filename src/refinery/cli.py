@@ -28,7 +28,6 @@ app.add_typer(tasks_app, name="tasks")
 
 # Wings that later issues fill. They answer honestly instead of pretending to work.
 PENDING = {
-    "verify": ("math / code / multiple-choice verifiers", 4),
     "sft": ("supervised fine-tuning", 5),
     "rl": ("GRPO-family RL trainer (AceReason, ProRL, CrossThink)", 5),
     "rm": ("reward models (HelpSteer2-Preference, ArmoRM)", 11),
@@ -272,6 +271,44 @@ def generate_cmd(
         console.print(f"rejects: {rejects or output.with_suffix('.rejects.jsonl')}", highlight=False)
         if not stats.generated and not stats.skipped_done:
             raise RefineryError(f"every request failed ({stats.rejected} rejected); see the rejects file")
+
+
+# ---- verifiers -------------------------------------------------------------------------------------------
+@app.command("verify")
+def verify_cmd(
+    kind: str = typer.Argument(..., help="math, code, choice or format."),
+    input: Path = typer.Option(..., "--input", help="JSONL: id, response, and reference (tests for code)."),
+    output: Path = typer.Option(..., "--output", help="JSONL: id, score, extracted, reason; a summary line last."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel checks (default: all cores)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per check (math) or per run (code)."),
+    mode: str = typer.Option("all", "--mode", help="code: 'all' tests must pass (AceReason) or 'fraction' (ProRL)."),
+    no_fallback: bool = typer.Option(False, "--no-fallback", help="math: do not fall back to the last number."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Score responses with a verifier; prints the summary."""
+    from refinery.verifiers import get_verifier
+    from refinery.verifiers.runner import verify_file
+
+    kinds = ("math", "code", "choice", "format")
+    if kind not in kinds:
+        raise RefineryError(f"unknown verifier '{kind}' (choose {', '.join(kinds)})")
+    kwargs: dict = {}
+    if kind == "math":
+        kwargs = {"fallback_last_number": not no_fallback}
+    elif kind == "code":
+        from refinery.verifiers.sandbox import Limits
+
+        if mode not in ("all", "fraction"):
+            raise RefineryError(f"--mode must be 'all' or 'fraction', got {mode!r}")
+        kwargs = {"mode": mode, "limits": Limits(timeout=timeout), "concurrency": workers}
+    verifier = get_verifier(kind, **kwargs)
+    try:
+        stats = verify_file(verifier, kind, input, output, workers=workers, timeout=timeout, progress=progress)
+    finally:
+        if hasattr(verifier, "close"):
+            verifier.close()
+    console.print(f"{kind}: {stats.scored} scored, {stats.correct} correct, mean score {stats.mean_score:.4f}, "
+                  f"{stats.rejected} malformed -> {output}", highlight=False)
 
 
 # ---- quickstart --------------------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""Code rewards: run a response's program in the sandbox against functional or stdin/stdout tests.
+
+``tests`` is ``{"kind": "functional", "setup": "<imports>", "asserts": ["assert f(1) == 2", ...]}`` or
+``{"kind": "stdio", "cases": [{"input": "...", "output": "..."}, ...]}``. The reward is 1 only if every test passes
+(``mode="all"``, AceReason) or the fraction passed (``mode="fraction"``, ProRL). Compile errors, crashes and
+timeouts score 0 with their reason.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+from refinery.errors import DataError
+from refinery.verifiers.base import Verdict, Verifier
+from refinery.verifiers.sandbox import Limits, RunResult, Sandbox
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(response: str) -> str:
+    """The last fenced code block (python-tagged ones preferred), or the response itself when bare code."""
+    if "</think>" in response:
+        response = response.rsplit("</think>", 1)[1]
+    blocks = _FENCE.findall(response)
+    if not blocks:
+        return response.strip("\n")
+    python = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
+    return (python or [code for _, code in blocks])[-1]
+
+
+def outputs_match(got: str, expected: str, float_tol: float | None = None) -> bool:
+    """Token-wise comparison (whitespace-insensitive); with ``float_tol``, numeric tokens within tolerance."""
+    a, b = got.split(), expected.split()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if float_tol is None:
+            return False
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        if abs(fx - fy) > float_tol * max(1.0, abs(fy)):
+            return False
+    return True
+
+
+def check_tests(tests: Any) -> dict:
+    if not isinstance(tests, dict) or tests.get("kind") not in ("functional", "stdio"):
+        raise DataError("code tests must be {'kind': 'functional', 'asserts': [...]} or "
+                        "{'kind': 'stdio', 'cases': [{'input', 'output'}]}")
+    if tests["kind"] == "functional":
+        asserts = tests.get("asserts")
+        if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
+            raise DataError("functional tests need a non-empty 'asserts' list of strings")
+    else:
+        cases = tests.get("cases")
+        if not isinstance(cases, list) or not cases or not all(
+                isinstance(c, dict) and isinstance(c.get("output"), str) for c in cases):
+            raise DataError("stdio tests need a non-empty 'cases' list of {input, output} strings")
+    return tests
+
+
+class CodeVerifier(Verifier):
+    """Runs code in a shared :class:`Sandbox` (started lazily, one per verifier)."""
+
+    name = "code"
+
+    def __init__(self, mode: str = "all", limits: Limits | None = None, float_tol: float | None = None,
+                 concurrency: int | None = None, sandbox: Sandbox | None = None):
+        if mode not in ("all", "fraction"):
+            raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
+        self.mode, self.limits, self.float_tol, self.concurrency = mode, limits or Limits(), float_tol, concurrency
+        self._sandbox = sandbox
+        self._lock = threading.Lock()
+
+    @property
+    def sandbox(self) -> Sandbox:
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(concurrency=self.concurrency, limits=self.limits)
+            return self._sandbox
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+    def __getstate__(self):  # the sandbox is a live process: not pickled
+        return {**self.__dict__, "_sandbox": None, "_lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __call__(self, response: str, tests: Any) -> Verdict:
+        try:
+            tests = check_tests(tests)
+        except DataError as e:
+            return Verdict(0.0, None, f"bad tests: {e}")
+        code = extract_code(response)
+        if not code.strip():
+            return Verdict(0.0, None, "no code found")
+        if tests["kind"] == "functional":
+            return self._functional(code, tests)
+        return self._stdio(code, tests)
+
+    def _score(self, passed: int, total: int, first_failure: str, code: str) -> Verdict:
+        if passed == total:
+            return Verdict(1.0, code, f"passed {passed}/{total}")
+        score = passed / total if self.mode == "fraction" else 0.0
+        return Verdict(score, code, f"passed {passed}/{total}; {first_failure}")
+
+    def _functional(self, code: str, tests: dict) -> Verdict:
+        asserts = tests["asserts"]
+        res: RunResult = self.sandbox.run(code, tests=asserts, setup=tests.get("setup", ""), limits=self.limits)
+        if res.reason and not res.tests:
+            return Verdict(0.0, code, res.reason)
+        passed = sum(1 for _, ok, _ in res.tests if ok)
+        failures = [f"test {i}: {why}" for i, ok, why in res.tests if not ok]
+        if len(res.tests) < len(asserts):
+            failures.append(res.reason or f"stopped after {len(res.tests)} tests")
+        return self._score(passed, len(asserts), failures[0] if failures else "", code)
+
+    def _stdio(self, code: str, tests: dict) -> Verdict:
+        cases = tests["cases"]
+        futures = [self.sandbox.submit(code, stdin=c.get("input", ""), limits=self.limits) for c in cases]
+        passed, first = 0, ""
+        for i, (case, fut) in enumerate(zip(cases, futures)):
+            res: RunResult = fut.result()
+            if res.status != "ok" or res.exit_code != 0:
+                why = res.reason or f"exit code {res.exit_code}"
+            elif not outputs_match(res.stdout, case["output"], self.float_tol):
+                why = "wrong answer"
+            else:
+                passed += 1
+                continue
+            first = first or f"case {i}: {why}"
+        return self._score(passed, len(cases), first, code)
+
+    def batch(self, pairs: Iterable[tuple[str, Any]], workers: int | None = None, timeout: float | None = None,
+              progress: bool = False) -> list[Verdict]:
+        """Many checks concurrently: the sandbox does the isolation, so threads suffice here."""
+        pairs = list(pairs)
+        with ThreadPoolExecutor(max_workers=workers or self.sandbox.concurrency) as pool:
+            return list(pool.map(lambda p: self(*p), pairs))

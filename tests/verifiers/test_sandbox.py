@@ -1,0 +1,172 @@
+"""The sandbox against real attacks. Each test runs hostile code and checks that it was stopped."""
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from refinery.verifiers.sandbox import Limits, Sandbox
+
+
+@pytest.fixture(scope="module")
+def sb():
+    box = Sandbox(concurrency=4, limits=Limits(timeout=5, cpu_seconds=5, memory_mb=512, file_size_mb=4))
+    yield box
+    box.close()
+
+
+def needs(sb, feature):
+    if not sb.isolation.get(feature):
+        pytest.skip(f"sandbox has no {feature} here (needs root or user namespaces): {sb.isolation}")
+
+
+def test_runs_code_with_stdin_and_reports_tests(sb):
+    assert sb.run("print(sum(map(int, input().split())))", stdin="2 3\n").stdout == "5\n"
+    res = sb.run("def f(x):\n    return x + 1", tests=["assert f(1) == 2", "assert f(1) == 3", "raise SystemExit"])
+    assert [t[:2] for t in res.tests] == [[0, True], [1, False], [2, False]]
+
+
+def test_infinite_loop_is_killed_on_time(sb):
+    t = time.monotonic()
+    res = sb.run("while True:\n    pass", limits=Limits(timeout=1, cpu_seconds=30))
+    assert res.status == "timeout" and time.monotonic() - t < 5
+
+
+def test_cpu_limit(sb):
+    res = sb.run("while True:\n    pass", limits=Limits(timeout=30, cpu_seconds=1))
+    assert res.status == "killed" and "CPU" in res.reason
+
+
+def test_fork_bomb_is_contained_and_cleaned_up(sb):
+    code = ("import os\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.fork()\n"
+            "    except OSError:\n"
+            "        pass\n")
+    t = time.monotonic()
+    res = sb.run(code, limits=Limits(timeout=2, max_processes=16))
+    assert res.status in ("timeout", "killed") and time.monotonic() - t < 10
+    # everything it spawned is gone: the next run works normally and fast
+    ok = sb.run("print('alive')")
+    assert ok.stdout == "alive\n" and ok.wall < 1.0
+
+
+def test_memory_bomb(sb):
+    res = sb.run("x = bytearray(4 * 1024**3)\nprint('allocated')", limits=Limits(memory_mb=256))
+    assert "allocated" not in res.stdout and "MemoryError" in (res.stderr + res.reason)
+
+
+def test_a_gigabyte_of_output_is_cut(sb):
+    t = time.monotonic()
+    res = sb.run("import sys\nchunk = 'x' * 1024 * 1024\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
+                 limits=Limits(file_size_mb=4, max_output=1 << 20, timeout=10))
+    assert res.status == "killed" and "output size" in res.reason
+    assert len(res.stdout) <= 1 << 20 and time.monotonic() - t < 10
+
+
+def test_no_network(sb):
+    needs(sb, "network")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    code = ("import socket\n"
+            "for host in ('127.0.0.1', '1.1.1.1'):\n"
+            "    try:\n"
+            f"        socket.create_connection((host, {port} if host.startswith('127') else 80), timeout=2)\n"
+            "        print('CONNECTED', host)\n"
+            "    except OSError as e:\n"
+            "        print('blocked', host, e)\n")
+    res = sb.run(code)
+    server.close()
+    assert "CONNECTED" not in res.stdout and res.stdout.count("blocked") == 2
+
+
+def test_cannot_write_outside_its_temp_dir(sb, tmp_path):
+    needs(sb, "private_tmp")
+    target = f"/tmp/refinery-escape-{uuid.uuid4().hex}"
+    os.chmod(tmp_path, 0o777)  # even a world-writable directory of the host
+    outside = tmp_path / "escape.txt"
+    code = (f"import os\n"
+            f"for p in ({target!r}, {str(outside)!r}, '/etc/refinery-escape', os.path.expanduser('~/escape')):\n"
+            "    try:\n"
+            "        open(p, 'w').write('pwned')\n"
+            "        print('WROTE', p)\n"
+            "    except OSError as e:\n"
+            "        print('denied', p)\n"
+            "open('inside.txt', 'w').write('fine')\n"
+            "print(open('inside.txt').read())\n")
+    res = sb.run(code)
+    assert "fine" in res.stdout  # its own temp dir works
+    assert not os.path.exists(target) and not outside.exists() and not os.path.exists("/etc/refinery-escape")
+    if sb.isolation.get("uid_switch"):
+        assert f"denied {outside}" in res.stdout
+
+
+def test_cannot_read_parent_secrets(sb, monkeypatch):
+    needs(sb, "uid_switch")
+    monkeypatch.setenv("REFINERY_TEST_SECRET", "s3cret-value")
+    code = ("import os, glob\n"
+            "print(dict(os.environ))\n"
+            f"mine = ['/proc/{os.getpid()}/environ', '/proc/{os.getppid()}/environ']\n"
+            "for p in mine + glob.glob('/proc/*/environ'):\n"
+            "    try:\n"
+            "        data = open(p, 'rb').read()\n"
+            "        print(data.decode(errors='replace'))\n"
+            "    except OSError:\n"
+            "        pass\n")
+    fresh = Sandbox(concurrency=1)  # started after the secret was set
+    try:
+        res = fresh.run(code)
+    finally:
+        fresh.close()
+    assert res.status == "ok" and "s3cret-value" not in res.stdout + res.stderr
+
+
+def test_cannot_kill_the_parent(sb):
+    needs(sb, "uid_switch")
+    victim_pid = os.getpid()
+    code = ("import os, signal\n"
+            f"for pid in ({victim_pid}, os.getppid(), -1):\n"
+            "    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n"
+            "        print('SENT', pid)\n"
+            "    except OSError as e:\n"
+            "        print('refused', pid)\n")
+    res = sb.run(code)
+    assert f"refused {victim_pid}" in res.stdout
+    assert sb.run("print(1)").stdout == "1\n"  # the sandbox server survived too
+
+
+def test_environment_is_scrubbed(sb):
+    res = sb.run("import os\nprint(sorted(os.environ))")
+    assert res.stdout.strip() == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
+
+
+def test_concurrent_callers(sb):
+    results = []
+
+    def work(i):
+        results.append(sb.run(f"print({i} * 2)").stdout)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted(f"{i * 2}\n" for i in range(20))
+
+
+def test_server_restarts_if_it_dies():
+    box = Sandbox(concurrency=1)
+    try:
+        box._proc.kill()
+        box._proc.wait()
+        time.sleep(0.1)
+        assert box.run("print('back')").stdout == "back\n"
+    finally:
+        box.close()
