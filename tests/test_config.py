@@ -7,6 +7,8 @@ from refinery.config import Section, apply_overrides, load_config, parse_overrid
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
+from refinery.rl.config import RLConfig
+from refinery.rl.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,12 +81,15 @@ def test_non_mapping_and_missing_recipe(tmp_path):
         read_yaml(tmp_path / "missing.yaml")
 
 
-RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig, "quickstart.yaml": QuickstartConfig}
+RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig, "quickstart.yaml": QuickstartConfig,
+           "prorl.yaml": RLConfig, "acereason.yaml": RLConfig, "acereason_1_1.yaml": RLConfig,
+           "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_shipped_recipes_validate(name):
-    overrides = ["data.text_files=[x.txt]"] if name == "pretrain_text.yaml" else []
+    overrides = {"pretrain_text.yaml": ["data.text_files=[x.txt]"],
+                 "sft.yaml": ["data.jsonl_files=[x.jsonl]"]}.get(name, [])
     load_config(RECIPES[name], ROOT / "recipes" / name, overrides)
 
 
@@ -96,6 +101,7 @@ def test_quickstart_recipe_matches_builtin_defaults():
     from_file = load_config(QuickstartConfig, ROOT / "recipes" / "quickstart.yaml")
     assert from_file.pretrain.trainer == QuickstartConfig().pretrain.trainer
     assert from_file.pretrain.data == QuickstartConfig().pretrain.data
+    assert from_file.rl == QuickstartConfig().rl
 
 
 def test_every_config_field_is_documented():
@@ -109,3 +115,25 @@ def test_every_config_field_is_documented():
 
     walk(PretrainConfig)
     walk(QuickstartConfig)
+    walk(RLConfig)
+
+
+def test_partial_override_keeps_the_sections_factory_defaults():
+    """Overriding one field of a factory-made section must not reset its other fields to class defaults."""
+
+    class Inner2(Section):
+        a: int = 1
+        b: int = 2
+
+    class Outer2(Section):
+        inner: Inner2 = Field(default_factory=lambda: Inner2(a=10, b=20))
+
+    cfg = load_config(Outer2, None, ["inner.b=5"])
+    assert (cfg.inner.a, cfg.inner.b) == (10, 5)
+    assert load_config(Outer2, None, []).inner.a == 10
+    with pytest.raises(ConfigError, match="unknown key 'inner.c'"):
+        load_config(Outer2, None, ["inner.c=1"])
+    from refinery.rl.config import RLConfig
+
+    rl = load_config(RLConfig, None, ["policy.bootstrap.trainer.steps=5"])
+    assert rl.policy.bootstrap.trainer.steps == 5 and rl.policy.bootstrap.name == "sft-bootstrap"

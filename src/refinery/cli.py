@@ -25,15 +25,17 @@ tasks_app = typer.Typer(help="Procedural tasks with verifiable answers (arithmet
                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(tasks_app, name="tasks")
+sft_app = typer.Typer(help="Supervised fine-tuning on chat examples (loss on responses only).", no_args_is_help=True)
+rl_app = typer.Typer(help="RL with verifiable rewards: GRPO-family trainer (AceReason, ProRL, CrossThink).",
+                     no_args_is_help=True)
+app.add_typer(sft_app, name="sft")
+app.add_typer(rl_app, name="rl")
 
 # Wings that later issues fill. They answer honestly instead of pretending to work.
 PENDING = {
-    "sft": ("supervised fine-tuning", 5),
-    "rl": ("GRPO-family RL trainer (AceReason, ProRL, CrossThink)", 5),
     "rm": ("reward models (HelpSteer2-Preference, ArmoRM)", 11),
     "compress": ("2:4 sparsity (MaskLLM, Wanda, SparseGPT) and Puzzle", 6),
     "data": ("data engine and Nemotron-CC-Math / BeyondWeb / CultureGuard pipelines", 12),
-    "eval": ("pass@k, benchmarks, perplexity", 5),
 }
 
 
@@ -72,6 +74,23 @@ OutOpt = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+def _run_recipe(config_cls, recipe, overrides, out, resume: bool, dry_run: bool, runner, check=None) -> None:
+    """The shape every runner command shares: recipe -> config -> (dry run | run directory -> runner -> summary)."""
+    from refinery.config import dump_config, load_config
+    from refinery.runs import RunDir
+
+    cfg = load_config(config_cls, recipe, overrides)
+    if check is not None:
+        check(cfg)
+    if dry_run:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    _quiet_hf()
+    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
+    summary = runner(cfg, run)
+    _print_summary(summary, run.path)
 
 
 def _quiet_hf() -> None:
@@ -121,19 +140,10 @@ def models_pretrain(recipe: Path = RecipeArg, overrides: List[str] | None = Over
                     out: Path | None = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
                     progress: bool = ProgressOpt) -> None:
     """Pretrain a tiny model on text files or a procedural task stream (cosine LR, eval, checkpoints)."""
-    from refinery.config import dump_config, load_config
     from refinery.models.pretrain import PretrainConfig, check_config, pretrain
-    from refinery.runs import RunDir
 
-    cfg = load_config(PretrainConfig, recipe, overrides)
-    check_config(cfg)
-    if dry_run:
-        console.print(dump_config(cfg), end="", markup=False, highlight=False)
-        return
-    _quiet_hf()
-    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
-    summary = pretrain(cfg, run, progress=progress)
-    _print_summary(summary, run.path)
+    _run_recipe(PretrainConfig, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config)
 
 
 @models_app.command("info")
@@ -200,6 +210,74 @@ def tasks_sample(
     items = sample(name, n, seed=seed, difficulty=levels, split=split)
     atomic_write_text(out, "".join(json.dumps(it) + "\n" for it in items))
     console.print(f"wrote {len(items)} {name} items to {out}")
+
+
+# ---- sft / rl ----------------------------------------------------------------------------------------------
+@sft_app.command("train")
+def sft_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
+              resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """Chat-template SFT (loss on response tokens only, optional packing, resumable)."""
+    from refinery.models.pretrain import check_config, pretrain
+    from refinery.rl.sft import SFTConfig
+
+    _run_recipe(SFTConfig, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config)
+
+
+@rl_app.command("train")
+def rl_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
+             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """Train a policy with verifier rewards (e.g. recipes/prorl.yaml profile=tiny)."""
+    from refinery.rl.config import RLConfig
+    from refinery.rl.trainer import train_rl
+
+    _run_recipe(RLConfig, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: train_rl(cfg, run, progress=progress))
+
+
+@app.command("eval")
+def eval_cmd(
+    kind: str = typer.Argument(..., help="math, code or choice."),
+    data: str = typer.Option(..., "--data", help="gsm8k/math500/aime/humaneval file, a JSONL of {id, prompt, "
+                             "answer|tests}, or tasks:NAME for a procedural task's test split."),
+    model: List[str] = typer.Option(..., "--model", help="Model dir (hf/vllm) or served name (openai); repeat "
+                                    "to compare models (ProRL's boundary analysis)."),
+    backend: str = typer.Option("hf", "--backend", help="hf, openai or vllm."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url"),
+    n: int = typer.Option(16, "--n", min=1, help="Samples per problem."),
+    k: str = typer.Option("1,4,16", "--k", help="pass@k values (each <= n)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems only."),
+    temperature: float = typer.Option(0.8, "--temperature"),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template with {problem} (default: "
+                                           "task prompt as is; files: an instruction to box the answer)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for results.json, report.md and the plot."),
+) -> None:
+    """Unbiased pass@k and avg@n of one or more models on a benchmark."""
+    from refinery.eval.passk import run_eval
+
+    try:
+        ks = sorted({int(x) for x in k.split(",")})
+    except ValueError:
+        raise RefineryError(f"--k {k!r}: expected integers like 1,4,16") from None
+    if any(x > n or x < 1 for x in ks):
+        raise RefineryError(f"every k must be between 1 and --n ({n}); got {ks}")
+    _quiet_hf()
+    results = run_eval(kind, data, model, backend=backend, base_url=base_url, n=n, ks=ks, limit=limit,
+                       temperature=temperature, max_new_tokens=max_new_tokens, template=template, seed=seed, out=out)
+    from rich.table import Table
+
+    table = Table(title=f"{kind} on {data}")
+    table.add_column("model")
+    for x in ks:
+        table.add_column(f"pass@{x}")
+    table.add_column(f"avg@{n}")
+    for name, r in results["models"].items():
+        table.add_row(name, *[f"{r['pass@'+str(x)]:.3f}" for x in ks], f"{r['avg@n']:.3f}")
+    console.print(table)
+    if out:
+        console.print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
 
 
 # ---- generation ------------------------------------------------------------------------------------------
@@ -317,20 +395,12 @@ def quickstart_cmd(recipe: Path | None = typer.Argument(None, help="Recipe (defa
                    overrides: List[str] | None = OverridesArg, out: Path | None = OutOpt,
                    resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
     """The whole life of a tiny model on a laptop: build, pretrain, evaluate, report."""
-    from refinery.config import dump_config, load_config
     from refinery.quickstart import QuickstartConfig, run_quickstart
-    from refinery.runs import RunDir
 
     if recipe is not None and "=" in str(recipe) and not recipe.exists():
         overrides, recipe = [str(recipe), *(overrides or [])], None  # no recipe given, only overrides
-    cfg = load_config(QuickstartConfig, recipe, overrides)
-    if dry_run:
-        console.print(dump_config(cfg), end="", markup=False, highlight=False)
-        return
-    _quiet_hf()
-    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
-    summary = run_quickstart(cfg, run, progress=progress, console=console)
-    _print_summary(summary, run.path)
+    _run_recipe(QuickstartConfig, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: run_quickstart(cfg, run, progress=progress, console=console))
 
 
 def _print_summary(summary: dict, path: Path) -> None:

@@ -99,10 +99,60 @@ def validate(model: type[T], data: dict[str, Any], source: str = "config") -> T:
         raise ConfigError(_format_errors(model, e, source)) from None
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = _deepcopy(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deepcopy(v)
+    return out
+
+
+def apply_profile(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge the selected ``profiles.<name>`` section (chosen by ``profile=NAME``) into the recipe.
+
+    A profile is a partial recipe (e.g. ``tiny``: CPU-sized model and steps); explicit overrides still win.
+    """
+    profiles = data.pop("profiles", None) or {}
+    chosen = data.get("profile")
+    for item in overrides:
+        path, value = parse_override(item)
+        if path == ["profile"]:
+            chosen = value
+    if chosen is None:
+        return data
+    if chosen not in profiles:
+        raise ConfigError(f"unknown profile '{chosen}' (this recipe has: {', '.join(profiles) or 'none'})")
+    return deep_merge(data, profiles[chosen])
+
+
+def with_defaults(model: type[BaseModel], default: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` completed from ``default`` (an instance) wherever ``data`` gives a section only in part.
+
+    Without this, ``policy.bootstrap.trainer.steps=800`` would rebuild ``bootstrap`` from its class defaults and
+    silently drop the values its default factory set. Plain dict/list fields are replaced, not merged; unknown keys
+    are kept so validation can name them.
+    """
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        sub_default = getattr(default, name, None)
+        ann = _unwrap(field.annotation)
+        is_section = isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(sub_default, BaseModel)
+        if name in data:
+            if is_section and isinstance(data[name], dict):
+                out[name] = with_defaults(ann, sub_default, data[name])
+        else:
+            out[name] = sub_default.model_dump() if isinstance(sub_default, BaseModel) else _deepcopy(sub_default)
+    return out
+
+
 def load_config(model: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load a recipe (or the model's defaults when ``recipe`` is None), apply overrides, validate."""
+    """Load a recipe (or the model's defaults when ``recipe`` is None), apply its profile and overrides, validate."""
     data = read_yaml(recipe) if recipe is not None else {}
+    data = apply_profile(data, list(overrides or []))
     data = apply_overrides(data, list(overrides or []))
+    try:
+        data = with_defaults(model, model(), data)
+    except ValidationError:  # a runner whose config has required fields: validate the data as given
+        pass
     return validate(model, data, source=str(recipe) if recipe is not None else "defaults")
 
 

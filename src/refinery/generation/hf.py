@@ -120,27 +120,40 @@ class HFGenerator:
         cache = DynamicCache()
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         ids, attn, pos = ids.to(self.device), attn.to(self.device), pos.to(self.device)
+        want_logprobs = any(r.params.logprobs for r in rows)
+        active = list(range(B))  # rows still decoding; finished rows leave the batch and the KV cache
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
                                 **{self.cache_kw: cache}).logits[:, -1].float().cpu()
             pos = pos[:, -1:]
             for _ in range(max(budget)):
-                raw = torch.log_softmax(logits, dim=-1)
-                nxt = sample_next(logits, temps, top_k, top_p, gens)
-                for i in range(B):
-                    if reasons[i] is not None:
-                        continue
-                    tok = int(nxt[i])
+                raw = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+                nxt = sample_next(logits, temps, top_k, top_p, [gens[i] for i in active])
+                keep = []
+                for j, i in enumerate(active):
+                    tok = int(nxt[j])
                     tokens[i].append(tok)
-                    logps[i].append(float(raw[i, tok]))
+                    if raw is not None:
+                        logps[i].append(float(raw[j, tok]))
                     reasons[i] = self._finished(rows[i], tokens[i], texts, i, budget[i])
-                if all(r is not None for r in reasons):
+                    if reasons[i] is None:
+                        keep.append(j)
+                if not keep:
                     break
-                feed = torch.tensor([t[-1] if reasons[i] is None else self.pad_id for i, t in enumerate(tokens)])
-                attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=self.device)], dim=1)
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel.to(self.device))
+                    attn, pos, nxt = attn[sel.to(self.device)], pos[sel.to(self.device)], nxt[sel]
+                    temps, top_k, top_p = temps[sel], top_k[sel], top_p[sel]
+                    active = [active[j] for j in keep]
+                attn = torch.cat([attn, torch.ones((len(active), 1), dtype=attn.dtype, device=self.device)], dim=1)
                 pos = pos + 1
-                logits = self.model(input_ids=feed[:, None].to(self.device), attention_mask=attn, position_ids=pos,
+                logits = self.model(input_ids=nxt[:, None].to(self.device), attention_mask=attn, position_ids=pos,
                                     use_cache=True, **{self.cache_kw: cache}).logits[:, -1].float().cpu()
+        for i, r in enumerate(rows):
+            if not r.params.stop:  # rows with stop strings were decoded as they went
+                toks = tokens[i][:-1] if tokens[i] and tokens[i][-1] in self.eos_ids else tokens[i]
+                texts[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return [
             Completion(text=texts[i], token_ids=tokens[i], logprobs=logps[i] if r.params.logprobs else None,
                        finish_reason=reasons[i] or "length", index=r.index, sample=r.sample,
@@ -149,14 +162,14 @@ class HFGenerator:
         ]
 
     def _finished(self, row: Row, toks: list[int], texts: list[str], i: int, budget: int) -> str | None:
-        """Update row i's text; return 'stop' / 'length' when it is done, else None."""
+        """'stop' / 'length' when row i is done, else None; text is tracked only for rows with stop strings."""
         if toks[-1] in self.eos_ids:
-            texts[i] = self.tokenizer.decode(toks[:-1], skip_special_tokens=True)
+            if row.params.stop:
+                texts[i] = self.tokenizer.decode(toks[:-1], skip_special_tokens=True)
             return "stop"
-        texts[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         if row.params.stop:
-            hits = [texts[i].find(s) for s in row.params.stop]
-            hits = [h for h in hits if h >= 0]
+            texts[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
+            hits = [h for h in (texts[i].find(s) for s in row.params.stop) if h >= 0]
             if hits:
                 texts[i] = texts[i][: min(hits)]
                 return "stop"

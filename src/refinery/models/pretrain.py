@@ -6,6 +6,7 @@ so a killed run resumed from its last checkpoint ends exactly where an uninterru
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -17,14 +18,16 @@ from pydantic import Field, model_validator
 from refinery.config import Section
 from refinery.errors import CheckpointError, ConfigError, DataError
 from refinery.models.zoo import ModelConfig, TokenizerConfig, build_cached, count_parameters
+from refinery.progress import StepBar
 from refinery.runs import RunDir, checkpoint_step
 
 DEFAULT_TASKS = ["arithmetic", "word_problems", "countdown"]
 
 
 class PretrainData(Section):
-    source: Literal["tasks", "text"] = Field("tasks", description="'tasks': procedural worked solutions; "
-                                                                   "'text': the files in text_files")
+    source: Literal["tasks", "text", "jsonl"] = Field(
+        "tasks", description="'tasks': procedural worked solutions; 'text': the files in text_files; "
+                             "'jsonl': chat examples in jsonl_files")
     tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), description="task names (source=tasks)")
     difficulty: dict[str, list[int]] = Field(
         default_factory=lambda: {"arithmetic": [2, 3, 4], "word_problems": [1, 2, 3], "countdown": [1, 2]},
@@ -32,6 +35,12 @@ class PretrainData(Section):
     n_train_per_task: int = Field(20000, gt=0, description="distinct training items per task")
     n_test_per_task: int = Field(200, ge=0, description="held-out items per task, never in train")
     text_files: list[str] = Field(default_factory=list, description="UTF-8 text files (source=text)")
+    jsonl_files: list[str] = Field(default_factory=list, description="source=jsonl: lines {prompt|messages, "
+                                                                      "response}; 5% held out for eval loss")
+    responses_per_prompt: int = Field(1, ge=1, description="tasks: worked solutions per prompt (AceReason 1.1 "
+                                                           "scales prompts x responses); >1 repeats each item")
+    packing: bool = Field(False, description="pack several examples into one row of seq_len (fewer pad tokens; "
+                                             "examples attend across boundaries, as TRL packing=True)")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="tail of the text held out for eval loss")
     seq_len: int = Field(128, ge=8, description="training window (text) / max item length (tasks)")
     completion_only: bool = Field(False, description="tasks: train only on the solution, not the prompt")
@@ -42,6 +51,8 @@ class PretrainData(Section):
             raise ValueError("source is 'text' but text_files is empty")
         if self.source == "tasks" and not self.tasks:
             raise ValueError("source is 'tasks' but tasks is empty")
+        if self.source == "jsonl" and not self.jsonl_files:
+            raise ValueError("source is 'jsonl' but jsonl_files is empty")
         return self
 
 
@@ -72,6 +83,8 @@ class EvalConfig(Section):
 class PretrainConfig(Section):
     name: str = Field("pretrain", description="run name (directory prefix)")
     seed: int = Field(0, description="seed for data, init and batches")
+    init_from: str | None = Field(None, description="start from this HF model dir (its tokenizer too) instead of "
+                                                    "building model/tokenizer: fine-tuning / SFT")
     model: ModelConfig = Field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     data: PretrainData = Field(default_factory=PretrainData)
@@ -92,26 +105,32 @@ def lr_at(step: int, cfg: TrainerConfig) -> float:
 
 # ---- data ------------------------------------------------------------------------------------------------
 class TaskData:
-    """Pre-tokenised chat sequences (prompt + worked solution + EOS) with optional prompt masking."""
+    """Pre-tokenised chat sequences (prompt + response + EOS) with optional prompt masking and packing.
 
-    def __init__(self, train_items, test_items, tokenizer, seq_len: int, completion_only: bool):
-        from refinery.models.chat import prompt_text
+    Items are ``{prompt | messages, solution | response}``; the prompt side is rendered with the chat template.
+    """
 
+    def __init__(self, train_items, test_items, tokenizer, seq_len: int, completion_only: bool,
+                 packing: bool = False):
         self.test_items = test_items
         self.pad = tokenizer.pad_token_id
 
         def encode(items):
-            prompts = tokenizer([prompt_text(tokenizer, it["prompt"]) for it in items], add_special_tokens=False)
-            sols = tokenizer([it["solution"] for it in items], add_special_tokens=False)
+            chats = [it["messages"] if "messages" in it else [{"role": "user", "content": it["prompt"]}]
+                     for it in items]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+            prompts = tokenizer(texts, add_special_tokens=False)
+            sols = tokenizer([it.get("solution", it.get("response", "")) for it in items], add_special_tokens=False)
             seqs = []
             for p, s in zip(prompts["input_ids"], sols["input_ids"]):
                 ids = (p + s + [tokenizer.eos_token_id])[:seq_len]
-                n_prompt = len(p) if completion_only else 0
-                seqs.append((ids, n_prompt))
+                seqs.append((ids, len(p) if completion_only else 0))
             return seqs
 
         self.train = encode(train_items)
         self.val = encode(test_items)
+        if packing:
+            self.train = pack(self.train, seq_len)
 
     def _collate(self, seqs):
         import torch
@@ -121,8 +140,13 @@ class TaskData:
         y = torch.full((len(seqs), width), -100, dtype=torch.long)
         for i, (ids, n_prompt) in enumerate(seqs):
             x[i, :len(ids)] = torch.tensor(ids)
-            y[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+            if isinstance(n_prompt, list):  # packed row: a label mask per position
+                y[i, :len(ids)] = torch.tensor([t if keep else -100 for t, keep in zip(ids, n_prompt)])
+            else:
+                y[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
         return x, y
+
+
 
     def batch(self, step: int, batch_size: int, seed: int):
         import torch
@@ -134,6 +158,48 @@ class TaskData:
     def val_batches(self, batch_size: int, n: int):
         for i in range(0, min(len(self.val), n * batch_size), batch_size):
             yield self._collate(self.val[i:i + batch_size])
+
+
+def pack(seqs: list[tuple[list[int], int]], seq_len: int) -> list[tuple[list[int], list[bool]]]:
+    """Greedy first-fit packing of (ids, n_prompt) examples into rows of at most ``seq_len`` tokens."""
+    rows: list[tuple[list[int], list[bool]]] = []
+    cur_ids: list[int] = []
+    cur_keep: list[bool] = []
+    for ids, n_prompt in seqs:
+        if cur_ids and len(cur_ids) + len(ids) > seq_len:
+            rows.append((cur_ids, cur_keep))
+            cur_ids, cur_keep = [], []
+        cur_ids = cur_ids + ids
+        cur_keep = cur_keep + [i >= n_prompt for i in range(len(ids))]
+    if cur_ids:
+        rows.append((cur_ids, cur_keep))
+    return rows
+
+
+def read_chat_jsonl(paths: list[str]) -> list[dict]:
+    """SFT examples: lines ``{prompt | messages, response}``; one error line names the file and line."""
+    import json
+
+    items = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"jsonl file {path} does not exist")
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {lineno}: malformed JSON ({e.msg})") from None
+            ok = isinstance(rec, dict) and isinstance(rec.get("response"), str) and (
+                isinstance(rec.get("prompt"), str) or isinstance(rec.get("messages"), list))
+            if not ok:
+                raise DataError(f"{path} line {lineno}: needs 'response' and 'prompt' (or 'messages')")
+            items.append(rec)
+    if not items:
+        raise DataError(f"no examples in {', '.join(paths)}")
+    return items
 
 
 class TextData:
@@ -253,14 +319,21 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     t_setup = time.time()
     if cfg.data.source == "tasks":
         train_items, test_items = task_items(cfg.data, cfg.seed)
+        train_items = train_items * cfg.data.responses_per_prompt
         corpus = [it["prompt"] + "\n" + it["solution"] for it in train_items]
+    elif cfg.data.source == "jsonl":
+        examples = read_chat_jsonl(cfg.data.jsonl_files)
+        cut = max(1, int(len(examples) * 0.95)) if len(examples) > 1 else 1
+        train_items, test_items = examples[:cut], examples[cut:] or examples[:1]
+        corpus = [json.dumps(it.get("messages", it.get("prompt"))) + "\n" + it["response"] for it in train_items]
     else:
         corpus = read_text_files(cfg.data.text_files)
-    init_dir = build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
+    init_dir = Path(cfg.init_from) if cfg.init_from else build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
     tokenizer = load_tokenizer(init_dir)
 
-    if cfg.data.source == "tasks":
-        data = TaskData(train_items, test_items, tokenizer, cfg.data.seq_len, cfg.data.completion_only)
+    if cfg.data.source in ("tasks", "jsonl"):
+        data = TaskData(train_items, test_items, tokenizer, cfg.data.seq_len, cfg.data.completion_only,
+                        cfg.data.packing)
     else:
         ids = torch.tensor(tokenizer("\n\n".join(corpus), add_special_tokens=False)["input_ids"], dtype=torch.long)
         cut = int(len(ids) * (1 - cfg.data.val_fraction))
@@ -288,7 +361,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
             torch.save({"optimizer": optimizer.state_dict(), "step": step}, d / "trainer_state.pt")
         run.save_checkpoint(step, write, keep=tc.keep_checkpoints)
 
-    bar = _progress(progress, total=tc.steps, start=start, name=cfg.name)
+    bar = StepBar(progress, total=tc.steps, start=start, name=cfg.name, keys=("loss", "eval_loss"))
     t0, tokens, window = time.time(), 0, []
     last_eval = None
     try:
@@ -317,7 +390,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
                 run.log_metrics(done, **row)
             if done % tc.checkpoint_every == 0 or done == tc.steps:
                 save(done)
-            bar.update(done, row.get("loss"), last_eval)
+            bar.update(done, row)
             if stop_after is not None and done >= stop_after and done < tc.steps:
                 return run.summary()
     finally:
@@ -367,33 +440,6 @@ def render_report(cfg: PretrainConfig, run: RunDir) -> str:
         lines += [f"| {s} | {v:.4f} |" for s, v in evals]
     lines += ["", "Config: `config.yaml`; per-step metrics: `metrics.jsonl`; model: `model/` (HF format)."]
     return "\n".join(lines) + "\n"
-
-
-class _progress:
-    """A rich progress bar (or nothing when disabled / not a terminal)."""
-
-    def __init__(self, enabled: bool, total: int, start: int, name: str):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
-            self.task = self.bar.add_task(name, total=total, completed=start, info="")
-            self.bar.start()
-
-    def update(self, done: int, loss: float | None, eval_loss: float | None) -> None:
-        if self.bar is None:
-            return
-        info = " ".join(f"{k} {v:.3f}" for k, v in (("loss", loss), ("eval", eval_loss)) if v is not None)
-        if info:
-            self.bar.update(self.task, completed=done, info=info)
-        else:
-            self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def check_config(cfg: PretrainConfig) -> None:

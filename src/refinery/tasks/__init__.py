@@ -5,7 +5,7 @@ Each task is a generator ``(rng, difficulty) -> Item`` registered by name. Items
 ``make_splits`` guarantees that train and test never share a (normalised) prompt.
 """
 
-from refinery.tasks import arithmetic, countdown, word_problems  # noqa: F401  (registers the tasks)
+from refinery.tasks import arithmetic, countdown, mcq, word_problems  # noqa: F401  (registers the tasks)
 from refinery.tasks.base import TASKS, Item, get_task, make_splits, normalise_prompt, sample, split_of, task_names
 
 __all__ = ["TASKS", "Item", "get_task", "make_splits", "normalise_prompt", "sample", "split_of", "task_names"]

@@ -1,0 +1,87 @@
+"""Policy-gradient losses as small pure functions over per-token tensors ``[batch, time]``.
+
+``mask`` marks response tokens that count (1) and padding / filtered samples (0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      eps_low: float = 0.2, eps_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO loss ``max(-A r, -A clip(r, 1-eps_low, 1+eps_high))`` and where clipping was active.
+
+    Decoupled ``eps_low``/``eps_high`` is DAPO's clip-higher (ProRL: 0.2 / 0.4). ``advantages`` is ``[B]`` or
+    ``[B, T]``.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3)."""
+    log_ratio = logp - ref_logp
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.exp(-log_ratio) - 1.0 + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3)")
+
+
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+              max_len: int | None = None) -> torch.Tensor:
+    """Reduce per-token losses to a scalar.
+
+    - ``token-mean`` (DAPO / AceReason): sum over all response tokens / number of tokens;
+    - ``seq-mean-token-mean`` (GRPO): mean over sequences of each sequence's token mean;
+    - ``seq-mean-token-sum-norm`` (Dr.GRPO): sum over tokens / (sequences x a constant ``max_len``).
+    """
+    mask = mask.to(loss.dtype)
+    if mode == "token-mean":
+        return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+    if mode == "seq-mean-token-mean":
+        per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        live = (mask.sum(-1) > 0).to(loss.dtype)
+        return (per_seq * live).sum() / live.sum().clamp(min=1.0)
+    if mode == "seq-mean-token-sum-norm":
+        norm = max_len if max_len is not None else loss.shape[-1]
+        return (loss * mask).sum() / (loss.shape[0] * norm)
+    raise ValueError(f"unknown loss aggregation {mode!r} ({', '.join(AGGREGATIONS)})")
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of ``softmax(logits / temperature)`` per position (AceReason 1.1's temperature-adjusted entropy)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token-mean",
+                ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+                max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The full GRPO-family objective and its diagnostics (clip fraction, KL, entropy)."""
+    pg, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    per_token = pg
+    stats: dict[str, float] = {}
+    m = mask.to(logp.dtype)
+    n = m.sum().clamp(min=1.0)
+    if kl_coef and ref_logp is not None:
+        kl = kl_penalty(logp, ref_logp, kl_estimator)
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = float((kl.detach() * m).sum() / n)
+    if entropy_coef and entropy is not None:
+        per_token = per_token - entropy_coef * entropy
+    loss = aggregate(per_token, mask, agg, max_len)
+    stats["clip_frac"] = float((clipped.to(m.dtype) * m).sum() / n)
+    stats["pg_loss"] = float(aggregate(pg.detach(), mask, agg, max_len))
+    return loss, stats

@@ -1,0 +1,57 @@
+"""Reward routing: each sample goes to the verifier of its domain (CrossThink's multi-domain batches)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refinery.verifiers.base import Verdict
+
+
+class RewardRouter:
+    """``(item, response) -> Verdict``. Procedural math goes to the math verifier (an explicit final answer is
+    required: no last-number fallback), countdown to its exact expression check, items with ``tests`` to the code
+    sandbox, choice items to the choice verifier. An optional format reward is mixed in with ``format_weight``."""
+
+    def __init__(self, format_weight: float = 0.0):
+        from refinery.verifiers.choice import ChoiceVerifier
+        from refinery.verifiers.format import FormatVerifier
+        from refinery.verifiers.math import MathConfig, MathVerifier
+
+        self.math = MathVerifier(MathConfig(fallback_last_number=False))
+        self.choice = ChoiceVerifier()
+        self.format = FormatVerifier(require_think=False)
+        self.format_weight = format_weight
+        self._code = None
+
+    @property
+    def code(self):
+        if self._code is None:
+            from refinery.verifiers.code import CodeVerifier
+
+            self._code = CodeVerifier()
+        return self._code
+
+    def close(self) -> None:
+        if self._code is not None:
+            self._code.close()
+
+    def verdict(self, item: dict[str, Any], response: str) -> Verdict:
+        from refinery.tasks import TASKS
+
+        task = item.get("task") or item["id"].rsplit("-", 1)[0]
+        if "tests" in item:
+            return self.code(response, item["tests"])
+        if item.get("domain") == "choice":
+            return self.choice(response, item["answer"])
+        if task in TASKS and item.get("domain") == "code":  # countdown: exact evaluation of the expression
+            ok = TASKS[task].check(response, item["answer"])
+            return Verdict(1.0 if ok else 0.0, None, "solves the puzzle" if ok else "does not solve the puzzle")
+        return self.math(response, item["answer"])
+
+    def __call__(self, item: dict[str, Any], response: str) -> tuple[float, bool]:
+        """(reward, correct)."""
+        v = self.verdict(item, response)
+        reward = v.score
+        if self.format_weight:
+            reward = (1 - self.format_weight) * reward + self.format_weight * self.format(response).score
+        return reward, v.correct

@@ -1,0 +1,136 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refinery.cli import main
+from refinery.config import load_config
+from refinery.errors import ConfigError
+from refinery.rl.config import RLConfig
+from refinery.rl.trainer import RLRun, train_rl
+from refinery.runs import RunDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A small policy that solves some one-digit sums (seconds to train)."""
+    from refinery.models.pretrain import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, None, [
+        "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.intermediate_size=128", "model.vocab_size=320", "data.tasks=[arithmetic]",
+        "data.difficulty={arithmetic: [1]}", "data.n_train_per_task=150", "data.n_test_per_task=10",
+        "data.completion_only=true", "trainer.steps=150", "trainer.batch_size=32", "trainer.lr=1e-2",
+        "trainer.warmup_steps=5", "trainer.eval_every=150", "trainer.checkpoint_every=150", "eval.n_per_task=0"])
+    root = tmp_path_factory.mktemp("policy")
+    run = RunDir.create(cfg, "p", out=root / "run")
+    pretrain(cfg, run, progress=False)
+    return run.path / "model"
+
+
+def rl_cfg(policy, *extra):
+    return load_config(RLConfig, None, [
+        f"policy.path={policy}", "data.tasks=[arithmetic]", "data.difficulty={arithmetic: [1]}",
+        "data.n_train_per_task=150", "data.heldout_per_task=15", "rollout.group_size=4",
+        "rollout.prompts_per_step=4", "rollout.max_new_tokens=12", "trainer.lr=1e-4", "trainer.steps=4",
+        "trainer.eval_every=2", "trainer.checkpoint_every=2", "trainer.eval_prompts=10", "eval.max_new_tokens=12",
+        "trainer.threads=1", *extra])
+
+
+def test_dynamic_sampling_refills_with_informative_groups(policy, tmp_path):
+    cfg = rl_cfg(policy, "algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=4")
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), policy)
+    groups, info = state.rollouts(0)
+    assert all(float(g[2].max() - g[2].min()) > 0 for g in groups)  # only informative groups are kept
+    assert info["seen_groups"] >= len(groups)
+    if info["filtered_group_rate"] > 0:
+        assert info["rounds"] > 1  # it went back for more
+    off = rl_cfg(policy)
+    state2 = RLRun(off, RunDir.create(off, "t", out=tmp_path / "r2"), policy)
+    groups2, info2 = state2.rollouts(0)
+    assert len(groups2) == 4 and info2["rounds"] == 1 and info2["filtered_group_rate"] == 0
+
+
+def test_rl_run_writes_summary_report_and_resumes_exactly(policy, tmp_path):
+    cfg = rl_cfg(policy, "algorithm.kl_coef=0.01", "controllers.reference_reset.every=2",
+                 "controllers.temperature.enabled=true", "trainer.mini_batch_prompts=2")
+    full = train_rl(cfg, RunDir.create(cfg, "t", out=tmp_path / "full"), progress=False)
+    for key in ("accuracy_before", "accuracy_after", "heldout_n", "rl.reference_resets"):
+        assert key in full, key
+    assert full["heldout_n"] == 15 and full["rl.reference_resets"] == 2
+    assert (tmp_path / "full" / "plots" / "rl_metrics.png").exists()
+    assert "Held-out accuracy" in (tmp_path / "full" / "report.md").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "entropy", "kl", "clip_frac", "response_length", "truncation_rate", "tokens_per_s",
+            "filtered_group_rate", "temperature"} <= set(rows[1])
+
+    cut = RunDir.create(cfg, "t", out=tmp_path / "cut")
+    train_rl(cfg, cut, progress=False, stop_after=2)
+    resumed = train_rl(cfg, RunDir.create(cfg, "t", out=tmp_path / "cut", resume=True), progress=False)
+    assert resumed["accuracy_after"] == full["accuracy_after"]
+    a = [r.get("reward") for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())]
+    b = [r.get("reward") for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())]
+    assert a == b  # same rollouts and rewards after the resume
+
+
+def test_recipes_and_profiles_validate():
+    for name in ("prorl", "acereason", "acereason_1_1", "crossthink"):
+        paper = load_config(RLConfig, ROOT / "recipes" / f"{name}.yaml")
+        tiny = load_config(RLConfig, ROOT / "recipes" / f"{name}.yaml", ["profile=tiny"])
+        assert tiny.profile == "tiny" and tiny.rollout.prompts_per_step < paper.rollout.prompts_per_step
+    prorl = load_config(RLConfig, ROOT / "recipes" / "prorl.yaml")
+    assert (prorl.algorithm.eps_low, prorl.algorithm.eps_high, prorl.rollout.group_size) == (0.2, 0.4, 16)
+    assert (prorl.rollout.prompts_per_step, prorl.trainer.mini_batch_prompts, prorl.trainer.lr) == (256, 64, 2e-6)
+    ace = load_config(RLConfig, ROOT / "recipes" / "acereason.yaml")
+    assert [s.max_new_tokens for s in ace.controllers.length_curriculum] == [8192, 16384, 24576, 32768]
+    assert ace.algorithm.kl_coef == 0 and ace.trainer.mini_batch_prompts is None
+    # an explicit override beats the profile
+    over = load_config(RLConfig, ROOT / "recipes" / "prorl.yaml", ["profile=tiny", "trainer.steps=7"])
+    assert over.trainer.steps == 7
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        load_config(RLConfig, ROOT / "recipes" / "prorl.yaml", ["profile=huge"])
+    with pytest.raises(ConfigError, match="multiple of"):
+        load_config(RLConfig, None, ["rollout.prompts_per_step=10", "trainer.mini_batch_prompts=4"])
+
+
+def test_rl_cli_dry_run_and_errors(capsys):
+    assert main(["rl", "train", str(ROOT / "recipes/prorl.yaml"), "profile=tiny", "--dry-run"]) == 0
+    assert "eps_high: 0.4" in capsys.readouterr().out
+    assert main(["rl", "train", str(ROOT / "recipes/prorl.yaml"), "algorithm.eps_hi=1", "--dry-run"]) == 2
+    assert "did you mean 'algorithm.eps_high'" in capsys.readouterr().err
+
+
+def test_fewer_groups_than_a_mini_batch(policy, tmp_path):
+    """Dynamic sampling may keep fewer groups than one mini-batch: the update still runs on what is there."""
+    cfg = rl_cfg(policy, "trainer.mini_batch_prompts=2", "rollout.prompts_per_step=4")
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), policy)
+    groups, _ = state.rollouts(0)
+    before = [p.detach().clone() for p in state.model.parameters()]
+    stats = state.update(groups[:1])  # one group, mini-batch of two
+    assert stats["samples"] == cfg.rollout.group_size
+    mixed = float(groups[0][2].max() - groups[0][2].min()) > 0
+    changed = any(not torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+    assert changed or not mixed
+
+
+def test_training_logprobs_equal_sampling_logprobs(policy):
+    """The update must score exactly the tokens that were sampled, in the context they were sampled in."""
+    from refinery.generation import SamplingParams
+    from refinery.generation.hf import HFGenerator
+    from refinery.rl.trainer import build_batch, chat, response_logprobs
+    from refinery.tasks import sample
+
+    gen = HFGenerator(policy)
+    items = sample("arithmetic", 5, seed=2, difficulty=[1, 2])
+    out = gen.generate([chat(it) for it in items], SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=1,
+                                                                  logprobs=True))
+    prompts = [gen.encode(chat(it)) for it in items for _ in range(2)]
+    ids, attn, mask, P = build_batch(prompts, [c.token_ids for c in out], gen.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = response_logprobs(gen.model, ids, attn, P, 1.0)
+    for i, c in enumerate(out):
+        assert torch.allclose(logp[i, :len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
+        assert mask[i].sum() == len(c.token_ids)
