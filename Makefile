@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-slow test-all lint lynx clean help
+.PHONY: install quickstart test test-slow test-all lint lynx bench clean help
 
 help:
 	@echo "make quickstart  install everything, then run the quickstart (runs/quickstart-*/report.md)"
 	@echo "make test        install everything, then run the default test suite"
 	@echo "make test-slow   the slow tests (full quickstart, long training)"
 	@echo "make lint        ruff"
+	@echo "make bench       install the peers (TRL, Math-Verify) and run every benchmark, appending to benchmarks/RESULTS.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,13 @@ test-slow: install
 
 test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/python benchmarks/bench_generation.py --record
+	$(BIN)/python benchmarks/bench_math_verify.py --record
+	$(BIN)/python benchmarks/bench_code_sandbox.py --record
+	$(BIN)/python benchmarks/bench_rl_vs_trl.py --record
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
