@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.errors import DataError
 from refinery.generation.base import Completion, GenerationError, Generator, SamplingParams
+from refinery.jsonl import iter_jsonl
 
 
 @dataclass
@@ -28,27 +28,19 @@ class GenerateStats:
 
 def read_requests(path: Path, rejects: list[dict]) -> list[dict]:
     """Valid records of ``path``; each bad line becomes a reject with its line number and reason."""
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
     records, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                rejects.append({"line": lineno, "reason": f"malformed JSON: {e.msg}"})
-                continue
-            reason = _invalid(rec)
-            if reason is None and str(rec["id"]) in seen:
-                reason = f"duplicate id {rec['id']!r}"
-            if reason:
-                rejects.append({"line": lineno, "id": rec.get("id") if isinstance(rec, dict) else None,
-                                "reason": reason})
-                continue
-            seen.add(str(rec["id"]))
-            records.append(rec)
+    for lineno, rec, error in iter_jsonl(path):
+        if error:
+            rejects.append({"line": lineno, "reason": error})
+            continue
+        reason = _invalid(rec)
+        if reason is None and str(rec["id"]) in seen:
+            reason = f"duplicate id {rec['id']!r}"
+        if reason:
+            rejects.append({"line": lineno, "id": rec.get("id") if isinstance(rec, dict) else None, "reason": reason})
+            continue
+        seen.add(str(rec["id"]))
+        records.append(rec)
     return records
 
 

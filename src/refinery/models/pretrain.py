@@ -178,20 +178,13 @@ def pack(seqs: list[tuple[list[int], int]], seq_len: int) -> list[tuple[list[int
 
 def read_chat_jsonl(paths: list[str]) -> list[dict]:
     """SFT examples: lines ``{prompt | messages, response}``; one error line names the file and line."""
-    import json
+    from refinery.jsonl import iter_jsonl
 
     items = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise DataError(f"jsonl file {path} does not exist")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {lineno}: malformed JSON ({e.msg})") from None
+    for path in paths:
+        for lineno, rec, error in iter_jsonl(path):
+            if error:
+                raise DataError(f"{path} line {lineno}: {error}")
             ok = isinstance(rec, dict) and isinstance(rec.get("response"), str) and (
                 isinstance(rec.get("prompt"), str) or isinstance(rec.get("messages"), list))
             if not ok:

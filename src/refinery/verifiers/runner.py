@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery.errors import DataError
+from refinery.jsonl import iter_jsonl
 from refinery.verifiers.base import Verdict, Verifier
 
 
@@ -24,26 +24,18 @@ def verify_file(verifier: Verifier, kind: str, input_path: str | Path, output_pa
     """Each input line ``{id, response, reference}`` (``tests`` for code) -> ``{id, score, extracted, reason}``;
     malformed lines get a line with ``score`` null and the reason; the last line is a summary."""
     input_path, output_path = Path(input_path), Path(output_path)
-    if not input_path.is_file():
-        raise DataError(f"input file {input_path} does not exist")
     ref_key = "tests" if kind == "code" else "reference"
     rows, pairs, bad = [], [], []
-    with open(input_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append({"id": None, "line": lineno, "score": None, "reason": f"malformed JSON: {e.msg}"})
-                continue
-            if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("response"), str) \
-                    or ref_key not in rec:
-                bad.append({"id": rec.get("id") if isinstance(rec, dict) else None, "line": lineno, "score": None,
-                            "reason": f"needs 'id', a string 'response' and '{ref_key}'"})
-                continue
-            rows.append(rec)
-            pairs.append((rec["response"], rec[ref_key]))
+    for lineno, rec, error in iter_jsonl(input_path):
+        if error is None and not (isinstance(rec, dict) and "id" in rec and isinstance(rec.get("response"), str)
+                                  and ref_key in rec):
+            error = f"needs 'id', a string 'response' and '{ref_key}'"
+        if error:
+            bad.append({"id": rec.get("id") if isinstance(rec, dict) else None, "line": lineno, "score": None,
+                        "reason": error})
+            continue
+        rows.append(rec)
+        pairs.append((rec["response"], rec[ref_key]))
     verdicts: list[Verdict] = verifier.batch(pairs, workers=workers, timeout=timeout, progress=progress) \
         if pairs else []
     stats = VerifyStats(total=len(rows) + len(bad), scored=len(rows), rejected=len(bad))
