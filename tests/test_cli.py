@@ -10,10 +10,10 @@ from refinery.cli import PENDING, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args):
+def run_cli(*args, timeout: float = 300):
     """The real console entry point in a subprocess: exit code, stdout, stderr."""
     out = subprocess.run([sys.executable, "-m", "refinery.cli", *map(str, args)], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=timeout)
     return out.returncode, out.stdout, out.stderr
 
 
@@ -126,11 +126,12 @@ def test_quickstart_rl_needs_pretrain(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_quickstart_default(tmp_path):
-    """The README's quickstart as a user runs it (minutes)."""
-    code, out, err = run_cli("quickstart", "--out", tmp_path / "q", "--no-progress")
+    """The README's quickstart as a user runs it (~8 minutes on 2 cores)."""
+    code, out, err = run_cli("quickstart", "--out", tmp_path / "q", "--no-progress", timeout=2400)
     assert code == 0, err
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["pretrain.accuracy"] > 0.05, summary  # it learns the format and some problems
     assert summary["pretrain.eval_loss"] < 1.0  # an untrained model is at ~ln(512) = 6.2
-    assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] - 0.02, summary
+    assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] + 0.05, summary  # measured: 39.5% -> 53%
