@@ -134,3 +134,20 @@ def test_training_logprobs_equal_sampling_logprobs(policy):
     for i, c in enumerate(out):
         assert torch.allclose(logp[i, :len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
         assert mask[i].sum() == len(c.token_ids)
+
+
+def test_overlong_filter_masks_truncated_samples(policy, tmp_path):
+    """All samples cut by the length limit: with the filter they carry no gradient, without it they do."""
+    from refinery.generation import Completion
+
+    def moved(filter_on: bool) -> tuple[bool, float]:
+        cfg = rl_cfg(policy, f"algorithm.overlong_filter={str(filter_on).lower()}", "rollout.group_size=2")
+        state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / f"r{filter_on}"), policy)
+        item = state.train_items["arithmetic"][0]
+        comps = [Completion(text="", token_ids=state.gen.encode("1+1=2")[:3], finish_reason="length") for _ in range(2)]
+        before = [p.detach().clone() for p in state.model.parameters()]
+        stats = state.update([(item, comps, torch.tensor([1.0, 0.0]), [True, False])])
+        return any(not torch.equal(a, b) for a, b in zip(before, state.model.parameters())), stats["truncation_rate"]
+
+    assert moved(True) == (False, 1.0)
+    assert moved(False) == (True, 1.0)

@@ -402,13 +402,15 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         "pretrain.setup_seconds": round(t0 - t_setup, 1),
     }
     if cfg.data.source == "tasks" and cfg.eval.n_per_task:
-        from refinery.eval.accuracy import task_accuracy
+        from refinery.eval.accuracy import heldout_accuracy, task_rule
+        from refinery.generation.hf import HFGenerator
 
         per_task = {}
         for it in data.test_items:
             per_task.setdefault(it["id"].rsplit("-", 1)[0], []).append(it)
         items = [it for group in per_task.values() for it in group[: cfg.eval.n_per_task]]
-        acc = task_accuracy(model, tokenizer, items, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        acc = heldout_accuracy(HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size), items, task_rule,
+                               cfg.eval.max_new_tokens, by_difficulty=True)
         summary.update({f"pretrain.{k}": round(v, 4) for k, v in acc.items()})
     run.write_summary(summary)
     run.write_report(render_report(cfg, run))

@@ -25,7 +25,7 @@ from refinery.rl.config import RLConfig
 from refinery.rl.controllers import LengthCurriculum, ReferenceReset, StageSchedule, TemperatureController
 from refinery.rl.losses import policy_loss, token_entropy
 from refinery.rl.rewards import RewardRouter
-from refinery.rl.sampling import difficulty_filter, informative_groups
+from refinery.rl.sampling import difficulty_filter, informative_groups, overlong_mask
 from refinery.runs import RunDir, checkpoint_step
 
 
@@ -64,15 +64,9 @@ def bootstrap_policy(cfg: RLConfig, progress: bool = True) -> Path:
 # ---- evaluation ----------------------------------------------------------------------------------------------
 def evaluate(gen: HFGenerator, router: RewardRouter, items: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy held-out accuracy, overall and per task, scored by the same verifiers as the reward."""
-    if not items:
-        return {}
-    out = gen.generate([chat(it) for it in items], SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
-    per: dict[str, list[int]] = {}
-    for it, c in zip(items, out):
-        ok = int(router(it, c.text)[1])
-        per.setdefault("accuracy", []).append(ok)
-        per.setdefault(f"accuracy.{it['task']}", []).append(ok)
-    return {k: sum(v) / len(v) for k, v in per.items()}
+    from refinery.eval.accuracy import heldout_accuracy
+
+    return heldout_accuracy(gen, items, lambda it, text: router(it, text)[1], max_new_tokens)
 
 
 # ---- batching ------------------------------------------------------------------------------------------------
@@ -231,16 +225,18 @@ class RLRun:
         T = self.temperature()
         rewards = torch.stack([g[2] for g in groups])
         adv = compute_advantages(rewards, alg.advantage)
-        prompt_ids, resp_ids, advs, keep = [], [], [], []
+        prompt_ids, resp_ids, advs, truncated = [], [], [], []
         for (it, comps, _, _), a in zip(groups, adv):
             p = self.gen.encode(chat(it))
             for c, ai in zip(comps, a):
                 prompt_ids.append(p)
                 resp_ids.append(c.token_ids)
                 advs.append(float(ai))
-                keep.append(0.0 if (alg.overlong_filter and c.finish_reason == "length") else 1.0)
+                truncated.append(c.finish_reason == "length")
         ids, attn, mask, P = build_batch(prompt_ids, resp_ids, self.tok.pad_token_id)
-        mask = mask * torch.tensor(keep)[:, None]
+        truncated_t = torch.tensor(truncated)
+        if alg.overlong_filter:
+            mask = mask * overlong_mask(truncated_t)[:, None]
         advs_t = torch.tensor(advs)
         G = cfg.rollout.group_size
         rows_per_update = len(advs) if cfg.trainer.mini_batch_prompts is None else cfg.trainer.mini_batch_prompts * G
@@ -270,8 +266,7 @@ class RLRun:
                     stats.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["response_length"] = float(torch.tensor([len(r) for r in resp_ids], dtype=torch.float).mean())
-        out["truncation_rate"] = sum(1 for k in keep if k == 0) / len(keep) if alg.overlong_filter else \
-            sum(1 for (_, comps, _, _) in groups for c in comps if c.finish_reason == "length") / len(resp_ids)
+        out["truncation_rate"] = float(truncated_t.float().mean())
         out["samples"] = len(resp_ids)
         return out
 
