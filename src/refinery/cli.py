@@ -30,10 +30,12 @@ rl_app = typer.Typer(help="RL with verifiable rewards: GRPO-family trainer (AceR
                      no_args_is_help=True)
 app.add_typer(sft_app, name="sft")
 app.add_typer(rl_app, name="rl")
+rm_app = typer.Typer(help="Reward models: HelpSteer2-Preference (BT, margin, scaled BT, regression, ExPO) and "
+                     "ArmoRM (multi-objective + gating), RewardBench-style evaluation.", no_args_is_help=True)
+app.add_typer(rm_app, name="rm")
 
 # Wings that later issues fill. They answer honestly instead of pretending to work.
 PENDING = {
-    "rm": ("reward models (HelpSteer2-Preference, ArmoRM)", 11),
     "compress": ("2:4 sparsity (MaskLLM, Wanda, SparseGPT) and Puzzle", 6),
     "data": ("data engine and Nemotron-CC-Math / BeyondWeb / CultureGuard pipelines", 12),
 }
@@ -278,6 +280,71 @@ def eval_cmd(
     console.print(table)
     if out:
         console.print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
+
+
+# ---- reward models ---------------------------------------------------------------------------------------
+@rm_app.command("train")
+def rm_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
+             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """Train a reward model (e.g. recipes/helpsteer2_pref.yaml or recipes/armorm.yaml, profile=tiny)."""
+    from refinery.reward_models.config import RMConfig
+    from refinery.reward_models.train import train_rm
+
+    _run_recipe(RMConfig, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: train_rm(cfg, run, progress=progress))
+
+
+@rm_app.command("eval")
+def rm_eval(
+    model: Path = typer.Option(..., "--model", help="Reward-model directory (the 'model' folder of a run)."),
+    data: Path = typer.Option(..., "--data", help="Pairs {prompt, chosen, rejected, subset?} (RewardBench format; "
+                              "HH-RLHF, PandaLM and HelpSteer2 files are converted)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for summary.json (default: print only)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N pairs only."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """RewardBench rules: chosen must score strictly higher; per-subset, per-section and overall accuracy."""
+    from rich.table import Table
+
+    from refinery.reward_models.eval import evaluate_model
+    from refinery.runs import atomic_write_text
+
+    _quiet_hf()
+    res = evaluate_model(model, data, batch_size=batch_size, limit=limit)
+    table = Table(title=f"{model} on {data} ({res['n']} pairs)")
+    for col in ("subset", "section", "n", "accuracy"):
+        table.add_column(col)
+    for name, s in res["subsets"].items():
+        table.add_row(name, s["section"], str(s["n"]), f"{s['accuracy']:.3f}")
+    for sec, acc in res["sections"].items():
+        table.add_row(f"[bold]{sec}[/bold]", "section", "", f"{acc:.3f}")
+    table.add_row("[bold]overall[/bold]", "", str(res["n"]), f"{res['overall']:.3f}")
+    console.print(table)
+    console.print(f"corr(score, length) = {res['length_correlation']:+.3f}", highlight=False)
+    if out is not None:
+        atomic_write_text(out / "summary.json", json.dumps(res, indent=2) + "\n")
+        console.print(f"summary: {out / 'summary.json'}")
+
+
+@rm_app.command("score")
+def rm_score(
+    model: Path = typer.Option(..., "--model", help="Reward-model directory."),
+    prompt: str = typer.Option(..., "--prompt", help="The user prompt."),
+    response: List[str] = typer.Option(..., "--response", help="A response to score (repeatable)."),
+) -> None:
+    """Score responses; an ArmoRM also shows each objective's reward and its gate weight."""
+    from refinery.reward_models.model import RewardScorer
+
+    _quiet_hf()
+    scorer = RewardScorer(model)
+    res = scorer.score([prompt] * len(response), list(response))
+    for i, text in enumerate(response):
+        console.print(f"[bold]score {res['score'][i]:+.4f}[/bold]  {text[:80]!r}", highlight=False)
+        if res["objectives"] is not None:
+            gates = res["gates"][i] if res["gates"] is not None else None
+            for j, name in enumerate(scorer.objectives):
+                g = f"  gate {gates[j]:.3f}" if gates is not None else ""
+                console.print(f"    {name:<14} {res['objectives'][i][j]:+.4f}{g}", highlight=False)
 
 
 # ---- generation ------------------------------------------------------------------------------------------

@@ -7,20 +7,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
-from refinery.models.pretrain import PretrainConfig, TrainerConfig
-
-
-def _bootstrap() -> PretrainConfig:
-    # The SFT start used when no policy path is given: nano trained on 20k worked solutions per task (all tokens)
-    # for 800 steps, cached by config hash. Measured: 63% held-out on arithmetic 2-3 + word problems 1-2, against
-    # 12% for 400 steps on 5k per task with a response-only loss (a stronger start, as AceReason 1.1 argues).
-    return PretrainConfig(name="sft-bootstrap", trainer=TrainerConfig(steps=800))
+from refinery.models.pretrain import PretrainConfig, default_bootstrap
 
 
 class PolicyConfig(Section):
     path: str | None = Field(None, description="HF model dir of the initial policy (an SFT checkpoint); None: "
                                                 "train the bootstrap SFT policy below (cached)")
-    bootstrap: PretrainConfig = Field(default_factory=_bootstrap, description="SFT recipe used when path is None")
+    bootstrap: PretrainConfig = Field(default_factory=default_bootstrap,
+                                      description="SFT recipe used when path is None")
 
 
 class RLData(Section):
@@ -114,6 +108,14 @@ class Controllers(Section):
     reference_reset: ReferenceResetConfig = Field(default_factory=ReferenceResetConfig)
 
 
+class RewardConfig(Section):
+    type: Literal["verifier", "reward_model"] = Field(
+        "verifier", description="'verifier': the domain's verifier scores each rollout (RLVR); 'reward_model': a "
+                                "trained reward model does (verifiers still measure accuracy)")
+    path: str | None = Field(None, description="reward-model directory (the 'model' folder of 'refinery rm train')")
+    batch_size: int = Field(64, ge=1, description="responses per reward-model forward")
+
+
 class RLEval(Section):
     max_new_tokens: int = Field(64, ge=1, description="greedy budget for held-out accuracy")
     batch_size: int = Field(128, ge=1, description="prompts per generation batch")
@@ -129,10 +131,13 @@ class RLConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     trainer: RLTrainer = Field(default_factory=RLTrainer)
     controllers: Controllers = Field(default_factory=Controllers)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: RLEval = Field(default_factory=RLEval)
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
+        if self.reward.type == "reward_model" and not self.reward.path:
+            raise ValueError("reward.type is 'reward_model' but reward.path is not set")
         mb = self.trainer.mini_batch_prompts
         if mb is not None and self.rollout.prompts_per_step % mb:
             raise ValueError(f"rollout.prompts_per_step ({self.rollout.prompts_per_step}) must be a multiple of "

@@ -12,7 +12,7 @@ class RewardRouter:
     required: no last-number fallback), countdown to its exact expression check, items with ``tests`` to the code
     sandbox, choice items to the choice verifier. An optional format reward is mixed in with ``format_weight``."""
 
-    def __init__(self, format_weight: float = 0.0):
+    def __init__(self, format_weight: float = 0.0, reward_model: str | None = None, rm_batch_size: int = 64):
         from refinery.verifiers.choice import ChoiceVerifier
         from refinery.verifiers.format import FormatVerifier
         from refinery.verifiers.math import MathConfig, MathVerifier
@@ -22,6 +22,11 @@ class RewardRouter:
         self.format = FormatVerifier(require_think=False)
         self.format_weight = format_weight
         self._code = None
+        self.rm = None
+        if reward_model:
+            from refinery.reward_models.model import RewardScorer
+
+            self.rm = RewardScorer(reward_model, batch_size=rm_batch_size)
 
     @property
     def code(self):
@@ -55,3 +60,13 @@ class RewardRouter:
         if self.format_weight:
             reward = (1 - self.format_weight) * reward + self.format_weight * self.format(response).score
         return reward, v.correct
+
+    def group(self, item: dict[str, Any], responses: list[str]) -> list[tuple[float, bool]]:
+        """(reward, correct) for each response to one prompt. With a reward model the reward is its score (one
+        batched forward for the group) and the verifier still decides ``correct`` for the accuracy metrics."""
+        scored = [self(item, r) for r in responses]
+        if self.rm is None:
+            return scored
+        rm = self.rm.score([item["prompt"]] * len(responses), responses)["score"]
+        return [(float(x), ok) for x, (_, ok) in zip(rm, scored)]
+

@@ -49,16 +49,9 @@ def chat(item: dict) -> list[dict[str, str]]:
 
 def bootstrap_policy(cfg: RLConfig, progress: bool = True) -> Path:
     """The SFT starting policy when none is given: trained once, cached by its config hash."""
-    from refinery.models.pretrain import pretrain
-    from refinery.models.zoo import cache_dir, config_hash
+    from refinery.models.pretrain import cached_pretrain
 
-    boot = cfg.policy.bootstrap.model_copy(update={"seed": cfg.seed})
-    target = cache_dir() / "policies" / f"sft-{config_hash(boot.model_dump(mode='json', exclude={'name'}))}"
-    if (target / "model" / "config.json").exists():
-        return target / "model"
-    run = RunDir.create(boot, boot.name, out=target, resume=(target / "config.yaml").exists(), seed=boot.seed)
-    pretrain(boot, run, progress=progress)
-    return target / "model"
+    return cached_pretrain(cfg.policy.bootstrap, cfg.seed, progress)
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
@@ -117,7 +110,8 @@ class RLRun:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.lr, betas=(0.9, 0.999),
                                      weight_decay=cfg.trainer.weight_decay)
         self.gen = HFGenerator(self.model, self.tok, batch_size=cfg.rollout.batch_size)
-        self.router = RewardRouter(cfg.algorithm.format_weight)
+        self.router = RewardRouter(cfg.algorithm.format_weight, cfg.reward.path if cfg.reward.type == "reward_model"
+                                   else None, cfg.reward.batch_size)
         self.train_items, self.heldout = load_items(cfg)
         c = cfg.controllers
         self.curriculum = LengthCurriculum([(s.max_new_tokens, s.until_step) for s in c.length_curriculum],
@@ -200,7 +194,7 @@ class RLRun:
                                     params.model_copy(update={"seed": rng.randrange(2**31)}))
             for k, it in enumerate(items):
                 comps = out[k * G:(k + 1) * G]
-                scored = [self.router(it, c.text) for c in comps]
+                scored = self.router.group(it, [c.text for c in comps])
                 rewards = torch.tensor([s[0] for s in scored])
                 correct = [s[1] for s in scored]
                 all_correct += correct

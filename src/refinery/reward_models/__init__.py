@@ -1,0 +1,1 @@
+"""Reward models: HelpSteer2-Preference (BT family, regression, ExPO) and ArmoRM (multi-objective + MoE gating)."""

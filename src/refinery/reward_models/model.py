@@ -1,0 +1,184 @@
+"""The reward-model backbone: any transformers causal LM with a linear head on the last token's final hidden state.
+
+``AutoModelForSequenceClassification`` is exactly that (Llama/Qwen/Mistral ``score`` head, no bias) and loads a
+user's real checkpoint with the same code, so a reward model directory is a plain HF directory plus
+``refinery_rm.json`` (objective names, which output is the reward, max length). Sequences are right-padded so
+RoPE positions do not depend on batch-mates; the last and prompt-end token indices are computed here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refinery.errors import CheckpointError, DataError
+
+META = "refinery_rm.json"
+
+
+def messages_of(prompt: Any) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+        return list(prompt)
+    raise DataError(f"prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+
+
+def _texts(tokenizer, prompt: Any, response: str) -> tuple[str, str]:
+    msgs = messages_of(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        head = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
+        return head, full
+    head = "".join(f"{'User' if m['role'] == 'user' else m['role'].title()}: {m['content']}\n\n" for m in msgs)
+    head += "Assistant: "
+    return head, head + response + (tokenizer.eos_token or "")
+
+
+@dataclass
+class Encoded:
+    """Token ids of prompt+response, and the index of the prompt's last token (ArmoRM's gating input)."""
+
+    ids: list[int]
+    prompt_end: int
+
+
+def encode(tokenizer, prompt: Any, response: str, max_length: int) -> Encoded:
+    """Chat-formatted ids, left-truncated to ``max_length`` (the response end is what the head reads)."""
+    head, full = _texts(tokenizer, prompt, response)
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    n_head = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    cut = max(0, len(ids) - max_length)
+    return Encoded(ids[cut:], max(0, min(n_head - 1 - cut, len(ids) - cut - 1)))
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    L = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), L), dtype=torch.long)
+    for i, e in enumerate(items):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask,
+            "last": torch.tensor([len(e.ids) - 1 for e in items]),
+            "prompt_end": torch.tensor([e.prompt_end for e in items])}
+
+
+def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states at the last token and at the prompt's last token: ``([N, H], [N, H])``."""
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    h = out.last_hidden_state
+    rows = torch.arange(h.shape[0])
+    return h[rows, batch["last"]], h[rows, batch["prompt_end"]]
+
+
+def head_of(model) -> torch.nn.Linear:
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+    raise CheckpointError(f"{type(model).__name__} has no linear 'score' head")
+
+
+def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[N, k]`` head outputs at the last token."""
+    h_last, _ = hidden_states(model, batch)
+    return head_of(model)(h_last)
+
+
+def load_backbone(path: str | Path, num_labels: int | None = None, dtype=None):
+    """A sequence-classification model from a causal-LM directory (new random head with ``num_labels`` outputs)
+    or from a reward-model directory (its head kept). Returns ``(model, tokenizer)``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from refinery.models.io import _check_dir, load_tokenizer
+
+    path = _check_dir(path)
+    tok = load_tokenizer(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        is_rm = any("SequenceClassification" in a for a in (config.architectures or []))
+        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+        if num_labels is not None and not (is_rm and config.num_labels == num_labels):
+            kwargs["num_labels"] = num_labels
+            if is_rm:
+                kwargs["ignore_mismatched_sizes"] = True
+        if config.pad_token_id is None:
+            kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except Exception as e:  # transformers raises many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load a reward-model backbone from {path}: {msg}") from None
+    return model, tok
+
+
+def save_reward_model(model, tokenizer, out: Path, meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / META
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p} is corrupt: {e.msg}") from None
+
+
+class RewardScorer:
+    """Scores (prompt, response) pairs with a saved reward model of either kind: a sequence-classification RM
+    (HelpSteer2-Preference) or an ArmoRM (objectives + gate). ``score`` returns ``{"score", "objectives",
+    "gates"}`` as lists (the last two None for a single-head RM)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 32):
+        meta = read_meta(path)
+        self.path, self.batch_size = Path(path), batch_size
+        self.kind = meta.get("kind", "sequence_classification")
+        self.objectives: list[str] = meta.get("objectives", ["reward"])
+        self.max_length = int(meta.get("max_length", 1024))
+        if self.kind == "armo":
+            from refinery.reward_models.armo import ArmoHead
+
+            self.model, self.tokenizer = load_backbone(self.path / meta.get("backbone", "backbone"))
+            self.armo = ArmoHead.load(self.path)
+        else:
+            self.model, self.tokenizer = load_backbone(self.path)
+            self.armo = None
+            self.reward_index = int(meta.get("reward_index", 0))
+        self.model.eval()
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @torch.no_grad()
+    def score(self, prompts: list[Any], responses: list[str]) -> dict[str, list | None]:
+        enc = [encode(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(enc)), key=lambda i: len(enc[i].ids))
+        scores = [0.0] * len(enc)
+        objs: list[list[float] | None] = [None] * len(enc)
+        gates: list[list[float] | None] = [None] * len(enc)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s: s + self.batch_size]
+            batch = collate([enc[i] for i in idx], self.pad)
+            h_last, h_prompt = hidden_states(self.model, batch)
+            if self.armo is not None:
+                out = self.armo(h_last, h_prompt)
+                for j, i in enumerate(idx):
+                    scores[i] = float(out["score"][j])
+                    objs[i] = out["objectives"][j].tolist()
+                    gates[i] = out["gates"][j].tolist()
+            else:
+                r = head_of(self.model)(h_last)
+                for j, i in enumerate(idx):
+                    scores[i] = float(r[j, self.reward_index])
+                    if r.shape[1] > 1:
+                        objs[i] = r[j].tolist()
+        multi = any(o is not None for o in objs)
+        return {"score": scores, "objectives": objs if multi else None,
+                "gates": gates if self.armo is not None else None}

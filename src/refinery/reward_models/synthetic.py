@@ -1,0 +1,86 @@
+"""A synthetic preference task whose truth is known: correct vs incorrect worked solutions to procedural math.
+
+- strength = how wrong the rejected answer is: off by 1 → 1 (subtle), by 2-5 → 2, by 10-50 → 3 (obvious);
+- annotator noise: in the training split a fraction of weak pairs is flipped (default 30% of strength-1, 10% of
+  strength-2, none of strength-3), as graded human labels are less reliable when the preference is slight. This is
+  what scaled BT exploits: it trusts strong preferences more;
+- a verbosity trap: wrong solutions get filler sentences more often than correct ones in the training split
+  (``length_bias``), so length predicts preference there; the test split draws filler independently of
+  correctness, so a model that learned "shorter is better" is caught;
+- per-response HelpSteer-style attributes on a 0-4 scale (helpfulness = correctness, verbosity = filler), with a
+  fraction missing, for regression and ArmoRM.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from refinery.reward_models.data import make_pair
+
+STRENGTH_NAMES = {1: "subtle", 2: "moderate", 3: "obvious"}
+FILLER = [
+    "Let me think about this carefully before answering.",
+    "I will work through it one step at a time.",
+    "First, I read the question again to be sure.",
+    "This kind of problem needs some care.",
+    "Here is my reasoning, written out in full.",
+]
+OBJECTIVES = ["helpfulness", "correctness", "verbosity"]
+
+
+def _wrong(solution: str, answer: str, delta: int) -> str:
+    """The same worked steps with the stated final answer off by ``delta`` (a slip between the work and the
+    answer: the truth is checkable from the response itself)."""
+    head, _, _ = solution.rpartition("The answer is")
+    return (head.strip() + " " if head.strip() else "") + f"The answer is {int(answer) + delta}."
+
+
+def _delta(rng: random.Random, strength: int) -> int:
+    size = {1: 1, 2: rng.randint(2, 5), 3: rng.randint(10, 50)}[strength]
+    return size if rng.random() < 0.5 else -size
+
+
+def _pad(rng: random.Random, text: str, verbose: bool) -> tuple[str, int]:
+    if not verbose:
+        return text, 0
+    k = rng.randint(1, 3)
+    return " ".join(rng.sample(FILLER, k)) + " " + text, k
+
+
+def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[str, ...] = ("arithmetic",),
+                    difficulty: list[int] | None = None, length_bias: float | None = None,
+                    noise: dict[int, float] | None = None, missing: float = 0.1) -> list[dict[str, Any]]:
+    """``n`` pairs from the task's ``split`` (train and test never share a prompt). ``length_bias`` is the
+    probability that the wrong answer (and 1 - it that the correct one) is padded: default 0.8 for train and 0.5
+    (no bias) for test; ``noise`` maps strength to flip probability (default train {1: .3, 2: .1}, test none)."""
+    from refinery.tasks import sample
+
+    train = split == "train"
+    bias = length_bias if length_bias is not None else (0.8 if train else 0.5)
+    flips = noise if noise is not None else ({1: 0.3, 2: 0.1, 3: 0.0} if train else {})
+    rng = random.Random(f"synthetic-pairs-{seed}-{split}")
+    per_task = -(-n // len(tasks))
+    items = []
+    for t in tasks:
+        items += sample(t, per_task, seed=seed, difficulty=difficulty or [1, 2], split=split)
+    rng.shuffle(items)
+    pairs = []
+    for it in items[:n]:
+        s = rng.choice([1, 2, 3])
+        good, good_k = _pad(rng, it["solution"], rng.random() < 1 - bias)
+        bad, bad_k = _pad(rng, _wrong(it["solution"], it["answer"], _delta(rng, s)), rng.random() < bias)
+
+        def attrs(correct: bool, k: int, s: int = s) -> dict[str, float | None]:
+            score = 4.0 if correct else float(3 - s)
+            a = {"helpfulness": score, "correctness": score, "verbosity": float(k + 1)}
+            return {o: (None if rng.random() < missing else v) for o, v in a.items()}
+
+        ga, ba = attrs(True, good_k), attrs(False, bad_k)
+        truth = "correct"
+        if rng.random() < flips.get(s, 0.0):  # an annotator got this one backwards
+            good, bad, ga, ba, truth = bad, good, ba, ga, "flipped"
+        lengths = "chosen-longer" if good_k > bad_k else "chosen-shorter" if bad_k > good_k else "same-length"
+        pairs.append(make_pair(it["prompt"], good, bad, s, subset=f"{STRENGTH_NAMES[s]}-{lengths}",
+                               section=lengths, label=truth, chosen_attributes=ga, rejected_attributes=ba))
+    return pairs
