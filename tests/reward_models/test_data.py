@@ -6,8 +6,14 @@ import json
 import pytest
 
 from refinery.errors import DataError
-from refinery.reward_models.data import (from_helpsteer2, from_pandalm, load_pairs, parse_hh_transcript,
-                                         responses_with_attributes, split_pairs)
+from refinery.reward_models.data import (
+    from_helpsteer2,
+    from_pandalm,
+    load_pairs,
+    parse_hh_transcript,
+    responses_with_attributes,
+    split_pairs,
+)
 from refinery.reward_models.synthetic import synthetic_pairs
 
 

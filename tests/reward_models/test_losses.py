@@ -5,8 +5,14 @@ import math
 import pytest
 import torch
 
-from refinery.reward_models.losses import (bt_loss, bt_margin_loss, centering_loss, pair_loss, regression_loss,
-                                           scaled_bt_loss)
+from refinery.reward_models.losses import (
+    bt_loss,
+    bt_margin_loss,
+    centering_loss,
+    pair_loss,
+    regression_loss,
+    scaled_bt_loss,
+)
 
 
 def nls(x: float) -> float:  # -log sigmoid(x) = log(1 + e^-x)
