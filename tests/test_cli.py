@@ -107,17 +107,20 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
         "rl.data.heldout_per_task=8", "rl.rollout.group_size=2", "rl.rollout.prompts_per_step=2",
         "rl.rollout.max_new_tokens=8", "rl.trainer.steps=2", "rl.trainer.mini_batch_prompts=null",
         "rl.trainer.eval_every=2", "rl.trainer.checkpoint_every=2", "rl.eval.max_new_tokens=8",
-        "rl.trainer.threads=1"]
+        "rl.trainer.threads=1", "rm.data.n_train=32", "rm.data.n_valid=8", "rm.data.n_test=16",
+        "rm.trainer.batch_pairs=8", "rm.trainer.epochs=1", "rm.trainer.max_length=48", "rm.trainer.threads=1",
+        "rm.armo.steps=4", "rm.armo.gate_hidden=8"]
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert "pretrain.accuracy" in summary and summary["model.params"] > 0
     assert "rl.accuracy_before" in summary and "rl.accuracy_after" in summary and summary["rl.heldout_n"] == 8
     report = (tmp_path / "q" / "report.md").read_text()
     assert "## Stage: pretrain" in report and "## Stage: rl" in report and "rl/plots/rl_metrics.png" in report
+    assert "## Stage: rm" in report and "rm.accuracy" in summary and "rm.bt.length_corr" in summary
     assert "run directory" in capsys.readouterr().out
     # resuming a finished run redoes nothing
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--resume", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("already done") == 2
+    assert capsys.readouterr().out.count("already done") == 3
 
 
 def test_quickstart_rl_needs_pretrain(tmp_path, capsys):

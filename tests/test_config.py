@@ -7,6 +7,7 @@ from refinery.config import Section, apply_overrides, load_config, parse_overrid
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
+from refinery.reward_models.config import RMConfig
 from refinery.rl.config import RLConfig
 from refinery.rl.sft import SFTConfig
 
@@ -83,7 +84,8 @@ def test_non_mapping_and_missing_recipe(tmp_path):
 
 RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig, "quickstart.yaml": QuickstartConfig,
            "prorl.yaml": RLConfig, "acereason.yaml": RLConfig, "acereason_1_1.yaml": RLConfig,
-           "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig}
+           "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig, "helpsteer2_pref.yaml": RMConfig,
+           "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -102,6 +104,7 @@ def test_quickstart_recipe_matches_builtin_defaults():
     assert from_file.pretrain.trainer == QuickstartConfig().pretrain.trainer
     assert from_file.pretrain.data == QuickstartConfig().pretrain.data
     assert from_file.rl == QuickstartConfig().rl
+    assert from_file.rm == QuickstartConfig().rm
 
 
 def test_every_config_field_is_documented():
@@ -116,6 +119,7 @@ def test_every_config_field_is_documented():
     walk(PretrainConfig)
     walk(QuickstartConfig)
     walk(RLConfig)
+    walk(RMConfig)
 
 
 def test_partial_override_keeps_the_sections_factory_defaults():

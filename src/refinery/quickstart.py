@@ -1,9 +1,10 @@
 """The quickstart: the life of a tiny model on a laptop, one stage at a time, into one run directory.
 
 Stages: (1) build the ``nano`` model and tokenizer and train it on procedural worked solutions (SFT from scratch),
-(2) RL with verifier rewards (ProRL-style GRPO). Each stage runs as a sub-run (``pretrain/``, ``rl/``) with its own
-checkpoints, so ``--resume`` continues the stage in flight and skips finished ones. Later issues add the reward
-model, compression and data stages.
+(2) RL with verifier rewards (ProRL-style GRPO), (3) a reward model on synthetic preferences (scaled BT, then ArmoRM's
+verbosity decorrelation) with the stage-1 model as backbone. Each stage runs as a sub-run (``pretrain/``, ``rl/``,
+``rm/``) with its own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones. Later
+issues add the compression and data stages.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pydantic import Field
 
 from refinery.config import Section
 from refinery.models.pretrain import EvalConfig, PretrainConfig, PretrainData, TrainerConfig, check_config, pretrain
+from refinery.reward_models.config import RMConfig
 from refinery.rl.config import RLConfig
 from refinery.runs import RunDir
 
-STAGES = ("pretrain", "rl")
+STAGES = ("pretrain", "rl", "rm")
 
 
 def _quick_pretrain() -> PretrainConfig:
@@ -47,12 +49,26 @@ def _quick_rl() -> RLConfig:
     }, source="quickstart rl")
 
 
+def _quick_rm() -> RMConfig:
+    # Scaled BT on correct-vs-wrong worked solutions whose training split rewards brevity, then ArmoRM on the BT
+    # model's frozen features: the gate mixes verbosity-decorrelated objectives (length correlation before/after).
+    from refinery.config import validate
+
+    return validate(RMConfig, {
+        "name": "quickstart-rm", "pipeline": ["bt", "armo"], "loss": {"type": "scaled_bt"},
+        "data": {"n_train": 1200, "n_valid": 200, "n_test": 400},
+        "trainer": {"epochs": 3, "batch_pairs": 16, "lr": 5e-4, "max_length": 128, "eval_every": 50},
+        "armo": {"gate_hidden": 64, "steps": 300},
+    }, source="quickstart rm")
+
+
 class QuickstartConfig(Section):
     name: str = Field("quickstart", description="run name (directory prefix)")
     seed: int = Field(0, description="seed for every stage")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description=f"stages to run, of {STAGES}")
     pretrain: PretrainConfig = Field(default_factory=_quick_pretrain, description="stage 1: build + SFT")
     rl: RLConfig = Field(default_factory=_quick_rl, description="stage 2: RL from the stage-1 model")
+    rm: RMConfig = Field(default_factory=_quick_rm, description="stage 3: reward model on the stage-1 backbone")
 
 
 def _finished(path) -> bool:
@@ -80,11 +96,17 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
         else:
             policy = run.path / "pretrain" / "model"
             if not (policy / "config.json").exists():
-                raise ConfigError("the rl stage needs the pretrain stage's model: add 'pretrain' to stages")
-            stage_cfg = cfg.rl.model_copy(update={"seed": cfg.seed,
-                                                  "policy": cfg.rl.policy.model_copy(update={"path": str(policy)})})
-            what = (f"RL (GRPO, clip-higher, dynamic sampling) for {stage_cfg.trainer.steps} steps on "
-                    f"{', '.join(stage_cfg.data.tasks)} with verifier rewards")
+                raise ConfigError(f"the {stage} stage needs the pretrain stage's model: add 'pretrain' to stages")
+            if stage == "rl":
+                stage_cfg = cfg.rl.model_copy(update={
+                    "seed": cfg.seed, "policy": cfg.rl.policy.model_copy(update={"path": str(policy)})})
+                what = (f"RL (GRPO, clip-higher, dynamic sampling) for {stage_cfg.trainer.steps} steps on "
+                        f"{', '.join(stage_cfg.data.tasks)} with verifier rewards")
+            else:
+                stage_cfg = cfg.rm.model_copy(update={
+                    "seed": cfg.seed, "backbone": cfg.rm.backbone.model_copy(update={"path": str(policy)})})
+                what = (f"reward model ({' -> '.join(stage_cfg.pipeline)}, {stage_cfg.loss.type}) on "
+                        f"{stage_cfg.data.n_train} synthetic preference pairs with a length trap")
         if _finished(sub):
             say(f"[bold]stage {i}/{total}[/bold] {stage}: already done")
         else:
@@ -93,10 +115,14 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                                       seed=cfg.seed)
             if stage == "pretrain":
                 pretrain(stage_cfg, stage_run, progress=progress)
-            else:
+            elif stage == "rl":
                 from refinery.rl.trainer import train_rl
 
                 train_rl(stage_cfg, stage_run, progress=progress)
+            else:
+                from refinery.reward_models.train import train_rm
+
+                train_rm(stage_cfg, stage_run, progress=progress)
         stage_summary = RunDir(sub).summary()
         run.write_summary({k: v for k, v in stage_summary.items() if k.startswith((f"{stage}.", "model."))})
         reports.append((stage, sub / "report.md"))

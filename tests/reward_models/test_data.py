@@ -69,6 +69,17 @@ def test_load_pairs_detects_formats_and_names_bad_lines(tmp_path):
         load_pairs(tmp_path / "missing.jsonl")
 
 
+def test_helpsteer2_attributes_join_onto_pairs(tmp_path):
+    from refinery.reward_models.data import attach_attributes, load_attributes
+
+    f = tmp_path / "attrs.jsonl"
+    f.write_text(json.dumps({"prompt": "Q  one", "response": "A", "helpfulness": 4, "verbosity": 1, "id": 3}) + "\n")
+    pairs = [{"prompt": "q one", "chosen": "A", "rejected": "B"}]
+    assert attach_attributes(pairs, load_attributes(f)) == 1
+    assert pairs[0]["chosen_attributes"] == {"helpfulness": 4.0, "verbosity": 1.0}
+    assert "rejected_attributes" not in pairs[0]
+
+
 def test_split_keeps_prompts_together():
     pairs = [{"prompt": f"q{i % 50}", "chosen": f"a{i}", "rejected": "b"} for i in range(400)]
     parts = split_pairs(pairs, (0.6, 0.2, 0.2))
@@ -90,10 +101,13 @@ def test_synthetic_truth_noise_and_length_trap():
     flipped = {s: sum(p["label"] == "flipped" for p in train if p["strength"] == s) for s in (1, 2, 3)}
     assert flipped[1] > flipped[2] > flipped[3] == 0
 
-    def shorter_chosen(pairs):
-        return sum(len(p["chosen"]) < len(p["rejected"]) for p in pairs) / len(pairs)
+    def shorter_minus_longer(pairs):  # how much more often the chosen response is the shorter one
+        return sum((len(p["chosen"]) < len(p["rejected"])) - (len(p["chosen"]) > len(p["rejected"]))
+                   for p in pairs) / len(pairs)
 
-    assert shorter_chosen(train) > 0.5 > shorter_chosen(test) - 0.1  # the trap is in train only
+    big_train, big_test = synthetic_pairs(3000, seed=2, split="train"), synthetic_pairs(1200, seed=2, split="test")
+    assert shorter_minus_longer(big_train) < -0.05  # the trap: in train, longer is usually better
+    assert abs(shorter_minus_longer(big_test)) < 0.04  # test: length says nothing
     rows = responses_with_attributes(train, ["helpfulness", "verbosity"])
     assert rows and all(len(r["labels"]) == 2 for r in rows)
 

@@ -25,6 +25,9 @@ class RMData(Section):
                                                      "HH-RLHF, PandaLM or {prompt, chosen, rejected, strength?})")
     valid_file: str | None = Field(None, description="validation file (default: split off train_file)")
     test_file: str | None = Field(None, description="test file (default: split off train_file)")
+    attributes_file: str | None = Field(None, description="HelpSteer2 per-response attributes {prompt, response, "
+                                                          "helpfulness, ...} joined onto the pairs (regression, "
+                                                          "ArmoRM)")
     format: str = Field("auto", description="auto, helpsteer2, hh-rlhf, pandalm or generic")
     split: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1],
                                description="train/valid/test fractions by prompt hash when only train_file is given")
@@ -34,8 +37,8 @@ class RMData(Section):
     n_test: int = Field(600, gt=0, description="synthetic: test pairs (length unbiased, no label noise)")
     tasks: list[str] = Field(default_factory=lambda: ["arithmetic"], description="synthetic: procedural tasks")
     difficulty: list[int] = Field(default_factory=lambda: [1, 2], description="synthetic: task levels")
-    length_bias: float = Field(0.8, ge=0, le=1, description="synthetic train: P(filler | wrong) = 1 - P(filler | "
-                                                            "correct); test is always 0.5 (no bias)")
+    length_bias: float = Field(0.6, ge=0, le=1, description="synthetic train: P(filler | correct) = 1 - P(filler | "
+                                                            "wrong); test is always 0.5 (no bias)")
     noise: dict[int, float] = Field(default_factory=lambda: {1: 0.3, 2: 0.1, 3: 0.0},
                                     description="synthetic train: flip probability per strength (annotator noise)")
     missing: float = Field(0.1, ge=0, lt=1, description="synthetic: fraction of attribute labels left missing")

@@ -192,6 +192,34 @@ def responses_with_attributes(pairs: list[dict[str, Any]], objectives: list[str]
     return rows
 
 
+def load_attributes(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
+    """HelpSteer2's per-response file (``{prompt, response, helpfulness, correctness, coherence, complexity,
+    verbosity}`` per line) as a table keyed by (normalised prompt, response)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"attributes file {path} does not exist")
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for lineno, row in _raw_rows(path):
+        if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
+            raise DataError(f"{path}:{lineno}: expected {{prompt, response, <attributes>}}")
+        attrs = {k: float(v) for k, v in row.items() if k in HELPSTEER_ATTRIBUTES and v is not None}
+        table[(prompt_key(row["prompt"]), row["response"])] = attrs
+    return table
+
+
+def attach_attributes(pairs: list[dict[str, Any]], table: dict[tuple[str, str], dict[str, float]]) -> int:
+    """Fill ``chosen_attributes`` / ``rejected_attributes`` from ``table`` where missing; returns how many were
+    found (pairs and attributes come as separate files in HelpSteer2)."""
+    found = 0
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            attrs = table.get((prompt_key(p["prompt"]), p[side]))
+            if attrs and not p.get(f"{side}_attributes"):
+                p[f"{side}_attributes"] = attrs
+                found += 1
+    return found
+
+
 def write_pairs(pairs: Iterable[dict[str, Any]], path: str | Path) -> None:
     from refinery.runs import atomic_write_text
 

@@ -94,11 +94,13 @@ def load_backbone(path: str | Path, num_labels: int | None = None, dtype=None):
     """A sequence-classification model from a causal-LM directory (new random head with ``num_labels`` outputs)
     or from a reward-model directory (its head kept). Returns ``(model, tokenizer)``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     from refinery.models.io import _check_dir, load_tokenizer
 
     path = _check_dir(path)
     tok = load_tokenizer(path)
+    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(path)
         is_rm = any("SequenceClassification" in a for a in (config.architectures or []))

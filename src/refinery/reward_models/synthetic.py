@@ -4,9 +4,9 @@
 - annotator noise: in the training split a fraction of weak pairs is flipped (default 30% of strength-1, 10% of
   strength-2, none of strength-3), as graded human labels are less reliable when the preference is slight. This is
   what scaled BT exploits: it trusts strong preferences more;
-- a verbosity trap: wrong solutions get filler sentences more often than correct ones in the training split
-  (``length_bias``), so length predicts preference there; the test split draws filler independently of
-  correctness, so a model that learned "shorter is better" is caught;
+- a verbosity trap: correct solutions get filler sentences more often than wrong ones in the training split
+  (``length_bias``), so length predicts preference there, as verbosity does in human and LLM-judge labels; the
+  test split draws filler independently of correctness, so a model that learned "longer is better" is caught;
 - per-response HelpSteer-style attributes on a 0-4 scale (helpfulness = correctness, verbosity = filler), with a
   fraction missing, for regression and ArmoRM.
 """
@@ -52,12 +52,12 @@ def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[st
                     difficulty: list[int] | None = None, length_bias: float | None = None,
                     noise: dict[int, float] | None = None, missing: float = 0.1) -> list[dict[str, Any]]:
     """``n`` pairs from the task's ``split`` (train and test never share a prompt). ``length_bias`` is the
-    probability that the wrong answer (and 1 - it that the correct one) is padded: default 0.8 for train and 0.5
+    probability that the correct answer (and 1 - it that the wrong one) is padded: default 0.6 for train and 0.5
     (no bias) for test; ``noise`` maps strength to flip probability (default train {1: .3, 2: .1}, test none)."""
     from refinery.tasks import sample
 
     train = split == "train"
-    bias = length_bias if length_bias is not None else (0.8 if train else 0.5)
+    bias = length_bias if length_bias is not None else (0.6 if train else 0.5)
     flips = noise if noise is not None else ({1: 0.3, 2: 0.1, 3: 0.0} if train else {})
     rng = random.Random(f"synthetic-pairs-{seed}-{split}")
     per_task = -(-n // len(tasks))
@@ -68,8 +68,8 @@ def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[st
     pairs = []
     for it in items[:n]:
         s = rng.choice([1, 2, 3])
-        good, good_k = _pad(rng, it["solution"], rng.random() < 1 - bias)
-        bad, bad_k = _pad(rng, _wrong(it["solution"], it["answer"], _delta(rng, s)), rng.random() < bias)
+        good, good_k = _pad(rng, it["solution"], rng.random() < bias)
+        bad, bad_k = _pad(rng, _wrong(it["solution"], it["answer"], _delta(rng, s)), rng.random() < 1 - bias)
 
         def attrs(correct: bool, k: int, s: int = s) -> dict[str, float | None]:
             score = 4.0 if correct else float(3 - s)

@@ -42,7 +42,9 @@ def load_data(cfg: RMConfig) -> tuple[list[dict], list[dict], list[dict]]:
         return train, held[: d.n_valid], held[d.n_valid:]
     pairs = load_pairs(d.train_file, d.format, d.limit)
     if d.valid_file and d.test_file:
-        return pairs, load_pairs(d.valid_file, d.format, d.limit), load_pairs(d.test_file, d.format, d.limit)
+        train, valid, test = pairs, load_pairs(d.valid_file, d.format, d.limit), load_pairs(d.test_file, d.format,
+                                                                                            d.limit)
+        return _with_attributes(d, train, valid, test)
     if len(d.split) != 3:
         raise ConfigError(f"data.split must have 3 fractions (train, valid, test), got {d.split}")
     train, valid, test = split_pairs(pairs, tuple(d.split), salt=str(cfg.seed))
@@ -53,6 +55,16 @@ def load_data(cfg: RMConfig) -> tuple[list[dict], list[dict], list[dict]]:
     for name, part in (("train", train), ("valid", valid), ("test", test)):
         if not part:
             raise ConfigError(f"the {name} split of {d.train_file} is empty; give more pairs or change data.split")
+    return _with_attributes(d, train, valid, test)
+
+
+def _with_attributes(d, train: list[dict], valid: list[dict], test: list[dict]):
+    if d.attributes_file:
+        from refinery.reward_models.data import attach_attributes, load_attributes
+
+        table = load_attributes(d.attributes_file)
+        if not sum(attach_attributes(part, table) for part in (train, valid, test)):
+            raise ConfigError(f"no response in {d.train_file} matches a row of {d.attributes_file}")
     return train, valid, test
 
 
