@@ -75,6 +75,7 @@ def test_armo_pipeline_scores_with_objectives_and_gates(alphabet_model, tmp_path
     s = train_rm(cfg, run, progress=False)
     lambdas = json.loads(s["rm.armo.lambdas"])
     assert lambdas["verbosity"] == 1.0 and all(v >= 0 for v in lambdas.values())
+    assert -1 <= s["rm.armo.valid_length_corr_without_decorrelation"] <= 1  # the lambda = 0 ablation is reported
     scorer = RewardScorer(run.path / "model")
     out = scorer.score(["Compute 2+2"] * 2, ["2+2=4. The answer is 4.", "2+2=4. The answer is 5."])
     assert len(out["objectives"][0]) == 3 and abs(sum(out["gates"][0]) - 1) < 1e-5

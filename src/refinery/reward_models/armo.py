@@ -212,45 +212,61 @@ def run_armo(cfg, run, start: Path, train: list[dict], valid: list[dict], offset
                for i in range(len(a.objectives))]
     head.lambdas.copy_(torch.tensor(lambdas))
 
-    torch.manual_seed(_stable(cfg.seed, "armo-gate"))
-    for layer in head.gate:
-        if isinstance(layer, nn.Linear):
-            layer.reset_parameters()
-    opt = torch.optim.AdamW(list(head.gate.parameters()) + [head.beta], lr=a.lr, weight_decay=a.weight_decay)
     strength = torch.tensor([float(p.get("strength", 1)) for p in train])
-    bar = StepBar(progress, a.steps, 0, "rm armo", ("loss", "valid_accuracy"))
+    lengths = [len(p["chosen"]) for p in valid] + [len(p["rejected"]) for p in valid]
 
-    def valid_accuracy() -> float:
+    def valid_metrics() -> dict[str, float]:
+        from refinery.reward_models.eval import spearman
+
         head.eval()
         with torch.no_grad():
-            acc = float((head(vc, vp)["score"] > head(vr, vp)["score"]).float().mean())
+            c, r = head(vc, vp)["score"], head(vr, vp)["score"]
         head.train()
-        return acc
+        return {"accuracy": float((c > r).float().mean()),
+                "length_corr": spearman(torch.cat([c, r]).tolist(), lengths)}
 
-    head.train()
-    for step in range(a.steps):
-        idx = order_for(len(train), step, a.batch_pairs, cfg.seed, "armo")
-        g = head.gates(hp[idx])  # one gate per prompt, shared by its two responses
-        sc = head.beta * (g * head.decorrelate(head.raw(hc[idx]))).sum(-1)
-        sr = head.beta * (g * head.decorrelate(head.raw(hr[idx]))).sum(-1)
-        loss = pair_loss(cfg.loss.type, sc, sr, strength[idx], cfg.loss.margin_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        done = step + 1
-        row: dict[str, Any] = {}
-        if done % cfg.trainer.log_every == 0 or done == a.steps:
-            row.update(loss=float(loss.detach()), beta=float(head.beta.detach()))
-        if done % cfg.trainer.eval_every == 0 or done == a.steps:
-            row["valid_accuracy"] = valid_accuracy()
-        if row:
-            run.log_metrics(offset + done, stage="armo", **row)
-        bar.update(done, row)
-    bar.close()
-    head.eval()
+    def train_gate(log: bool) -> dict[str, float]:
+        """The gate (and beta) from the same initialisation, trained with BT on the head's current rewards."""
+        torch.manual_seed(_stable(cfg.seed, "armo-gate"))
+        for layer in head.gate:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        with torch.no_grad():
+            head.beta.fill_(1.0)
+        opt = torch.optim.AdamW(list(head.gate.parameters()) + [head.beta], lr=a.lr, weight_decay=a.weight_decay)
+        bar = StepBar(progress and log, a.steps, 0, "rm armo", ("loss", "valid_accuracy"))
+        head.train()
+        for step in range(a.steps):
+            idx = order_for(len(train), step, a.batch_pairs, cfg.seed, "armo")
+            g = head.gates(hp[idx])  # one gate per prompt, shared by its two responses
+            sc = head.beta * (g * head.decorrelate(head.raw(hc[idx]))).sum(-1)
+            sr = head.beta * (g * head.decorrelate(head.raw(hr[idx]))).sum(-1)
+            loss = pair_loss(cfg.loss.type, sc, sr, strength[idx], cfg.loss.margin_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            row: dict[str, Any] = {}
+            if done % cfg.trainer.log_every == 0 or done == a.steps:
+                row.update(loss=float(loss.detach()), beta=float(head.beta.detach()))
+            if done % cfg.trainer.eval_every == 0 or done == a.steps:
+                row["valid_accuracy"] = valid_metrics()["accuracy"]
+            if row and log:
+                run.log_metrics(offset + done, stage="armo", **row)
+            bar.update(done, row)
+        bar.close()
+        head.eval()
+        return valid_metrics()
+
+    # ablation first: the same gate on the raw objectives (lambda = 0), to measure what decorrelation changes
+    head.lambdas.zero_()
+    raw_metrics = train_gate(log=False)
+    head.lambdas.copy_(torch.tensor(lambdas))
+    final = train_gate(log=True)
     meta = {"kind": "armo", "stage": "armo", "objectives": a.objectives, "backbone": "backbone", "max_length": L,
             "lambdas": dict(zip(a.objectives, [round(x, 6) for x in lambdas])), "ridge": ridge,
-            "valid": {"accuracy": valid_accuracy()}, "backbone_from": read_meta(start).get("stage", str(start))}
+            "valid": final, "valid_without_decorrelation": raw_metrics,
+            "backbone_from": read_meta(start).get("stage", str(start))}
 
     def write(d: Path) -> None:
         shutil.copytree(start, d / "backbone", ignore=shutil.ignore_patterns("COMPLETE", "*.pt"))

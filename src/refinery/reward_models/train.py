@@ -407,6 +407,12 @@ def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True) -> dict[str, Any
         summary["rm.expo_alpha"] = meta["expo_alpha"]
     if "armo" in details:
         summary["rm.armo.lambdas"] = json.dumps(meta.get("lambdas"))
+        # what the decorrelation changes, on the validation pairs: the same gate trained on raw objectives
+        for key, m in (("without_decorrelation", meta.get("valid_without_decorrelation")),
+                       ("with_decorrelation", meta.get("valid"))):
+            if m:
+                summary[f"rm.armo.valid_length_corr_{key}"] = round(m["length_corr"], 4)
+                summary[f"rm.armo.valid_accuracy_{key}"] = round(m["accuracy"], 4)
     (run.path / "eval.json").write_text(json.dumps(details, indent=2) + "\n")
     run.write_summary(summary)
     run.write_report(render_report(cfg, run, details))
