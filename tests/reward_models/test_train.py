@@ -68,6 +68,23 @@ def test_helpsteer2_pipeline_runs_resumes_and_evaluates(alphabet_model, tmp_path
     assert "overall" in capsys.readouterr().out
 
 
+def test_killed_stage_resumes_to_the_same_model(alphabet_model, tmp_path):
+    import torch
+
+    cfg = tiny(alphabet_model, "pipeline=[bt]", "trainer.checkpoint_every=100")
+    full = train_rm(cfg, RunDir.create(cfg, "rm", out=tmp_path / "full"), progress=False)
+    cut = RunDir.create(cfg, "rm", out=tmp_path / "cut")
+    assert train_rm(cfg, cut, progress=False, stop_after=4) == {}  # stopped mid-stage, as a crash would
+    assert cut.latest_checkpoint().name == "step-0000004" and not (cut.path / "model").exists()
+    resumed = train_rm(cfg, RunDir.create(cfg, "rm", out=cut.path, resume=True), progress=False)
+    assert resumed["rm.accuracy"] == full["rm.accuracy"]
+    a = RewardScorer(tmp_path / "full" / "model").model.state_dict()
+    b = RewardScorer(cut.path / "model").model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = [r["step"] for r in cut.metrics()]
+    assert steps == sorted(set(steps))  # nothing logged twice
+
+
 def test_armo_pipeline_scores_with_objectives_and_gates(alphabet_model, tmp_path, capsys):
     cfg = tiny(alphabet_model, "pipeline=[regression, armo]",
                "regression.objectives=[helpfulness, correctness, verbosity]", "loss.type=bt")

@@ -139,9 +139,13 @@ def _lr(step: int, total: int, peak: float, t: RMTrainer) -> float:
 
 
 def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str, float]]], total: int, lr: float,
-        cfg: RMConfig, run: RunDir, offset: int, evaluate: Callable[[], dict[str, float]], progress: bool) -> None:
+        cfg: RMConfig, run: RunDir, offset: int, evaluate: Callable[[], dict[str, float]], progress: bool,
+        stop_after: int | None = None) -> bool:
     """AdamW steps ``0..total-1`` of ``stage``; ``loss_of(step)`` builds the step's loss. Mid-stage checkpoints
-    hold weights + optimizer, so a killed stage resumes where it stopped."""
+    hold weights + optimizer, so a killed stage resumes where it stopped. ``stop_after`` (a run-wide step) ends
+    early with a checkpoint, as a crash would (tests); returns False then."""
+    from refinery.models.pretrain import _load_state
+
     t = cfg.trainer
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
@@ -149,7 +153,7 @@ def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str
     start = 0
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        state = _load_state(ckpt)
         if state.get("stage") == stage:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -175,13 +179,18 @@ def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str
         if row:
             run.log_metrics(offset + done, stage=stage, **row)
         bar.update(done, row)
-        if done % t.checkpoint_every == 0 and done < total:
+        stop = stop_after is not None and offset + done >= stop_after and done < total
+        if (done % t.checkpoint_every == 0 and done < total) or stop:
             def write(d: Path, done: int = done) -> None:
                 torch.save({"stage": stage, "step": done, "model": model.state_dict(),
                             "optimizer": opt.state_dict()}, d / "trainer_state.pt")
 
             run.save_checkpoint(offset + done, write, keep=1)
+        if stop:
+            bar.close()
+            return False
     bar.close()
+    return True
 
 
 def _save_stage(run: RunDir, stage: str, write: Callable[[Path], None]) -> Path:
@@ -215,7 +224,7 @@ def _meta(cfg: RMConfig, stage: str, objectives: list[str], **extra: Any) -> dic
 
 
 def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: list[dict], offset: int,
-                   progress: bool) -> Path:
+                   progress: bool, stop_after: int | None = None) -> Path | None:
     objectives = cfg.regression.objectives
     rows = responses_with_attributes(train, objectives)
     vrows = responses_with_attributes(valid, objectives)
@@ -254,8 +263,9 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
         return {"accuracy": out["accuracy"], **({"mse": out["mse"]} if "mse" in out else {})}
 
     total = steps_for(len(enc), cfg.regression.epochs, B)
-    fit("regression", model, loss_of, total, cfg.regression.lr or cfg.trainer.lr, cfg, run, offset, evaluate,
-        progress)
+    if not fit("regression", model, loss_of, total, cfg.regression.lr or cfg.trainer.lr, cfg, run, offset, evaluate,
+               progress, stop_after):
+        return None
     final = evaluate()
     return _save_stage(run, "regression", lambda d: save_reward_model(
         model, tok, d, _meta(cfg, "regression", objectives, valid=final, label_mean=mean.tolist(),
@@ -269,7 +279,7 @@ def _nanstd(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: list[dict], offset: int,
-           progress: bool) -> Path:
+           progress: bool, stop_after: int | None = None) -> Path | None:
     from_rm = bool(read_meta(start)) and read_meta(start).get("kind") == "sequence_classification"
     torch.manual_seed(cfg.seed)
     model, tok = load_backbone(start, num_labels=None if from_rm else 1)
@@ -302,7 +312,8 @@ def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: li
         return pair_accuracy(model, vpairs, pad, cfg.eval.batch_size)
 
     total = steps_for(len(pairs), cfg.trainer.epochs, B)
-    fit("bt", model, loss_of, total, cfg.trainer.lr, cfg, run, offset, evaluate, progress)
+    if not fit("bt", model, loss_of, total, cfg.trainer.lr, cfg, run, offset, evaluate, progress, stop_after):
+        return None
     final = evaluate()
     return _save_stage(run, "bt", lambda d: save_reward_model(
         model, tok, d, _meta(cfg, "bt", objectives, loss=cfg.loss.type, valid=final)))
@@ -353,8 +364,9 @@ def planned_steps(cfg: RMConfig, n_train: int, n_rows: int) -> dict[str, int]:
     return out
 
 
-def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True) -> dict[str, Any]:
-    """Run the pipeline into ``run``; returns the flat summary (``rm.accuracy``, ``rm.length_corr``, ...)."""
+def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Run the pipeline into ``run``; returns the flat summary (``rm.accuracy``, ``rm.length_corr``, ...).
+    ``stop_after`` stops at that run-wide training step, leaving a checkpoint to resume from (tests)."""
     from refinery.reward_models.eval import length_correlation, rewardbench_scores, score_pairs
     from refinery.reward_models.model import RewardScorer
 
@@ -372,9 +384,11 @@ def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True) -> dict[str, Any
     for stage in cfg.pipeline:
         if not stage_done(run, stage):
             if stage == "regression":
-                run_regression(cfg, run, current, train, valid, offsets[stage], progress)
+                if run_regression(cfg, run, current, train, valid, offsets[stage], progress, stop_after) is None:
+                    return run.summary()
             elif stage == "bt":
-                run_bt(cfg, run, current, train, valid, offsets[stage], progress)
+                if run_bt(cfg, run, current, train, valid, offsets[stage], progress, stop_after) is None:
+                    return run.summary()
             elif stage == "expo":
                 run_expo(cfg, run, valid, offsets[stage])
             else:
