@@ -1,0 +1,1 @@
+"""Compression: 2:4 sparsity (magnitude, Wanda, SparseGPT, MaskLLM) and Puzzle."""

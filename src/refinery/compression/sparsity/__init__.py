@@ -1,0 +1,1 @@
+"""N:M sparsity: mask utilities, one-shot baselines (magnitude, Wanda, SparseGPT) and MaskLLM."""

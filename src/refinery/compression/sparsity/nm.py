@@ -1,0 +1,92 @@
+"""N:M mask utilities: keep the top-N of every M consecutive weights along the input dimension (rows of a Linear
+weight ``[out, in]`` are split into groups of M input columns)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` highest scores in each group of ``m`` consecutive input columns."""
+    out_f, in_f = scores.shape
+    if in_f % m:
+        raise ValueError(f"input dimension {in_f} is not divisible by M={m}")
+    groups = scores.reshape(out_f, in_f // m, m)
+    keep = torch.topk(groups, n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out_f, in_f)
+
+
+def is_nm(mask: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """True when every group of ``m`` consecutive input columns keeps exactly ``n`` entries."""
+    out_f, in_f = mask.shape
+    if in_f % m:
+        return False
+    return bool((mask.reshape(out_f, in_f // m, m).sum(-1) == n).all())
+
+
+def candidates(n: int = 2, m: int = 4) -> torch.Tensor:
+    """The ``C(m, n)`` binary patterns of a group, ``[C, m]`` (6 for 2:4), in a fixed order."""
+    rows = []
+    for keep in itertools.combinations(range(m), n):
+        row = [0.0] * m
+        for k in keep:
+            row[k] = 1.0
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def prunable_linears(model) -> dict[str, nn.Linear]:
+    """Every Linear inside the transformer blocks; embeddings and the LM head stay dense."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}." and "lm_head" not in name:
+            out[name] = mod
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned weights in place."""
+    layers = prunable_linears(model)
+    for name, mask in masks.items():
+        layers[name].weight.mul_(mask.to(layers[name].weight.dtype))
+
+
+def sparsity_report(model) -> dict[str, float]:
+    """Fraction of zeros per prunable layer, and overall."""
+    rep, zeros, total = {}, 0, 0
+    for name, mod in prunable_linears(model).items():
+        z = int((mod.weight == 0).sum())
+        rep[name] = z / mod.weight.numel()
+        zeros, total = zeros + z, total + mod.weight.numel()
+    rep["overall"] = zeros / max(total, 1)
+    return rep
+
+
+def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bit-packed masks (8 entries per byte) for a compact mask file; ``unpack_masks`` inverts it."""
+    out = {}
+    for name, mask in masks.items():
+        flat = mask.flatten().to(torch.uint8)
+        pad = (-flat.numel()) % 8
+        flat = torch.cat([flat, torch.zeros(pad, dtype=torch.uint8)]).reshape(-1, 8)
+        weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+        out[name] = (flat * weights).sum(-1).to(torch.uint8)
+        out[name + "::shape"] = torch.tensor(list(mask.shape))
+    return out
+
+
+def unpack_masks(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, bits in packed.items():
+        if key.endswith("::shape"):
+            continue
+        shape = tuple(packed[key + "::shape"].tolist())
+        numel = shape[0] * shape[1]
+        unpacked = ((bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:numel]
+        out[key] = unpacked.reshape(shape).bool()
+    return out

@@ -1,0 +1,118 @@
+"""2:4 sparsity: exact masks, the three one-shot methods, MaskLLM's schedules and learning."""
+
+import pytest
+import torch
+
+from refinery.compression.sparsity.maskllm import MaskLLMSchedule, maskllm, prior_logits
+from refinery.compression.sparsity.nm import (candidates, is_nm, nm_mask, pack_masks, prunable_linears,
+                                              sparsity_report, unpack_masks)
+from refinery.compression.sparsity.oneshot import magnitude_mask, sequential_prune, sparsegpt_prune, wanda_mask
+
+
+def test_nm_mask_keeps_top_two_of_every_four():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.1, 0.4, 0.3, 0.2]])
+    mask = nm_mask(scores)
+    assert mask.tolist() == [[True, False, True, False, False, True, True, False]]
+    assert is_nm(mask) and not is_nm(torch.ones(1, 8, dtype=torch.bool))
+    assert is_nm(nm_mask(torch.randn(64, 128)))
+    with pytest.raises(ValueError, match="divisible"):
+        nm_mask(torch.randn(2, 6))
+    assert candidates().shape == (6, 4) and (candidates().sum(1) == 2).all()
+
+
+def test_pack_unpack_roundtrip_is_compact():
+    masks = {"a": nm_mask(torch.randn(12, 20)), "b": nm_mask(torch.randn(3, 8))}
+    packed = pack_masks(masks)
+    assert packed["a"].numel() == 12 * 20 // 8
+    back = unpack_masks(packed)
+    assert all(torch.equal(back[k], masks[k]) for k in masks)
+
+
+def test_wanda_uses_activation_norms():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert magnitude_mask(w).tolist() == [[False, False, True, True]]
+    act = torch.tensor([100.0, 100.0, 0.01, 0.01]) ** 2  # sum of squares per input channel
+    assert wanda_mask(w, act).tolist() == [[True, True, False, False]]
+
+
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(64, 64, generator=g)
+    X = torch.randn(512, 64, generator=g) @ mix * torch.linspace(0.1, 3, 64)  # correlated, uneven channels
+    W = torch.randn(32, 64, generator=g)
+    H = 2 * X.T.double() @ X.double() / X.shape[0]
+    w_sgpt, keep = sparsegpt_prune(W, H, blocksize=16)
+    assert is_nm(keep) and torch.equal(w_sgpt == 0, ~keep | (W == 0))
+
+    def err(w):
+        return float(((X @ W.T - X @ w.T) ** 2).mean())
+
+    e_mag = err(W * magnitude_mask(W))
+    e_wanda = err(W * wanda_mask(W, (X**2).sum(0)))
+    assert err(w_sgpt) < e_wanda < e_mag
+
+
+def test_maskllm_schedules_match_the_spec():
+    s = MaskLLMSchedule()
+    assert s.at(0, 100) == pytest.approx((4.0, 100.0, 1e-5))
+    assert s.at(99, 100) == pytest.approx((0.05, 500.0, 0.0))
+    tau, kappa, lam = s.at(33, 100)
+    assert tau == pytest.approx(4 - (4 - 0.05) / 3) and kappa == pytest.approx(100 + 400 / 3)
+
+
+def test_prior_logits_favour_the_prior_pattern():
+    prior = nm_mask(torch.randn(64, 128))
+    base = torch.randn(64, 32, 6, generator=torch.Generator().manual_seed(0)) * 0.01
+    logits = prior_logits(prior, generator=torch.Generator().manual_seed(0))
+    overlap = prior.reshape(64, 32, 4).float() @ candidates().T
+    # exactly the spec: logits += (overlap - N/2) * std(logits) * alpha, on top of the small random init
+    assert torch.allclose(logits, base + (overlap - 1) * base.std() * 3.0)
+    chosen = candidates()[logits.argmax(-1)].reshape(64, 128).bool()
+    agree = (chosen.reshape(64, 32, 4) == prior.reshape(64, 32, 4)).all(-1).float().mean()
+    assert agree > 0.85  # a strong prior (+3 std) that learning can still overturn
+
+
+def _windows(tok, text: str, L: int) -> torch.Tensor:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // L
+    return torch.tensor(ids[: n * L]).reshape(n, L)
+
+
+def _loss(model, x) -> float:
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[:, :-1]
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)))
+
+
+def test_oneshot_methods_prune_every_block_linear_to_2_4(alphabet_model):
+    from refinery.models.io import load_model, load_tokenizer
+
+    tok = load_tokenizer(alphabet_model)
+    calib = _windows(tok, " ".join("abcdefghijklmnopqrstuvwxyz") * 20, 32)
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model = load_model(alphabet_model)
+        head = model.lm_head.weight.clone()
+        masks = sequential_prune(model, calib, method)
+        assert set(masks) == set(prunable_linears(model)) and all(is_nm(m) for m in masks.values())
+        rep = sparsity_report(model)
+        assert rep["overall"] >= 0.5 and torch.equal(model.lm_head.weight, head)
+
+
+def test_maskllm_learns_a_better_mask_than_its_prior(alphabet_model):
+    from refinery.models.io import load_model, load_tokenizer
+
+    tok = load_tokenizer(alphabet_model)
+    text = " ".join("abcdefghijklmnopqrstuvwxyz") * 40
+    calib, held = _windows(tok, text, 32)[:-4], _windows(tok, text[7:], 32)[-4:]
+    prior_model = load_model(alphabet_model)
+    priors = sequential_prune(prior_model, calib, "magnitude")
+    prior_loss = _loss(prior_model, held)
+    model = load_model(alphabet_model)
+    masks, logits = maskllm(model, calib, priors=priors, steps=60, lr=5e-3, batch_size=8)
+    assert all(is_nm(m) for m in masks.values())
+    assert sparsity_report(model)["overall"] >= 0.5
+    assert _loss(model, held) < prior_loss  # learned mask beats its one-shot prior at equal sparsity
+    # transfer: the saved logits restart learning where it stopped (argmax unchanged with zero steps)
+    again = load_model(alphabet_model)
+    masks2, _ = maskllm(again, calib, init_logits=logits, steps=0)
+    assert all(torch.equal(masks2[k], masks[k]) for k in masks)
