@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from refinery.compression.sparsity.maskllm import MaskLLMSchedule, maskllm, prior_logits
-from refinery.compression.sparsity.nm import (candidates, is_nm, nm_mask, pack_masks, prunable_linears,
-                                              sparsity_report, unpack_masks)
+from refinery.compression.sparsity.nm import (
+    candidates,
+    is_nm,
+    nm_mask,
+    pack_masks,
+    prunable_linears,
+    sparsity_report,
+    unpack_masks,
+)
 from refinery.compression.sparsity.oneshot import magnitude_mask, sequential_prune, sparsegpt_prune, wanda_mask
 
 
