@@ -33,10 +33,12 @@ app.add_typer(rl_app, name="rl")
 rm_app = typer.Typer(help="Reward models: HelpSteer2-Preference (BT, margin, scaled BT, regression, ExPO) and "
                      "ArmoRM (multi-objective + gating), RewardBench-style evaluation.", no_args_is_help=True)
 app.add_typer(rm_app, name="rm")
+compress_app = typer.Typer(help="Compression: 2:4 sparsity (magnitude, Wanda, SparseGPT, MaskLLM); Puzzle.",
+                           no_args_is_help=True)
+app.add_typer(compress_app, name="compress")
 
 # Wings that later issues fill. They answer honestly instead of pretending to work.
 PENDING = {
-    "compress": ("2:4 sparsity (MaskLLM, Wanda, SparseGPT) and Puzzle", 6),
     "data": ("data engine and Nemotron-CC-Math / BeyondWeb / CultureGuard pipelines", 12),
 }
 
@@ -239,16 +241,19 @@ def rl_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
 
 @app.command("eval")
 def eval_cmd(
-    kind: str = typer.Argument(..., help="math, code or choice."),
-    data: str = typer.Option(..., "--data", help="gsm8k/math500/aime/humaneval file, a JSONL of {id, prompt, "
-                             "answer|tests}, or tasks:NAME for a procedural task's test split."),
+    kind: str = typer.Argument(..., help="math, code, choice, or ppl (perplexity)."),
+    data: Optional[str] = typer.Option(None, "--data", help="gsm8k/math500/aime/humaneval file, a JSONL of {id, "
+                                       "prompt, answer|tests}, or tasks:NAME for a procedural task's test split."),
+    text: Optional[Path] = typer.Option(None, "--text", help="ppl: a UTF-8 text file (e.g. WikiText-2 test)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="ppl: window length (default: the "
+                                          "model's context)."),
     model: List[str] = typer.Option(..., "--model", help="Model dir (hf/vllm) or served name (openai); repeat "
                                     "to compare models (ProRL's boundary analysis)."),
     backend: str = typer.Option("hf", "--backend", help="hf, openai or vllm."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url"),
     n: int = typer.Option(16, "--n", min=1, help="Samples per problem."),
     k: str = typer.Option("1,4,16", "--k", help="pass@k values (each <= n)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems only."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems (ppl: windows) only."),
     temperature: float = typer.Option(0.8, "--temperature"),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template with {problem} (default: "
@@ -256,9 +261,22 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for results.json, report.md and the plot."),
 ) -> None:
-    """Unbiased pass@k and avg@n of one or more models on a benchmark."""
+    """Unbiased pass@k and avg@n of one or more models on a benchmark; or perplexity (``ppl``)."""
     from refinery.eval.passk import run_eval
 
+    if kind == "ppl":
+        from refinery.eval.perplexity import eval_ppl
+
+        if text is None:
+            raise RefineryError("eval ppl needs --text FILE")
+        _quiet_hf()
+        for m in model:
+            r = eval_ppl(m, text, seq_len, limit)
+            console.print(f"{m}: ppl {r['ppl']:.3f} ({r['windows']} windows x {r['seq_len']} tokens)",
+                          highlight=False)
+        return
+    if data is None:
+        raise RefineryError(f"eval {kind} needs --data")
     try:
         ks = sorted({int(x) for x in k.split(",")})
     except ValueError:
@@ -345,6 +363,40 @@ def rm_score(
             for j, name in enumerate(scorer.objectives):
                 g = f"  gate {gates[j]:.3f}" if gates is not None else ""
                 console.print(f"    {name:<14} {res['objectives'][i][j]:+.4f}{g}", highlight=False)
+
+
+# ---- compression -------------------------------------------------------------------------------------------
+@compress_app.command("sparsify")
+def compress_sparsify(
+    method: str = typer.Option(..., "--method", help="magnitude, wanda, sparsegpt or maskllm."),
+    model: Path = typer.Option(..., "--model", help="HF model directory."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration / training text file."),
+    out: Path = typer.Option(..., "--out", help="Output directory (HF checkpoint + masks + report)."),
+    n_calib: int = typer.Option(128, "--n-calib", min=1, help="Calibration windows (paper: 128)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="Window length (default: context)."),
+    steps: int = typer.Option(200, "--steps", min=0, help="maskllm: training steps."),
+    lr: float = typer.Option(1e-3, "--lr", help="maskllm: base LR (mask logits train at 10x)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    prior: str = typer.Option("sparsegpt", "--prior", help="maskllm: one-shot prior (or none)."),
+    init_logits: Optional[Path] = typer.Option(None, "--init-logits", help="maskllm: mask_logits.safetensors of "
+                                               "an earlier run to keep learning from (mask transfer)."),
+    seed: int = typer.Option(0, "--seed"),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Prune every block Linear to 2:4; embeddings and LM head stay dense. Never claims a CPU speed-up."""
+    from refinery.compression.sparsity.runner import sparsify
+
+    _quiet_hf()
+    rep = sparsify(model, method, calib, out, n_calib=n_calib, seq_len=seq_len, steps=steps, lr=lr,
+                   batch_size=batch_size, prior=prior, init_logits=init_logits, seed=seed, progress=progress)
+    console.print(f"{method}: {rep['sparsity']['overall']:.1%} of block weights zero ({rep['pattern']}), "
+                  f"{rep['seconds']:.1f}s -> {out}", highlight=False)
+
+
+@compress_app.command("puzzle", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def compress_puzzle() -> None:
+    """Puzzle: distillation-based architecture search (not implemented yet: issue #7)."""
+    raise RefineryError("'refinery compress puzzle' is not implemented yet (Puzzle; tracked in issue #7)")
 
 
 # ---- generation ------------------------------------------------------------------------------------------
