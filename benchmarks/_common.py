@@ -24,3 +24,32 @@ def record(title: str, lines: list[str]) -> None:
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script named in its command.\n\n")
     with open(RESULTS, "a") as f:
         f.write("\n".join(block) + "\n")
+
+
+def shared_data() -> Path:
+    """The public data folder ($REFINERY_DATA, default ../shared/data next to the repository)."""
+    return Path(os.environ.get("REFINERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def wikitext_model(steps: int = 1500) -> tuple[Path, Path, Path]:
+    """A nano Llama (and tokenizer) pretrained on the first 90% of WikiText-2's lines, cached; returns
+    ``(model_dir, train_text, heldout_text)``: the last 10% is never trained or calibrated on."""
+    from refinery.config import load_config
+    from refinery.models.pretrain import PretrainConfig, cached_pretrain
+    from refinery.models.zoo import cache_dir
+
+    src = shared_data() / "wikitext2-raw" / "wiki.test.raw"
+    if not src.exists():
+        sys.exit(f"public data not found: {src} (set REFINERY_DATA)")
+    lines = src.read_text(encoding="utf-8").replace("\r\n", "\n").splitlines(keepends=True)
+    cut = int(len(lines) * 0.9)
+    root = cache_dir() / "bench-data"
+    root.mkdir(parents=True, exist_ok=True)
+    train, held = root / "wikitext2-train90.txt", root / "wikitext2-heldout10.txt"
+    train.write_text("".join(lines[:cut]))
+    held.write_text("".join(lines[cut:]))
+    cfg = load_config(PretrainConfig, None, [
+        "name=wikitext-nano", "data.source=text", f"data.text_files=[{train}]", "data.seq_len=256",
+        f"trainer.steps={steps}", "trainer.batch_size=32", "trainer.lr=1e-3", "trainer.warmup_steps=100",
+        "trainer.eval_every=500", "trainer.checkpoint_every=500", "eval.n_per_task=0"])
+    return cached_pretrain(cfg, 0, progress=True), train, held

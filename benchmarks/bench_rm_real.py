@@ -2,7 +2,8 @@
 
     python benchmarks/bench_rm_real.py [--record]
 
-Backbone: a nano Llama pretrained here on WikiText-2 (the tokenizer too; cached), since the default bootstrap
+Backbone: a nano Llama pretrained here on 90% of WikiText-2 (the tokenizer too; cached, shared with the sparsity
+benchmark), since the default bootstrap
 policy has only seen arithmetic. HH-RLHF harmless-base (2,312 pairs) and PandaLM (999 pairs, 3 annotators: the
 majority wins, strength = |votes(1) - votes(2)|) are each split 80/10/10 by prompt hash; PandaLM ties (strength 0)
 are dropped from training by the loss and from the test set (no right answer). Numbers are what a ~1M-parameter
@@ -12,7 +13,6 @@ model reaches in minutes on 2 CPU cores; they are reported as they are.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,22 +30,16 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from refinery.config import load_config
-    from refinery.models.pretrain import PretrainConfig, cached_pretrain
     from refinery.reward_models.config import RMConfig
     from refinery.reward_models.data import load_pairs, write_pairs
     from refinery.reward_models.train import train_rm
     from refinery.runs import RunDir
 
     hf_logging.set_verbosity_error()
-    data = Path(os.environ.get("REFINERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    text = data / "wikitext2-raw" / "wiki.test.raw"
-    if not text.exists():
-        sys.exit(f"public data not found under {data} (set REFINERY_DATA)")
-    lm = load_config(PretrainConfig, None, [
-        "name=wikitext-nano", "data.source=text", f"data.text_files=[{text}]", "data.seq_len=256",
-        f"trainer.steps={args.pretrain_steps}", "trainer.batch_size=32", "trainer.lr=1e-3", "trainer.warmup_steps=100",
-        "trainer.eval_every=500", "trainer.checkpoint_every=500", "eval.n_per_task=0"])
-    backbone = cached_pretrain(lm, 0, progress=True)
+    from _common import shared_data, wikitext_model
+
+    data = shared_data()
+    backbone, _, _ = wikitext_model(args.pretrain_steps)
     print(f"backbone: {backbone}")
     common = [f"backbone.path={backbone}", "pipeline=[bt]", f"trainer.epochs={args.epochs}", "trainer.batch_pairs=16",
               "trainer.lr=5e-4", "trainer.max_length=256", "trainer.eval_every=50", "trainer.threads=2"]
