@@ -109,7 +109,8 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
         "rl.trainer.eval_every=2", "rl.trainer.checkpoint_every=2", "rl.eval.max_new_tokens=8",
         "rl.trainer.threads=1", "rm.data.n_train=32", "rm.data.n_valid=8", "rm.data.n_test=16",
         "rm.trainer.batch_pairs=8", "rm.trainer.epochs=1", "rm.trainer.max_length=48", "rm.trainer.threads=1",
-        "rm.armo.steps=4", "rm.armo.gate_hidden=8"]
+        "rm.armo.steps=4", "rm.armo.gate_hidden=8", "sparsity.steps=3", "sparsity.n_calib=4", "sparsity.seq_len=32",
+        "sparsity.max_new_tokens=8"]
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert "pretrain.accuracy" in summary and summary["model.params"] > 0
@@ -117,10 +118,12 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
     report = (tmp_path / "q" / "report.md").read_text()
     assert "## Stage: pretrain" in report and "## Stage: rl" in report and "rl/plots/rl_metrics.png" in report
     assert "## Stage: rm" in report and "rm.accuracy" in summary and "rm.bt.length_corr" in summary
+    assert summary["sparsity.fraction"] >= 0.5 and "sparsity.ppl_maskllm" in summary
+    assert "sparsity.accuracy_dense" in summary and "## Stage: sparsity" in report
     assert "run directory" in capsys.readouterr().out
     # resuming a finished run redoes nothing
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--resume", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("already done") == 3
+    assert capsys.readouterr().out.count("already done") == 4
 
 
 def test_quickstart_rl_needs_pretrain(tmp_path, capsys):

@@ -105,6 +105,7 @@ def test_quickstart_recipe_matches_builtin_defaults():
     assert from_file.pretrain.data == QuickstartConfig().pretrain.data
     assert from_file.rl == QuickstartConfig().rl
     assert from_file.rm == QuickstartConfig().rm
+    assert from_file.sparsity == QuickstartConfig().sparsity
 
 
 def test_every_config_field_is_documented():

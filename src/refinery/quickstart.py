@@ -2,9 +2,10 @@
 
 Stages: (1) build the ``nano`` model and tokenizer and train it on procedural worked solutions (SFT from scratch),
 (2) RL with verifier rewards (ProRL-style GRPO), (3) a reward model on synthetic preferences (scaled BT, then ArmoRM's
-verbosity decorrelation) with the stage-1 model as backbone. Each stage runs as a sub-run (``pretrain/``, ``rl/``,
-``rm/``) with its own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones. Later
-issues add the compression and data stages.
+verbosity decorrelation) with the stage-1 model as backbone, (4) MaskLLM 2:4 sparsity on the RL policy (accuracy
+and perplexity before/after). Each stage runs as a sub-run (``pretrain/``, ``rl/``, ``rm/``, ``sparsity/``) with its
+own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones. Later issues add the Puzzle
+and data stages.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import json
 
 from pydantic import Field
 
+from refinery.compression.sparsity.policy import PolicySparsityConfig
 from refinery.config import Section
 from refinery.models.pretrain import EvalConfig, PretrainConfig, PretrainData, TrainerConfig, check_config, pretrain
 from refinery.reward_models.config import RMConfig
 from refinery.rl.config import RLConfig
 from refinery.runs import RunDir
 
-STAGES = ("pretrain", "rl", "rm")
+STAGES = ("pretrain", "rl", "rm", "sparsity")
 
 
 def _quick_pretrain() -> PretrainConfig:
@@ -69,6 +71,8 @@ class QuickstartConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=_quick_pretrain, description="stage 1: build + SFT")
     rl: RLConfig = Field(default_factory=_quick_rl, description="stage 2: RL from the stage-1 model")
     rm: RMConfig = Field(default_factory=_quick_rm, description="stage 3: reward model on the stage-1 backbone")
+    sparsity: PolicySparsityConfig = Field(default_factory=lambda: PolicySparsityConfig(name="quickstart-sparsity"),
+                                           description="stage 4: MaskLLM 2:4 on the RL policy")
 
 
 def _finished(path) -> bool:
@@ -102,6 +106,12 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                     "seed": cfg.seed, "policy": cfg.rl.policy.model_copy(update={"path": str(policy)})})
                 what = (f"RL (GRPO, clip-higher, dynamic sampling) for {stage_cfg.trainer.steps} steps on "
                         f"{', '.join(stage_cfg.data.tasks)} with verifier rewards")
+            elif stage == "sparsity":
+                policy = run.path / "rl" / "model"
+                if not (policy / "config.json").exists():
+                    raise ConfigError("the sparsity stage prunes the RL policy: add 'rl' to stages")
+                stage_cfg = cfg.sparsity.model_copy(update={"seed": cfg.seed, "tasks": cfg.pretrain.data.tasks})
+                what = f"MaskLLM 2:4 on the RL policy ({stage_cfg.steps} steps from a {stage_cfg.prior} prior)"
             else:
                 stage_cfg = cfg.rm.model_copy(update={
                     "seed": cfg.seed, "backbone": cfg.rm.backbone.model_copy(update={"path": str(policy)})})
@@ -119,10 +129,22 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                 from refinery.rl.trainer import train_rl
 
                 train_rl(stage_cfg, stage_run, progress=progress)
-            else:
+            elif stage == "rm":
                 from refinery.reward_models.train import train_rm
 
                 train_rm(stage_cfg, stage_run, progress=progress)
+            else:
+                from refinery.compression.sparsity.policy import sparsify_policy
+                from refinery.rl.rewards import RewardRouter
+                from refinery.rl.trainer import load_items
+
+                _, heldout = load_items(cfg.rl.model_copy(update={"seed": cfg.seed}))
+                router = RewardRouter()
+                try:
+                    sparsify_policy(stage_cfg, policy, stage_run, heldout, lambda it, text, r=router: r(it, text)[1],
+                                    progress=progress)
+                finally:
+                    router.close()
         stage_summary = RunDir(sub).summary()
         run.write_summary({k: v for k, v in stage_summary.items() if k.startswith((f"{stage}.", "model."))})
         reports.append((stage, sub / "report.md"))
