@@ -11,7 +11,9 @@ pairs, AdamW lr with 5% warm-up and cosine decay, grad-clip 1, fp32, 2 threads. 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="training pairs used (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
 
@@ -65,63 +68,68 @@ def main() -> None:
     fits = fits[: args.limit] if args.limit else fits
     print(f"{len(fits)}/{len(train)} training pairs fit in {args.max_length} tokens; {len(test)} test pairs")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # ---- Refinery ----
-        import refinery.reward_models.train as rt
+    import refinery.reward_models.train as rt
 
-        rt.load_data = lambda _cfg: (fits, valid[:8], test)  # same pairs for both; tiny valid (eval off anyway)
-        run = RunDir.create(cfg, "bench", out=tmp / "ours")
-        t0 = time.perf_counter()
-        orig_fit = rt.fit
-        timing = {}
+    rt.load_data = lambda _cfg: (fits, valid[:8], test)  # same pairs for both; tiny valid (eval off anyway)
+    orig_fit, timing = rt.fit, {}
 
-        def timed_fit(*a, **k):
-            s = time.perf_counter()
-            orig_fit(*a, **k)
-            timing["fit"] = time.perf_counter() - s
+    def timed_fit(*a, **k):
+        s = time.perf_counter()
+        done = orig_fit(*a, **k)
+        timing["fit"] = time.perf_counter() - s
+        return done
 
-        rt.fit = timed_fit
-        train_rm(cfg, run, progress=False)
-        ours_total = time.perf_counter() - t0
-        ours_s = timing["fit"]
-        ours_acc = run.summary()["rm.accuracy"]
+    rt.fit = timed_fit
 
-        # ---- TRL ----
-        def conv(p):
-            prompt = p["prompt"] if isinstance(p["prompt"], list) else [{"role": "user", "content": p["prompt"]}]
-            return {"prompt": prompt, "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                    "rejected": [{"role": "assistant", "content": p["rejected"]}]}
+    def conv(p):
+        prompt = p["prompt"] if isinstance(p["prompt"], list) else [{"role": "user", "content": p["prompt"]}]
+        return {"prompt": prompt, "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}]}
 
-        ds = Dataset.from_list([conv(p) for p in fits])
-        torch.manual_seed(0)
-        model, tok = load_backbone(backbone, num_labels=1)
-        targs = RewardConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=args.batch_pairs,
-                             num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="cosine",
-                             warmup_ratio=0.05, max_length=args.max_length, logging_steps=50, save_strategy="no",
-                             report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0, disable_dropout=True,
-                             center_rewards_coefficient=None)
-        trainer = RewardTrainer(model=model, args=targs, train_dataset=ds, processing_class=tok)
-        kept = len(trainer.train_dataset)
-        t0 = time.perf_counter()
-        trainer.train()
-        trl_s = time.perf_counter() - t0
-        save_reward_model(trainer.model, tok, tmp / "trl-model", {"kind": "sequence_classification",
-                                                                 "max_length": args.max_length})
-        c, r = score_pairs(RewardScorer(tmp / "trl-model"), test)
-        trl_acc = sum(x > y for x, y in zip(c, r)) / len(test)
+    ds = Dataset.from_list([conv(p) for p in fits])
+    ours, trl = [], []
+    for seed in args.seeds:  # seed: head initialisation and data order, for both trainers
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            scfg = cfg.model_copy(update={"seed": seed})
+            run = RunDir.create(scfg, "bench", out=tmp / "ours")
+            train_rm(scfg, run, progress=False)
+            ours.append((timing["fit"], run.summary()["rm.accuracy"]))
 
-    n = len(fits) * args.epochs
-    rows = [
-        f"| Refinery `rm train` (bt) | {len(fits)} | {ours_s:.1f} | {n / ours_s:.1f} | {ours_acc:.3f} |",
-        f"| TRL RewardTrainer | {kept} | {trl_s:.1f} | {kept * args.epochs / trl_s:.1f} | {trl_acc:.3f} |",
-    ]
-    ratio = (n / ours_s) / (kept * args.epochs / trl_s)
+            torch.manual_seed(seed)
+            model, tok = load_backbone(backbone, num_labels=1)
+            targs = RewardConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=args.batch_pairs,
+                                 num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="cosine",
+                                 warmup_steps=int(0.05 * math.ceil(len(fits) / args.batch_pairs) * args.epochs),
+                                 max_length=args.max_length, logging_steps=1000, save_strategy="no",
+                                 report_to=[], use_cpu=True, seed=seed, dataloader_num_workers=0,
+                                 disable_dropout=True, center_rewards_coefficient=None)
+            trainer = RewardTrainer(model=model, args=targs, train_dataset=ds, processing_class=tok)
+            kept = len(trainer.train_dataset)
+            t0 = time.perf_counter()
+            trainer.train()
+            trl_s = time.perf_counter() - t0
+            save_reward_model(trainer.model, tok, tmp / "trl-model", {"kind": "sequence_classification",
+                                                                     "max_length": args.max_length})
+            c, r = score_pairs(RewardScorer(tmp / "trl-model"), test)
+            trl.append((trl_s, sum(x > y for x, y in zip(c, r)) / len(test)))
+            print(f"seed {seed}: Refinery {ours[-1][0]:.1f}s acc {ours[-1][1]:.3f} | TRL {trl_s:.1f}s "
+                  f"acc {trl[-1][1]:.3f}", flush=True)
+
+    def row(name, results, n_pairs):
+        secs = statistics.median(t for t, _ in results)
+        accs = [a for _, a in results]
+        return (f"| {name} | {n_pairs} | {secs:.1f} | {n_pairs * args.epochs / secs:.1f} | "
+                f"{statistics.mean(accs):.3f} ({' / '.join(f'{a:.3f}' for a in accs)}) |")
+
+    ratio = statistics.median(t for t, _ in trl) / statistics.median(t for t, _ in ours)
     lines = [f"Data: {args.data}; backbone: bootstrap nano SFT policy; {args.epochs} epoch(s), batch "
-             f"{args.batch_pairs} pairs, lr {args.lr}, max length {args.max_length}; test {len(test)} pairs.", "",
-             "| trainer | train pairs | train s | pairs/s | test accuracy |", "|---|---|---|---|---|", *rows, "",
-             f"Throughput ratio Refinery / TRL: **{ratio:.2f}x** (Refinery run incl. data prep and test eval: "
-             f"{ours_total:.1f} s)."]
+             f"{args.batch_pairs} pairs, lr {args.lr}, max length {args.max_length}; test {len(test)} pairs; seeds "
+             f"{args.seeds} (head init and data order).", "",
+             "| trainer | train pairs | train s (median) | pairs/s | test accuracy, mean (per seed) |",
+             "|---|---|---|---|---|", row("Refinery `rm train` (bt)", ours, len(fits)),
+             row("TRL RewardTrainer", trl, kept), "",
+             f"Throughput ratio Refinery / TRL: **{ratio:.2f}x**."]
     print("\n".join(lines))
     if args.record:
         from _common import record
