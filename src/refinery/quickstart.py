@@ -110,7 +110,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                 policy = run.path / "rl" / "model"
                 if not (policy / "config.json").exists():
                     raise ConfigError("the sparsity stage prunes the RL policy: add 'rl' to stages")
-                stage_cfg = cfg.sparsity.model_copy(update={"seed": cfg.seed, "tasks": cfg.pretrain.data.tasks})
+                stage_cfg = cfg.sparsity.model_copy(update={"seed": cfg.seed})
                 what = f"MaskLLM 2:4 on the RL policy ({stage_cfg.steps} steps from a {stage_cfg.prior} prior)"
             else:
                 stage_cfg = cfg.rm.model_copy(update={
@@ -138,11 +138,11 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                 from refinery.rl.rewards import RewardRouter
                 from refinery.rl.trainer import load_items
 
-                _, heldout = load_items(cfg.rl.model_copy(update={"seed": cfg.seed}))
+                train_items, heldout = load_items(cfg.rl.model_copy(update={"seed": cfg.seed}))
                 router = RewardRouter()
                 try:
                     sparsify_policy(stage_cfg, policy, stage_run, heldout, lambda it, text, r=router: r(it, text)[1],
-                                    progress=progress)
+                                    [it for t in cfg.rl.data.tasks for it in train_items[t]], progress=progress)
                 finally:
                     router.close()
         stage_summary = RunDir(sub).summary()

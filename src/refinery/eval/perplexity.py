@@ -30,15 +30,19 @@ def read_text(path: str | Path) -> str:
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 8) -> float:
+def perplexity(model, windows: torch.Tensor, batch_size: int = 8, mask: torch.Tensor | None = None) -> float:
+    """exp(mean next-token loss); ``mask`` marks real tokens of right-padded rows (pads are not scored)."""
     model.eval()
     total, count = 0.0, 0
     for s in range(0, windows.shape[0], batch_size):
         x = windows[s: s + batch_size]
+        target = x[:, 1:].clone()
+        if mask is not None:
+            target[~mask[s: s + batch_size][:, 1:]] = -100
         logits = model(input_ids=x).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                         reduction="sum"))
-        count += x[:, 1:].numel()
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((target != -100).sum())
     return math.exp(total / count)
 
 

@@ -82,10 +82,12 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
             init_logits: dict[str, torch.Tensor] | None = None, steps: int = 200, lr: float = 1e-3,
             batch_size: int = 8, n: int = 2, m: int = 4, alpha: float = 3.0,
             schedule: MaskLLMSchedule | None = None, seed: int = 0,
-            log: Callable[[int, dict[str, float]], None] | None = None) -> tuple[dict, dict]:
+            log: Callable[[int, dict[str, float]], None] | None = None,
+            calib_mask: torch.Tensor | None = None) -> tuple[dict, dict]:
     """Learn N:M masks for every prunable Linear of ``model`` on ``calib`` token windows ``[N, L]``; prune the
     model in place with the final (argmax) masks. ``priors`` (keep-masks, e.g. SparseGPT's) initialise the logits;
-    ``init_logits`` (from an earlier run) continue learning instead. Returns ``(masks, logits)``."""
+    ``init_logits`` (from an earlier run) continue learning instead. ``calib_mask`` ``[N, L]`` marks real tokens
+    when the rows are padded examples (right padding; the loss skips pads). Returns ``(masks, logits)``."""
     schedule = schedule or MaskLLMSchedule()
     gen = torch.Generator().manual_seed(seed)
     linears = prunable_linears(model)
@@ -113,8 +115,11 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
                 w.tau, w.kappa = tau, kappa
             idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
             x = calib[idx]
+            target = x[:, 1:].clone()
+            if calib_mask is not None:
+                target[~calib_mask[idx][:, 1:]] = -100
             logits = model(input_ids=x).logits[:, :-1]
-            lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
             reg = sum(((w.linear.weight * w.mask()) ** 2).sum() for w in wrapped.values()) if lam else 0.0
             loss = lm - lam * reg
             opt.zero_grad(set_to_none=True)

@@ -81,9 +81,11 @@ def decoder_layers(model) -> nn.ModuleList:
 @torch.no_grad()
 def sequential_prune(model, calib: torch.Tensor, method: str, n: int = 2, m: int = 4, batch_size: int = 8,
                      blocksize: int = 128, percdamp: float = 0.01,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
-    """Prune every block's Linears in place, block by block; ``calib`` is ``[N, L]`` token ids. Returns the keep
-    masks by module name. ``method``: magnitude, wanda or sparsegpt."""
+                     progress: Callable[[int, int], None] | None = None,
+                     calib_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Prune every block's Linears in place, block by block; ``calib`` is ``[N, L]`` token ids (``calib_mask``
+    marks real tokens of right-padded rows: pads add nothing to the statistics). Returns the keep masks by module
+    name. ``method``: magnitude, wanda or sparsegpt."""
     if method not in ("magnitude", "wanda", "sparsegpt"):
         raise ValueError(f"unknown one-shot method {method!r}")
     model.eval()
@@ -98,10 +100,13 @@ def sequential_prune(model, calib: torch.Tensor, method: str, n: int = 2, m: int
     for li, layer in enumerate(layers):
         mine = {name: lin for name, lin in linears.items() if any(mod is lin for mod in layer.modules())}
         stats: dict[str, dict] = {name: {"n": 0, "acc": None} for name in mine}
+        rows: dict[str, torch.Tensor | None] = {"keep": None}
 
-        def hook(name, stats=stats):
+        def hook(name, stats=stats, rows=rows):
             def fn(mod, inp, out):
                 x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+                if rows["keep"] is not None:
+                    x = x[rows["keep"]]
                 s = stats[name]
                 if method == "wanda":
                     sq = (x ** 2).sum(0)
@@ -124,6 +129,8 @@ def sequential_prune(model, calib: torch.Tensor, method: str, n: int = 2, m: int
         handles.append(layer.register_forward_hook(stop))  # nothing after this block needs computing
         try:
             for s in range(0, calib.shape[0], batch_size):
+                if calib_mask is not None:
+                    rows["keep"] = calib_mask[s:s + batch_size].reshape(-1)
                 try:
                     model(input_ids=calib[s:s + batch_size])
                 except _Stop:
