@@ -143,3 +143,17 @@ def test_rl_with_a_reward_model_reward(alphabet_model, tmp_path):
     assert rewards.tolist() == pytest.approx(want, abs=1e-5)
     with pytest.raises(ConfigError, match="reward.path"):
         load_config(RLConfig, None, ["reward.type=reward_model"])
+
+
+def test_rm_train_cli_with_a_recipe_profile_leaves_an_evaluable_model(alphabet_model, tmp_path):
+    out = tmp_path / "armo"
+    over = [f"backbone.path={alphabet_model}", "data.n_train=32", "data.n_valid=8", "data.n_test=16",
+            "trainer.epochs=1", "trainer.batch_pairs=8", "trainer.max_length=48", "trainer.threads=1", "armo.steps=4",
+            "armo.gate_hidden=8"]
+    assert main(["rm", "train", str(ROOT / "recipes" / "armorm.yaml"), "profile=tiny", *over, "--out", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rm.pipeline"] == "bt+armo" and (out / "model" / "armo.safetensors").exists()
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(synthetic_pairs(8, seed=5, split="test"), data)
+    assert main(["rm", "eval", "--model", str(out / "model"), "--data", str(data)]) == 0
