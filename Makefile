@@ -57,6 +57,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_math_verify.py --record
 	$(BIN)/python benchmarks/bench_code_sandbox.py --record
 	$(BIN)/python benchmarks/bench_rl_vs_trl.py --record
+	$(BIN)/python benchmarks/bench_rm_vs_trl.py --record
+	$(BIN)/python benchmarks/bench_rm_recipes.py --record
+	$(BIN)/python benchmarks/bench_rm_real.py --record
+	$(BIN)/python benchmarks/bench_sparsity.py --record
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
