@@ -148,17 +148,14 @@ class ArmoHead(nn.Module):
 def features(model, tok, prompts: list[Any], responses: list[str], max_length: int,
              batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features: last-token and prompt-end final hidden states, ``([N, H], [N, H])``."""
-    from refinery.reward_models.model import collate, encode, hidden_states
+    from refinery.reward_models.model import encode, hidden_states, length_batches
 
     model.eval()
     enc = [encode(tok, p, r, max_length) for p, r in zip(prompts, responses)]
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i].ids))
     H = model.config.hidden_size
     last, prompt_end = torch.zeros(len(enc), H), torch.zeros(len(enc), H)
-    pad = tok.pad_token_id or 0
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        a, b = hidden_states(model, collate([enc[i] for i in idx], pad))
+    for idx, batch in length_batches(enc, batch_size, tok.pad_token_id or 0):
+        a, b = hidden_states(model, batch)
         last[idx], prompt_end[idx] = a.float(), b.float()
     return last, prompt_end
 

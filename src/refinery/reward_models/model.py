@@ -68,6 +68,15 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
             "prompt_end": torch.tensor([e.prompt_end for e in items])}
 
 
+def length_batches(encs: list[Encoded], batch_size: int, pad: int):
+    """Yield ``(indices, collated batch)`` over ``encs`` sorted by length (little padding); scatter results back
+    with the indices."""
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        yield idx, collate([encs[i] for i in idx], pad)
+
+
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states at the last token and at the prompt's last token: ``([N, H], [N, H])``."""
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -161,13 +170,10 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, prompts: list[Any], responses: list[str]) -> dict[str, list | None]:
         enc = [encode(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses)]
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i].ids))
         scores = [0.0] * len(enc)
         objs: list[list[float] | None] = [None] * len(enc)
         gates: list[list[float] | None] = [None] * len(enc)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s: s + self.batch_size]
-            batch = collate([enc[i] for i in idx], self.pad)
+        for idx, batch in length_batches(enc, self.batch_size, self.pad):
             h_last, h_prompt = hidden_states(self.model, batch)
             if self.armo is not None:
                 out = self.armo(h_last, h_prompt)

@@ -23,7 +23,17 @@ from refinery.progress import StepBar
 from refinery.reward_models.config import RMConfig, RMTrainer
 from refinery.reward_models.data import load_pairs, responses_with_attributes, split_pairs
 from refinery.reward_models.losses import pair_loss, regression_loss
-from refinery.reward_models.model import Encoded, collate, encode, load_backbone, read_meta, rewards, save_reward_model
+from refinery.reward_models.model import (
+    Encoded,
+    collate,
+    encode,
+    head_of,
+    length_batches,
+    load_backbone,
+    read_meta,
+    rewards,
+    save_reward_model,
+)
 from refinery.runs import RunDir
 
 # ---- data -----------------------------------------------------------------------------------------------------
@@ -104,24 +114,21 @@ def steps_for(n: int, epochs: float, batch: int) -> int:
 
 
 @torch.no_grad()
-def score_encoded(model, encs: list[Encoded], pad: int, batch_size: int, index: int = 0) -> list[float]:
+def score_encoded(model, encs: list[Encoded], pad: int, batch_size: int) -> torch.Tensor:
+    """``[N, k]`` head outputs of the model being trained (eval mode for the pass, then restored)."""
     was = model.training
     model.eval()
-    order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
-    out = [0.0] * len(encs)
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        r = rewards(model, collate([encs[i] for i in idx], pad))[:, index]
-        for j, i in enumerate(idx):
-            out[i] = float(r[j])
+    out = torch.zeros(len(encs), head_of(model).out_features)
+    for idx, batch in length_batches(encs, batch_size, pad):
+        out[idx] = rewards(model, batch).float()
     model.train(was)
     return out
 
 
 def pair_accuracy(model, pairs: list[EncodedPair], pad: int, batch_size: int, index: int = 0) -> dict[str, float]:
-    c = score_encoded(model, [p[0] for p in pairs], pad, batch_size, index)
-    r = score_encoded(model, [p[1] for p in pairs], pad, batch_size, index)
-    diff = torch.tensor(c) - torch.tensor(r)
+    c = score_encoded(model, [p[0] for p in pairs], pad, batch_size)[:, index]
+    r = score_encoded(model, [p[1] for p in pairs], pad, batch_size)[:, index]
+    diff = c - r
     return {"accuracy": float((diff > 0).float().mean()),
             "bt_loss": float(torch.nn.functional.softplus(-diff).mean())}
 
@@ -254,12 +261,7 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
     def evaluate() -> dict[str, float]:
         out = pair_accuracy(model, vpairs, pad, cfg.eval.batch_size)
         if vlabels is not None:
-            with torch.no_grad():
-                model.eval()
-                preds = torch.tensor([score_encoded(model, venc, pad, cfg.eval.batch_size, k)
-                                      for k in range(len(objectives))]).T
-                model.train()
-            out["mse"] = float(regression_loss(preds, vlabels))
+            out["mse"] = float(regression_loss(score_encoded(model, venc, pad, cfg.eval.batch_size), vlabels))
         return {"accuracy": out["accuracy"], **({"mse": out["mse"]} if "mse" in out else {})}
 
     total = steps_for(len(enc), cfg.regression.epochs, B)
