@@ -282,10 +282,11 @@ def _nanstd(x: torch.Tensor) -> torch.Tensor:
 
 def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: list[dict], offset: int,
            progress: bool, stop_after: int | None = None) -> Path | None:
-    from_rm = bool(read_meta(start)) and read_meta(start).get("kind") == "sequence_classification"
+    meta = read_meta(start)
+    from_rm = meta.get("kind") == "sequence_classification"
     torch.manual_seed(cfg.seed)
     model, tok = load_backbone(start, num_labels=None if from_rm else 1)
-    objectives = read_meta(start).get("objectives", ["reward"]) if from_rm else ["reward"]
+    objectives = meta.get("objectives", ["reward"]) if from_rm else ["reward"]
     pad, L = tok.pad_token_id or 0, cfg.trainer.max_length
     # ties carry no ordering: the loss gives them weight 0, so they are not fed at all
     pairs = encode_pairs(tok, [p for p in train if int(p.get("strength", 1)) != 0], L)
