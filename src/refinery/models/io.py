@@ -24,6 +24,7 @@ def load_model(path: str | Path, dtype=None):
     from transformers import AutoModelForCausalLM
 
     path = _check_dir(path)
+    _register_custom(path)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -34,6 +35,18 @@ def load_model(path: str | Path, dtype=None):
         raise CheckpointError(f"cannot load model from {path}: {msg} (the checkpoint is corrupt or incomplete; "
                               "rebuild it or resume from an earlier checkpoint)") from None
     return model
+
+
+def _register_custom(path: Path) -> None:
+    """Import the module that registers a refinery architecture (Puzzle children) with AutoModelForCausalLM."""
+    import json
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return  # from_pretrained reports the corrupt config
+    if model_type == "refinery_puzzle":
+        import refinery.compression.puzzle.model  # noqa: F401
 
 
 def load_tokenizer(path: str | Path):

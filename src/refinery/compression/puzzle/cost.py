@@ -1,0 +1,183 @@
+"""Cost model: parameter memory, KV-cache memory and measured runtime of every sub-block variant.
+
+Memory is exact arithmetic on shapes. Runtime is measured on this machine: each sub-block alone on random
+activations of the real shape (prefill: ``[batch, seq, H]``; decode: one token per sequence against a KV cache of
+``seq`` tokens), median of repeats, cached on disk by shape, variant, thread count and torch version. A block's
+runtime is the sum of its sub-blocks'; what the model spends outside the blocks (embedding, mask and rotary set-up,
+final norm, head, Python) is the parent's measured total minus its blocks' sum, so the prediction for the parent
+is its measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from refinery.compression.puzzle.bld import rope
+from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, make_attention, make_ffn
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def attn_params(config, spec: AttnSpec) -> int:
+    H, d, nh = config.hidden_size, head_dim(config), config.num_attention_heads
+    bias = bool(getattr(config, "attention_bias", False))
+    if spec.kind == "no_op":
+        return 0
+    if spec.kind == "linear":
+        return H * H + H
+    kv = spec.kv_heads
+    return H * nh * d + 2 * H * kv * d + nh * d * H + H + bias * (nh * d + 2 * kv * d + H)
+
+
+def ffn_params(config, spec: FFNSpec) -> int:
+    H = config.hidden_size
+    bias = bool(getattr(config, "mlp_bias", False))
+    if spec.kind == "no_op":
+        return 0
+    if spec.kind == "linear":
+        return H * H + H
+    inter = spec.intermediate_size
+    return 3 * H * inter + H + bias * (2 * inter + H)
+
+
+def kv_bytes_per_token(config, spec: AttnSpec, dtype_bytes: int = 2) -> int:
+    """Keys and values one sequence stores per token for this attention variant."""
+    return 2 * spec.kv_heads * head_dim(config) * dtype_bytes if spec.kind == "gqa" else 0
+
+
+def block_memory(config, spec: BlockSpec, batch: int, seq: int, dtype_bytes: int = 2) -> int:
+    """Bytes a block needs when serving ``batch`` sequences of ``seq`` tokens: parameters + KV cache."""
+    params = attn_params(config, spec.attention) + ffn_params(config, spec.ffn)
+    return params * dtype_bytes + batch * seq * kv_bytes_per_token(config, spec.attention, dtype_bytes)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    prefill: float  # seconds for one prefill of [batch, seq]
+    decode: float  # seconds for one decode step of [batch, 1] at context seq
+
+
+def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_subblock(config, part: str, spec: AttnSpec | FFNSpec, batch: int, seq: int, repeats: int = 7) -> Runtime:
+    """Median prefill and decode time of one sub-block variant (its norm and residual add included)."""
+    from transformers import DynamicCache
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    if spec.kind == "no_op":
+        return Runtime(0.0, 0.0)
+    torch.manual_seed(0)
+    H = config.hidden_size
+    norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
+    x = torch.randn(batch, seq, H)
+    x1 = torch.randn(batch, 1, H)
+    if part == "ffn":
+        ffn = make_ffn(config, spec).eval()
+        prefill = _median_time(lambda: x + ffn(norm(x)), repeats)
+        decode = _median_time(lambda: x1 + ffn(norm(x1)), repeats * 4)
+        return Runtime(prefill, decode)
+    attn = make_attention(config, spec, 0).eval()
+    cos, sin = rope(config, seq + 1)
+    pe_all, pe_last = (cos[:, :seq], sin[:, :seq]), (cos[:, seq:], sin[:, seq:])
+    if spec.kind == "linear":
+        prefill = _median_time(lambda: x + attn(norm(x))[0], repeats)
+        decode = _median_time(lambda: x1 + attn(norm(x1))[0], repeats * 4)
+        return Runtime(prefill, decode)
+    prefill = _median_time(lambda: x + attn(norm(x), position_embeddings=pe_all, attention_mask=None,
+                                            cache=DynamicCache())[0], repeats)
+    cache = DynamicCache()
+    attn(norm(x), position_embeddings=pe_all, attention_mask=None, cache=cache)
+
+    def step():
+        out = x1 + attn(norm(x1), position_embeddings=pe_last, attention_mask=None, cache=cache)[0]
+        cache.crop(-1)  # drop the new token: the context stays at ``seq`` for every repeat
+        return out
+
+    return Runtime(prefill, _median_time(step, repeats * 4))
+
+
+class CostModel:
+    """Runtime and memory per sub-block variant for one (config, batch, seq) on this machine, cached on disk."""
+
+    def __init__(self, config, batch: int, seq: int, repeats: int = 7, dtype_bytes: int = 2, cache_file=None):
+        self.config, self.batch, self.seq, self.repeats, self.dtype_bytes = config, batch, seq, repeats, dtype_bytes
+        self.cache_file = cache_file
+        self._cache: dict[str, list[float]] = {}
+        if cache_file is not None and cache_file.exists():
+            self._cache = json.loads(cache_file.read_text())
+
+    def _key(self, part: str, spec) -> str:
+        c = self.config
+        return "|".join(map(str, (part, spec.name, c.hidden_size, c.num_attention_heads, head_dim(c), self.batch,
+                                  self.seq, torch.get_num_threads(), torch.__version__, platform.machine())))
+
+    def runtime(self, part: str, spec) -> Runtime:
+        key = self._key(part, spec)
+        if key not in self._cache:
+            r = measure_subblock(self.config, part, spec, self.batch, self.seq, self.repeats)
+            self._cache[key] = [r.prefill, r.decode]
+            if self.cache_file is not None:
+                from refinery.runs import atomic_write_text
+
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.cache_file, json.dumps(self._cache, indent=1))
+        return Runtime(*self._cache[key])
+
+    def block_runtime(self, spec: BlockSpec) -> Runtime:
+        a, f = self.runtime("attention", spec.attention), self.runtime("ffn", spec.ffn)
+        return Runtime(a.prefill + f.prefill, a.decode + f.decode)
+
+    def block_memory(self, spec: BlockSpec) -> int:
+        return block_memory(self.config, spec, self.batch, self.seq, self.dtype_bytes)
+
+
+@torch.no_grad()
+def measure_model(model, batch: int, seq: int, new_tokens: int = 16, repeats: int = 3) -> dict[str, float]:
+    """Measured whole-model speed with a KV cache: prefill seconds for ``[batch, seq]``, then ``new_tokens``
+    greedy decode steps; medians over repeats. ``decode_tps`` is generated tokens per second."""
+    from transformers import DynamicCache
+
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (batch, seq), generator=g)
+    prefills, decodes = [], []
+    for r in range(repeats + 1):
+        cache = DynamicCache(config=model.config)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, cache=cache, use_cache=True)
+        t1 = time.perf_counter()
+        nxt = out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            nxt = model(input_ids=nxt, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        t2 = time.perf_counter()
+        if r:  # the first pass warms up allocators and kernels
+            prefills.append(t1 - t0)
+            decodes.append((t2 - t1) / new_tokens)
+    decode = statistics.median(decodes)
+    return {"prefill_s": statistics.median(prefills), "decode_step_s": decode, "decode_tps": batch / decode}
+
+
+def model_memory(model, batch: int, seq: int, dtype_bytes: int = 2) -> int:
+    """Parameter bytes (tied embeddings once) + KV cache for ``batch`` sequences of ``seq`` tokens."""
+    from refinery.compression.puzzle.model import count_params, layer_blocks
+
+    kv = sum(kv_bytes_per_token(model.config, b.attention, dtype_bytes) for b in layer_blocks(model))
+    return count_params(model) * dtype_bytes + batch * seq * kv

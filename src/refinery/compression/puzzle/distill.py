@@ -1,0 +1,82 @@
+"""Assembly of a child from library blocks, and global knowledge distillation (GKD) from the parent.
+
+GKD loss (Puzzle §5): ``Σ_layers (1 − cos(h_child, h_parent)) + KL(p_parent ‖ p_child)``, with ``h`` the hidden
+state after each layer (cosine per token, averaged) and the KL per token, averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from refinery.compression.puzzle.model import BlockSpec, PuzzleForCausalLM, puzzle_config
+from refinery.compression.puzzle.scoring import kl_parent_child
+
+State = dict[str, torch.Tensor]
+
+
+def gkd_loss(h_child: list[torch.Tensor], h_parent: list[torch.Tensor], logits_child: torch.Tensor,
+             logits_parent: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """``Σ_l mean(1 − cos(h_child_l, h_parent_l)) + KL(p_parent ‖ p_child)``; also returns the two parts."""
+    if len(h_child) != len(h_parent):
+        raise ValueError(f"{len(h_child)} child vs {len(h_parent)} parent hidden states")
+    cos = sum((1 - F.cosine_similarity(c.float(), p.float(), dim=-1)).mean() for c, p in zip(h_child, h_parent))
+    kl = kl_parent_child(F.log_softmax(logits_parent.float(), -1), F.log_softmax(logits_child.float(), -1))
+    return cos + kl, {"cos": float(cos.detach()), "kl": float(kl.detach())}
+
+
+def assemble(parent, blocks: list[BlockSpec], attn_lib: list[dict[str, State]], ffn_lib: list[dict[str, State]]):
+    """The child: parent embeddings/norm/head, and for layer ``l`` the library's ``attn_lib[l][a]`` and
+    ``ffn_lib[l][f]`` weights (keyed by variant name)."""
+    cfg = puzzle_config(parent.config, blocks)
+    child = PuzzleForCausalLM(cfg)
+    state = {k: v for k, v in parent.state_dict().items() if not k.startswith("model.layers.")}
+    for i, b in enumerate(blocks):
+        for k, v in {**attn_lib[i][b.attention.name], **ffn_lib[i][b.ffn.name]}.items():
+            state[f"model.layers.{i}.{k}"] = v
+    missing, unexpected = child.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"library does not cover the child: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    child.tie_weights()
+    child.generation_config = parent.generation_config
+    return child.eval()
+
+
+def distill(child, parent, windows: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0,
+            log: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """GKD of the whole child on random batches of ``windows`` (AdamW, warmup then cosine); returns the log."""
+    torch.manual_seed(seed)
+    parent.eval()
+    for p in parent.parameters():
+        p.requires_grad_(False)
+    params = [p for p in child.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    warm = max(1, steps // 10)
+    rows = []
+    child.train()
+    for step in range(steps):
+        frac = (step - warm) / max(1, steps - warm)
+        scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        idx = torch.randint(0, windows.shape[0], (min(batch_size, windows.shape[0]),), generator=g)
+        x = windows[idx]
+        with torch.no_grad():
+            po = parent(input_ids=x, output_hidden_states=True)
+        co = child(input_ids=x, output_hidden_states=True)
+        loss, parts = gkd_loss(list(co.hidden_states[1:]), list(po.hidden_states[1:]), co.logits, po.logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        row = {"step": step + 1, "loss": float(loss), **parts}
+        rows.append(row)
+        if log:
+            log(step + 1, row)
+    child.eval()
+    return rows

@@ -1,0 +1,60 @@
+"""Replace-1-block scoring: put one variant into the otherwise intact parent and measure what changes.
+
+The parent's hidden state entering every layer and its next-token log-probabilities on held-out windows are
+computed once; scoring a variant of layer ``i`` then runs only the variant, the parent's layers ``i+1..L-1`` and
+the head. Scores: ``KL(p_parent ‖ p_child)`` per token (Puzzle's default) and the LM loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from refinery.compression.puzzle.bld import causal_mask, rope, run_layer
+
+
+def kl_parent_child(logp_parent: torch.Tensor, logp_child: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``KL(p_parent ‖ p_child) = Σ_v p_parent (log p_parent − log p_child)``."""
+    return (logp_parent.exp() * (logp_parent - logp_child)).sum(-1).mean()
+
+
+class Scorer:
+    """Holds the parent's per-layer inputs and log-probs on held-out windows; scores single-layer swaps."""
+
+    @torch.no_grad()
+    def __init__(self, parent, windows: torch.Tensor, batch_size: int = 8):
+        from refinery.compression.puzzle.library import collect_stats
+
+        self.parent = parent.eval()
+        self.windows = windows
+        self.batch_size = batch_size
+        stats = collect_stats(parent, windows, batch_size)
+        self.inputs = [s.inputs for s in stats.layers]
+        S = windows.shape[1]
+        self.pe, self.mask = rope(parent.config, S), causal_mask(S)
+        self.ref_logp = self._head(stats.final)
+        self.ref_loss = self._lm_loss(self.ref_logp)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        m = self.parent
+        return torch.cat([F.log_softmax(m.lm_head(m.model.norm(h[s: s + self.batch_size])).float(), -1)
+                          for s in range(0, h.shape[0], self.batch_size)])
+
+    def _lm_loss(self, logp: torch.Tensor) -> float:
+        return float(F.nll_loss(logp[:, :-1].reshape(-1, logp.shape[-1]), self.windows[:, 1:].reshape(-1)))
+
+    @torch.no_grad()
+    def score(self, i: int, layer) -> dict[str, float]:
+        """KL and LM loss of the parent with its layer ``i`` replaced by ``layer``."""
+        layer.eval()
+        kls, logps = [], []
+        for s in range(0, self.windows.shape[0], self.batch_size):
+            h = run_layer(layer, self.inputs[i][s: s + self.batch_size], self.pe, self.mask)
+            for j in range(i + 1, len(self.inputs)):
+                h = run_layer(self.parent.model.layers[j], h, self.pe, self.mask)
+            logp = F.log_softmax(self.parent.lm_head(self.parent.model.norm(h)).float(), -1)
+            ref = self.ref_logp[s: s + self.batch_size]
+            kls.append(kl_parent_child(ref, logp) * h.shape[0])
+            logps.append(logp)
+        kl = float(sum(kls) / self.windows.shape[0])
+        return {"kl": max(kl, 0.0), "lm_loss": self._lm_loss(torch.cat(logps))}
