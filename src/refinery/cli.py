@@ -393,10 +393,17 @@ def compress_sparsify(
                   f"{rep['seconds']:.1f}s -> {out}", highlight=False)
 
 
-@compress_app.command("puzzle", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def compress_puzzle() -> None:
-    """Puzzle: distillation-based architecture search (not implemented yet: issue #7)."""
-    raise RefineryError("'refinery compress puzzle' is not implemented yet (Puzzle; tracked in issue #7)")
+@compress_app.command("puzzle")
+def compress_puzzle(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
+                    out: Optional[Path] = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
+                    progress: bool = ProgressOpt) -> None:
+    """Puzzle: block library + BLD + replace-1-block scores + measured costs + MILP under a speed-up / memory
+    budget, then assembly and global distillation (e.g. recipes/puzzle.yaml search.target_speedup=1.5)."""
+    from refinery.compression.puzzle.config import PuzzleRecipe
+    from refinery.compression.puzzle.runner import run_puzzle
+
+    _run_recipe(PuzzleRecipe, recipe, overrides, out, resume, dry_run,
+                lambda cfg, run: run_puzzle(cfg, run, progress=progress))
 
 
 # ---- generation ------------------------------------------------------------------------------------------

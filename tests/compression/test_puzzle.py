@@ -182,7 +182,7 @@ def test_bld_tasks_run_in_a_process_pool(tmp_path):
 
     parent = tiny_llama()
     st = _stats(parent)
-    torch.save(st.layers[0].inputs, tmp_path / "in.pt")
+    torch.save({"inputs": st.layers[0].inputs}, tmp_path / "in.pt")
     layer = parent.model.layers[0]
     save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(tmp_path / "parent.safetensors"))
     tasks = []

@@ -22,8 +22,10 @@ from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, pare
 State = dict[str, torch.Tensor]
 
 
-def bld_loss(o_parent: torch.Tensor, o_child: torch.Tensor) -> torch.Tensor:
-    """``MSE(o_parent, o_child) / MSE(o_parent, 0)`` over the whole batch."""
+def bld_loss(o_parent: torch.Tensor, o_child: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``MSE(o_parent, o_child) / MSE(o_parent, 0)`` over the whole batch (only tokens where ``mask`` is True)."""
+    if mask is not None:
+        o_parent, o_child = o_parent[mask], o_child[mask]
     return (o_child - o_parent).pow(2).mean() / o_parent.pow(2).mean().clamp_min(1e-12)
 
 
@@ -54,7 +56,7 @@ def decoupled_spec(config, part: str, spec: AttnSpec | FFNSpec) -> BlockSpec:
 
 def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSpec, init_state: State,
                   inputs: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0,
-                  eval_windows: int = 8) -> tuple[State, dict[str, float]]:
+                  eval_windows: int = 8, mask: torch.Tensor | None = None) -> tuple[State, dict[str, float]]:
     """BLD of one variant: returns its trained sub-block state and the normalised loss before/after on the first
     ``eval_windows`` input windows (the parent's sub-block is frozen; only the variant's weights train)."""
     from refinery.compression.puzzle.library import build_layer
@@ -73,14 +75,18 @@ def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSp
     for n, p in child.named_parameters():
         p.requires_grad_(not n.startswith(keep))
     S = inputs.shape[1]
-    pe, mask = rope(config, S), causal_mask(S)
+    pe = rope(config, S)
 
-    def loss_on(h):
+    real = torch.ones(inputs.shape[:2], dtype=torch.bool) if mask is None else mask
+    attn_mask = causal_mask(S)
+
+    def loss_on(idx):
+        h = inputs[idx].float()
         with torch.no_grad():
-            o_p = run_layer(parent, h, pe, mask) - h
-        return bld_loss(o_p, run_layer(child, h, pe, mask) - h)
+            o_p = run_layer(parent, h, pe, attn_mask) - h
+        return bld_loss(o_p, run_layer(child, h, pe, attn_mask) - h, real[idx])
 
-    ev = inputs[:eval_windows].float()
+    ev = torch.arange(min(eval_windows, inputs.shape[0]))
     with torch.no_grad():
         before = float(loss_on(ev))
     if trainable and steps > 0:
@@ -91,7 +97,7 @@ def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSp
             for group in opt.param_groups:  # cosine to 10% (warmup is unnecessary: the init is already close)
                 group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
             idx = torch.randint(0, inputs.shape[0], (min(batch_size, inputs.shape[0]),), generator=g)
-            loss = loss_on(inputs[idx].float())
+            loss = loss_on(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -114,12 +120,12 @@ def _run_task(task: dict[str, Any]) -> tuple[str, dict[str, float]]:
     torch.set_num_threads(task.get("threads", 1))
     d = dict(task["config"])
     config = AutoConfig.for_model(d.pop("model_type"), **d)
-    inputs = torch.load(task["inputs"], mmap=True, weights_only=True)
+    data = torch.load(task["inputs"], mmap=True, weights_only=True)
     parent_state = load_file(task["parent_state"])
     init_state = load_file(task["init_state"]) if task["init_state"] else {}
     spec = AttnSpec.parse(task["spec"]) if task["part"] == "attention" else FFNSpec.parse(task["spec"])
-    state, info = train_variant(config, parent_state, task["part"], spec, init_state, inputs, task["steps"],
-                                task["lr"], task["batch_size"], task["seed"])
+    state, info = train_variant(config, parent_state, task["part"], spec, init_state, data["inputs"], task["steps"],
+                                task["lr"], task["batch_size"], task["seed"], mask=data.get("mask"))
     out = Path(task["out"])
     tmp = out.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={k: str(v) for k, v in info.items()})

@@ -1,8 +1,9 @@
 """Cost model: parameter memory, KV-cache memory and measured runtime of every sub-block variant.
 
-Memory is exact arithmetic on shapes. Runtime is measured on this machine: each sub-block alone on random
-activations of the real shape (prefill: ``[batch, seq, H]``; decode: one token per sequence against a KV cache of
-``seq`` tokens), median of repeats, cached on disk by shape, variant, thread count and torch version. A block's
+Memory is exact arithmetic on shapes. Runtime is measured on this machine, the way the model runs it: a stack of
+layers holding only that sub-block, minus a stack of empty layers (prefill: ``[batch, seq]``; decode: one token per
+sequence against a KV cache of ``seq`` tokens), median of repeats, cached on disk by shape, variant, thread count
+and torch version. A block's
 runtime is the sum of its sub-blocks'; what the model spends outside the blocks (embedding, mask and rotary set-up,
 final norm, head, Python) is the parent's measured total minus its blocks' sum, so the prediction for the parent
 is its measurement.
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refinery.compression.puzzle.bld import rope
-from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, make_attention, make_ffn
+from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec
 
 
 def head_dim(config) -> int:
@@ -77,41 +77,48 @@ def _median_time(fn, repeats: int, warmup: int = 2) -> float:
 
 
 @torch.no_grad()
-def measure_subblock(config, part: str, spec: AttnSpec | FFNSpec, batch: int, seq: int, repeats: int = 7) -> Runtime:
-    """Median prefill and decode time of one sub-block variant (its norm and residual add included)."""
+def _stack_time(config, spec: BlockSpec, layers: int, batch: int, seq: int, repeats: int) -> Runtime:
+    """Median prefill and decode-step time of a model body of ``layers`` identical ``spec`` blocks (no head)."""
     from transformers import DynamicCache
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+    from refinery.compression.puzzle.model import PuzzleForCausalLM, puzzle_config
+
+    cfg = puzzle_config(config, [spec] * layers, num_hidden_layers=layers, vocab_size=16, pad_token_id=0,
+                        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    body = PuzzleForCausalLM(cfg).model.eval()
+    ids = torch.randint(0, 16, (batch, seq))
+    nxt = torch.randint(0, 16, (batch, 1))
+    prefills, decodes = [], []
+    for r in range(repeats + 1):
+        cache = DynamicCache(config=cfg)
+        t0 = time.perf_counter()
+        body(input_ids=ids, cache=cache, use_cache=True)
+        t1 = time.perf_counter()
+        steps = []
+        for _ in range(4):
+            t2 = time.perf_counter()
+            body(input_ids=nxt, cache=cache, use_cache=True)
+            steps.append(time.perf_counter() - t2)
+            if spec.attention.kind == "gqa":
+                cache.crop(-1)  # the context stays at ``seq`` tokens
+        if r:  # the first round warms up
+            prefills.append(t1 - t0)
+            decodes += steps
+    return Runtime(statistics.median(prefills), statistics.median(decodes))
+
+
+def measure_subblock(config, part: str, spec: AttnSpec | FFNSpec, batch: int, seq: int, repeats: int = 7,
+                     layers: int = 4) -> Runtime:
+    """Time of one sub-block variant as the real model runs it (KV-cache update, masks and all): a stack of
+    ``layers`` layers holding only that sub-block, minus a stack of empty layers, divided by ``layers``."""
     if spec.kind == "no_op":
         return Runtime(0.0, 0.0)
-    torch.manual_seed(0)
-    H = config.hidden_size
-    norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
-    x = torch.randn(batch, seq, H)
-    x1 = torch.randn(batch, 1, H)
-    if part == "ffn":
-        ffn = make_ffn(config, spec).eval()
-        prefill = _median_time(lambda: x + ffn(norm(x)), repeats)
-        decode = _median_time(lambda: x1 + ffn(norm(x1)), repeats * 4)
-        return Runtime(prefill, decode)
-    attn = make_attention(config, spec, 0).eval()
-    cos, sin = rope(config, seq + 1)
-    pe_all, pe_last = (cos[:, :seq], sin[:, :seq]), (cos[:, seq:], sin[:, seq:])
-    if spec.kind == "linear":
-        prefill = _median_time(lambda: x + attn(norm(x))[0], repeats)
-        decode = _median_time(lambda: x1 + attn(norm(x1))[0], repeats * 4)
-        return Runtime(prefill, decode)
-    prefill = _median_time(lambda: x + attn(norm(x), position_embeddings=pe_all, attention_mask=None,
-                                            cache=DynamicCache())[0], repeats)
-    cache = DynamicCache()
-    attn(norm(x), position_embeddings=pe_all, attention_mask=None, cache=cache)
-
-    def step():
-        out = x1 + attn(norm(x1), position_embeddings=pe_last, attention_mask=None, cache=cache)[0]
-        cache.crop(-1)  # drop the new token: the context stays at ``seq`` for every repeat
-        return out
-
-    return Runtime(prefill, _median_time(step, repeats * 4))
+    empty = BlockSpec(AttnSpec("no_op"), FFNSpec("no_op"))
+    block = BlockSpec(spec, empty.ffn) if part == "attention" else BlockSpec(empty.attention, spec)
+    full = _stack_time(config, block, layers, batch, seq, repeats)
+    base = _stack_time(config, empty, layers, batch, seq, repeats)
+    return Runtime(max(0.0, (full.prefill - base.prefill) / layers), max(0.0, (full.decode - base.decode) / layers))
 
 
 class CostModel:

@@ -19,12 +19,14 @@ State = dict[str, torch.Tensor]
 
 
 def gkd_loss(h_child: list[torch.Tensor], h_parent: list[torch.Tensor], logits_child: torch.Tensor,
-             logits_parent: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """``Σ_l mean(1 − cos(h_child_l, h_parent_l)) + KL(p_parent ‖ p_child)``; also returns the two parts."""
+             logits_parent: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``Σ_l mean(1 − cos(h_child_l, h_parent_l)) + KL(p_parent ‖ p_child)`` over the tokens where ``mask`` is
+    True (all by default); also returns the two parts."""
     if len(h_child) != len(h_parent):
         raise ValueError(f"{len(h_child)} child vs {len(h_parent)} parent hidden states")
-    cos = sum((1 - F.cosine_similarity(c.float(), p.float(), dim=-1)).mean() for c, p in zip(h_child, h_parent))
-    kl = kl_parent_child(F.log_softmax(logits_parent.float(), -1), F.log_softmax(logits_child.float(), -1))
+    m = torch.ones(logits_child.shape[:-1], dtype=torch.bool) if mask is None else mask
+    cos = sum((1 - F.cosine_similarity(c.float(), p.float(), dim=-1))[m].mean() for c, p in zip(h_child, h_parent))
+    kl = kl_parent_child(F.log_softmax(logits_parent.float(), -1), F.log_softmax(logits_child.float(), -1), m)
     return cos + kl, {"cos": float(cos.detach()), "kl": float(kl.detach())}
 
 
@@ -47,7 +49,7 @@ def assemble(parent, blocks: list[BlockSpec], attn_lib: list[dict[str, State]], 
 
 
 def distill(child, parent, windows: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0,
-            log: Callable[[int, dict], None] | None = None) -> list[dict]:
+            log: Callable[[int, dict], None] | None = None, mask: torch.Tensor | None = None) -> list[dict]:
     """GKD of the whole child on random batches of ``windows`` (AdamW, warmup then cosine); returns the log."""
     torch.manual_seed(seed)
     parent.eval()
@@ -69,12 +71,13 @@ def distill(child, parent, windows: torch.Tensor, steps: int, lr: float, batch_s
         with torch.no_grad():
             po = parent(input_ids=x, output_hidden_states=True)
         co = child(input_ids=x, output_hidden_states=True)
-        loss, parts = gkd_loss(list(co.hidden_states[1:]), list(po.hidden_states[1:]), co.logits, po.logits)
+        loss, parts = gkd_loss(list(co.hidden_states[1:]), list(po.hidden_states[1:]), co.logits, po.logits,
+                               None if mask is None else mask[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        row = {"step": step + 1, "loss": float(loss), **parts}
+        row = {"step": step + 1, "loss": float(loss.detach()), **parts}
         rows.append(row)
         if log:
             log(step + 1, row)

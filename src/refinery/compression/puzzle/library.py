@@ -82,9 +82,9 @@ class Stats:
 
 
 @torch.no_grad()
-def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8) -> Stats:
+def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8, mask: torch.Tensor | None = None) -> Stats:
     """Run the parent over ``windows`` once, recording per-layer inputs, FFN channel activity and the FFN normal
-    equations (float64)."""
+    equations (float64); ``mask`` (True = real token) keeps padding out of the statistics."""
     layers = parent.model.layers
     L = len(layers)
     inputs: list[list[torch.Tensor]] = [[] for _ in range(L)]
@@ -95,18 +95,22 @@ def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8) -> Stats:
     final: list[torch.Tensor] = []
     counts = [0] * L
     hooks = []
+    current: list[torch.Tensor] = []  # the mask of the batch in flight, flattened
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(-1, t.shape[-1]).double()
+        return flat[current[0]] if current else flat
     for i, layer in enumerate(layers):
         def pre(mod, args, kwargs, i=i):
             inputs[i].append((args[0] if args else kwargs["hidden_states"]).detach().clone())
 
         def down_pre(mod, args, i=i):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            x = real(args[0])
             abs_sum[i] += x.abs().sum(0)
             counts[i] += x.shape[0]
 
         def mlp_hook(mod, args, out, i=i):
-            x = args[0].reshape(-1, H).double()
-            y = out.reshape(-1, H).double()
+            x, y = real(args[0]), real(out)
             xtx[i] += x.T @ x
             xty[i] += x.T @ y
 
@@ -118,6 +122,7 @@ def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8) -> Stats:
     try:
         parent.eval()
         for s in range(0, windows.shape[0], batch_size):
+            current[:] = [] if mask is None else [mask[s: s + batch_size].reshape(-1)]
             parent.model(input_ids=windows[s: s + batch_size])
     finally:
         for h in hooks:

@@ -230,11 +230,12 @@ AutoConfig.register(MODEL_TYPE, PuzzleConfig, exist_ok=True)
 AutoModelForCausalLM.register(PuzzleConfig, PuzzleForCausalLM, exist_ok=True)
 
 
-def puzzle_config(parent_config, blocks: list[BlockSpec]) -> PuzzleConfig:
-    """A child config: the parent's (Llama) config with one block spec per layer."""
+def puzzle_config(parent_config, blocks: list[BlockSpec], **overrides) -> PuzzleConfig:
+    """A child config: the parent's (Llama) config with one block spec per layer (and any field overridden)."""
     d = parent_config.to_dict()
     for key in ("model_type", "architectures", "block_configs", "transformers_version", "auto_map"):
         d.pop(key, None)
+    d.update(overrides)
     cfg = PuzzleConfig(block_configs=[b.to_dict() for b in blocks], **d)
     cfg.architectures = ["PuzzleForCausalLM"]
     return cfg
