@@ -31,7 +31,7 @@ def shared_data() -> Path:
     return Path(os.environ.get("REFINERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def wikitext_model(steps: int = 1500) -> tuple[Path, Path, Path]:
+def wikitext_model(steps: int = 1500, num_layers: int = 4) -> tuple[Path, Path, Path]:
     """A nano Llama (and tokenizer) pretrained on the first 90% of WikiText-2's lines, cached; returns
     ``(model_dir, train_text, heldout_text)``: the last 10% is never trained or calibrated on."""
     from refinery.config import load_config
@@ -51,5 +51,6 @@ def wikitext_model(steps: int = 1500) -> tuple[Path, Path, Path]:
     cfg = load_config(PretrainConfig, None, [
         "name=wikitext-nano", "data.source=text", f"data.text_files=[{train}]", "data.seq_len=256",
         f"trainer.steps={steps}", "trainer.batch_size=32", "trainer.lr=1e-3", "trainer.warmup_steps=100",
-        "trainer.eval_every=500", "trainer.checkpoint_every=500", "eval.n_per_task=0"])
+        "trainer.eval_every=500", "trainer.checkpoint_every=500", "eval.n_per_task=0"]
+        + ([f"model.num_layers={num_layers}", f"name=wikitext-nano{num_layers}"] if num_layers != 4 else []))
     return cached_pretrain(cfg, 0, progress=True), train, held

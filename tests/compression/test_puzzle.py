@@ -327,3 +327,58 @@ def test_assemble_from_the_library_and_distill():
     assert np.mean([r["loss"] for r in rows[-5:]]) < np.mean([r["loss"] for r in rows[:5]])
     assert all(not p.requires_grad for p in parent.parameters())
 
+
+
+# ---- the recipe end to end -----------------------------------------------------------------------------------
+TINY_PUZZLE = ["pretrain.model.hidden_size=32", "pretrain.model.num_layers=3", "pretrain.model.num_heads=2",
+               "pretrain.model.num_kv_heads=2", "pretrain.model.intermediate_size=64", "pretrain.model.vocab_size=320",
+               "pretrain.data.n_train_per_task=300", "pretrain.data.n_test_per_task=10",
+               "pretrain.data.tasks=[arithmetic]", "pretrain.trainer.steps=30", "pretrain.trainer.batch_size=16",
+               "pretrain.trainer.warmup_steps=2", "pretrain.trainer.threads=2", "data.tasks=[arithmetic]",
+               "data.n_items=120", "data.seq_len=32", "data.n_calib=16", "data.n_score=4", "data.n_eval=8",
+               "data.n_distill=32", "space.ffn_fractions=[0.5]", "bld.steps=4", "bld.workers=2", "cost.batch_size=2",
+               "cost.seq_len=16", "cost.repeats=2", "cost.model_repeats=2", "cost.new_tokens=4",
+               "search.target_speedup=1.2", "search.n_solutions=2", "search.calibrate_rounds=1", "gkd.steps=4"]
+
+
+def test_puzzle_cli_end_to_end_and_resume(tmp_path):
+    import json
+
+    from refinery.cli import main
+    from refinery.models.io import load_model
+
+    out = tmp_path / "run"
+    args = ["compress", "puzzle", "recipes/puzzle.yaml", *TINY_PUZZLE, "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("target_speedup", "measured_speedup", "predicted_speedup", "ppl_parent", "ppl_child",
+                "ppl_uniform_baseline", "memory_child_bytes", "kl_child"):
+        assert key in summary, key
+    assert summary["ppl_child"] > 1 and math.isfinite(summary["ppl_child"])
+    assert summary["memory_child_bytes"] <= summary["memory_parent_bytes"]
+    child = load_model(out / "child")
+    assert type(child).__name__ == "PuzzleForCausalLM"
+    assert [b.name for b in child.config.blocks] == summary["architecture"].split()
+    report = (out / "report.md").read_text()
+    assert "![architecture](plots/architecture.png)" in report and (out / "plots" / "architecture.png").exists()
+    scores = json.loads((out / "scores.json").read_text())
+    assert sorted(scores) == ["0", "1", "2"] and all(len(row) == 4 * 4 for row in scores.values())
+    # Resume: a run that lost its last scored layer and its outputs redoes only those; the library is reused.
+    lib_files = {p: p.stat().st_mtime_ns for p in (out / "library").glob("*.safetensors")}
+    assert len(lib_files) == 3 * (3 + 3)  # per layer: kv2, kv1, linear + ffn64, ffn32, linear (no-ops have none)
+    del scores["2"]
+    (out / "scores.json").write_text(json.dumps(scores))
+    (out / "summary.json").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "library").glob("*.safetensors")} == lib_files
+    assert "2" in json.loads((out / "scores.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["ppl_child"] > 1
+
+
+def test_puzzle_recipe_rejects_an_empty_budget():
+    from refinery.compression.puzzle.config import PuzzleRecipe
+    from refinery.config import load_config
+    from refinery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least one budget"):
+        load_config(PuzzleRecipe, "recipes/puzzle.yaml", ["search.target_speedup=null"])
