@@ -37,10 +37,12 @@ compress_app = typer.Typer(help="Compression: 2:4 sparsity (magnitude, Wanda, Sp
                            no_args_is_help=True)
 app.add_typer(compress_app, name="compress")
 
+data_app = typer.Typer(help="Data engine: Nemotron-CC-Math (WARC/HTML -> math-preserving text -> cleanup -> "
+                         "quality -> dedup -> decontamination).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
 # Wings that later issues fill. They answer honestly instead of pretending to work.
-PENDING = {
-    "data": ("data engine and Nemotron-CC-Math / BeyondWeb / CultureGuard pipelines", 12),
-}
+PENDING: dict[str, tuple[str, int]] = {}
 
 
 def _pending_group(name: str, what: str, issue: int) -> typer.Typer:
@@ -404,6 +406,111 @@ def compress_puzzle(recipe: Path = RecipeArg, overrides: Optional[List[str]] = O
 
     _run_recipe(PuzzleRecipe, recipe, overrides, out, resume, dry_run,
                 lambda cfg, run: run_puzzle(cfg, run, progress=progress))
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+@data_app.command("run", context_settings={"allow_extra_args": False})
+def data_run(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
+             fresh: bool = typer.Option(False, "--fresh", help="Delete the output first (else: resume)."),
+             dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """Run a data recipe, e.g. recipes/nemotron_cc_math.yaml input=crawl.warc.gz output=out/ (re-running the same
+    command resumes: finished shards are skipped)."""
+    from refinery.config import dump_config, load_config
+    from refinery.data.math_web.pipeline import MathCCConfig
+    from refinery.data.runner import run_math_cc
+
+    cfg = load_config(MathCCConfig, recipe, overrides)
+    if dry_run:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    _quiet_hf()
+    stats = run_math_cc(cfg, progress=progress, fresh=fresh)
+    _print_stage_table(stats)
+    console.print(f"{stats['records_out']} records -> {cfg.output}/data  (rejects: {cfg.output}/rejects, "
+                  f"counts: {cfg.output}/stats.json)", highlight=False)
+
+
+def _print_stage_table(stats: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{stats['shards']} shards, {stats['seconds']}s ({stats['executor']})")
+    for col in ("stage", "in", "kept", "dropped (reason: n)", "seconds"):
+        table.add_column(col)
+    for st in stats["stages"]:
+        dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "-"
+        table.add_row(st["name"], str(st["seen"]), str(st["kept"]), dropped, f"{st['seconds']:.1f}")
+    console.print(table)
+
+
+@data_app.command("extract-math")
+def data_extract_math(
+    inputs: List[Path] = typer.Option(..., "--input", help="WARC file, directory of HTML files, or JSONL of "
+                                      "{source, html}; repeatable."),
+    output: Path = typer.Option(..., "--output", help="Output JSONL: source, text (math as $...$ / $$...$$), "
+                                "formulas, formula_sources."),
+    renderer: str = typer.Option("auto", "--renderer", help="lynx, python, or auto (lynx when installed)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1),
+    executor: str = typer.Option("local", "--executor", help="local or ray."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Math-preserving text extraction (MathJax, KaTeX, MathML, LaTeX images/alt text -> LaTeX)."""
+    from refinery.data.runner import extract_math
+
+    res = extract_math([str(i) for i in inputs], output, renderer=renderer, workers=workers, executor=executor,
+                       progress=progress)
+    console.print(f"{res['pages']} pages, {res['formulas']} formulas, {res['rejected']} unreadable records, "
+                  f"{res['seconds']}s -> {output}", highlight=False)
+
+
+@data_app.command("annotate-quality")
+def data_annotate_quality(
+    input: Path = typer.Option(..., "--input", help="JSONL with a 'text' field (e.g. data run output)."),
+    output: Path = typer.Option(..., "--output", help="JSONL {text, label, source} for train-quality."),
+    model: str = typer.Option(..., "--model", help="Served model name."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    max_chars: int = typer.Option(4000, "--max-chars", help="Characters of each page shown to the annotator."),
+) -> None:
+    """Label pages 0-5 for math-teaching value with an LLM (FineMath-style prompt); unparseable answers are
+    reported and skipped."""
+    from refinery.data.text.quality import ANNOTATION_PROMPT, parse_score
+    from refinery.generation import GenerationError, SamplingParams, get_generator
+    from refinery.jsonl import iter_jsonl
+
+    rows = [r for _, r, _ in iter_jsonl(input) if isinstance(r, dict) and isinstance(r.get("text"), str)][:limit]
+    gen = get_generator("openai", model, base_url=base_url)
+    reqs = [[{"role": "user", "content": ANNOTATION_PROMPT.format(text=r["text"][:max_chars])}] for r in rows]
+    results = gen.generate_each(reqs, SamplingParams(temperature=0.0, max_new_tokens=16, seed=0))
+    kept, bad = [], 0
+    for r, res in zip(rows, results):
+        score = None if isinstance(res, GenerationError) else parse_score(res[0].text)
+        if score is None:
+            bad += 1
+            continue
+        kept.append({"text": r["text"], "label": score, "source": r.get("source")})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
+    console.print(f"{len(kept)} labelled, {bad} unparseable or failed -> {output}", highlight=False)
+
+
+@data_app.command("train-quality")
+def data_train_quality(
+    input: Path = typer.Option(..., "--input", help="JSONL {text, label 0-5} (annotate-quality output)."),
+    out: Path = typer.Option(..., "--out", help="Output HF sequence-classification directory."),
+    steps: int = typer.Option(300, "--steps", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Train a small 0-5 regression classifier for the quality stage (quality.model=OUT)."""
+    from refinery.data.text.quality import train_classifier
+    from refinery.jsonl import iter_jsonl
+
+    rows = [r for _, r, _ in iter_jsonl(input) if isinstance(r, dict) and isinstance(r.get("text"), str)
+            and isinstance(r.get("label"), (int, float))]
+    info = train_classifier([r["text"] for r in rows], [float(r["label"]) for r in rows], out, steps=steps, lr=lr,
+                            seed=seed, progress=progress)
+    console.print_json(json.dumps(info))
 
 
 # ---- generation ------------------------------------------------------------------------------------------

@@ -1,0 +1,330 @@
+"""Math-preserving HTML → text (Nemotron-CC-Math stage 1).
+
+Plain lynx drops MathJax v2 ``<script type="math/tex">`` and flattens rendered MathJax / KaTeX / MathML into
+garbled Unicode. So every math element is first rewritten in the DOM into a placeholder token that carries its
+LaTeX: MathJax script tags (inline and display), MathJax v3 assistive MathML, KaTeX's TeX annotation, MathML (its
+TeX annotation or ``alttext``, else a MathML→LaTeX conversion), ``data-tex``/``data-math``/``data-latex``
+attributes, LaTeX in image ``alt`` text and LaTeX-image-service URLs (codecogs, wp-latex, Google charts, Wikimedia);
+raw ``$…$`` / ``\\(…\\)`` in text are protected the same way. The page is then rendered with lynx (layout-aware:
+tables, lists and ``<pre>`` keep their shape; run with a timeout and killed on hang) or, when lynx is absent, a
+pure-Python renderer, and the tokens are replaced by ``$…$`` / ``$$…$$`` — so lynx never wraps a formula.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlparse
+
+from refinery.data.math_web.mathml import convert, tex_annotation
+
+TOKEN = "MATHPHX{:06d}X"
+TOKEN_RE = re.compile(r"MATHPHX(\d{6})X")
+MATHJAX_RENDERED = {"MathJax_Preview", "MathJax", "MathJax_Display", "MathJax_SVG", "MathJax_SVG_Display",
+                    "MathJax_CHTML", "MathJax_MathML", "MJX_Assistive_MathML", "MathJax_PHTML"}
+SKIP_TEXT = {"pre", "code", "script", "style", "textarea", "kbd", "samp", "tt"}
+LATEX_SERVICES = ("codecogs.com", "wp.com/latex.php", "latex.php", "chart.apis.google.com", "chart.googleapis.com",
+                  "mathurl.com", "quicklatex.com", "latex.artofproblemsolving.com", "/math/render/")
+RAW_MATH = re.compile(r"(\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\$\w])\$(?=\S)[^$\n]{1,400}?(?<=\S)\$(?!\w))",
+                      re.S)
+_LATEXISH = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d|_\d|\\[{}()\[\]]")
+
+
+@dataclass
+class Formula:
+    tex: str
+    display: bool
+    source: str  # mathjax | mathjax3 | katex | mathml-tex | mathml | data-attr | img-alt | img-url | raw
+
+
+@dataclass
+class Rewritten:
+    html: str
+    formulas: list[Formula] = field(default_factory=list)
+
+
+def normalise_tex(tex: str) -> str:
+    """Strip what carries no meaning: ``{\\displaystyle …}`` / ``\\displaystyle`` wrappers, ``$`` delimiters,
+    surrounding whitespace."""
+    t = tex.strip()
+    for a, b in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if t.startswith(a) and t.endswith(b) and len(t) > len(a) + len(b):
+            t = t[len(a): -len(b)].strip()
+            break
+    m = re.fullmatch(r"\{\\(?:displaystyle|textstyle)\s*(.*)\}", t, re.S)
+    if m:
+        t = m.group(1).strip()
+    t = re.sub(r"^\\(?:displaystyle|textstyle)\s*", "", t)
+    return t
+
+
+def looks_like_latex(text: str) -> bool:
+    t = text.strip()
+    return bool(t) and (bool(_LATEXISH.search(t)) or (t.startswith("$") and t.endswith("$") and len(t) > 2))
+
+
+def tex_from_url(src: str) -> str | None:
+    """LaTeX encoded in a LaTeX-image-service URL (codecogs ``…?{tex}``, wp-latex ``latex=``, Google ``chl=``)."""
+    if not src or not any(s in src for s in LATEX_SERVICES):
+        return None
+    u = urlparse(src)
+    q = parse_qs(u.query)
+    for key in ("latex", "chl", "tex", "eq"):
+        if q.get(key):
+            return q[key][0].strip() or None
+    if "codecogs.com" in src and u.query:
+        tex = unquote(u.query)
+        return re.sub(r"^\\(?:dpi\{\d+\}|bg_\w+|fn_\w+|large|Large|small|inline)\s*", "", tex).strip() or None
+    return None
+
+
+def _classes(el) -> set[str]:
+    return set((el.get("class") or "").split())
+
+
+def _replace(el, text: str) -> None:
+    """Put ``text`` where ``el`` was (keeping the tail)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    tail = el.tail or ""
+    prev = el.getprevious()
+    if prev is not None:
+        prev.tail = (prev.tail or "") + text + tail
+    else:
+        parent.text = (parent.text or "") + text + tail
+    parent.remove(el)
+
+
+def _drop(el) -> None:
+    _replace(el, "")
+
+
+def rewrite_math(html: str) -> Rewritten:
+    """The page with every math element replaced by a placeholder token, and the formulas in page order."""
+    import lxml.html
+    from lxml import etree
+
+    out = Rewritten(html="")
+    if not html or not html.strip():
+        return out
+    try:
+        root = lxml.html.document_fromstring(html)
+    except (etree.ParserError, ValueError):
+        return out
+    formulas = out.formulas
+
+    def token(tex: str, display: bool, source: str) -> str:
+        formulas.append(Formula(normalise_tex(tex), display, source))
+        t = TOKEN.format(len(formulas) - 1)
+        return f" {t} " if display else t
+
+    # 1. MathJax v2 source scripts; their rendered twins go.
+    scripts = [s for s in root.iter("script") if (s.get("type") or "").lower().startswith("math/tex")]
+    for s in scripts:
+        display = "mode=display" in (s.get("type") or "").lower()
+        _replace(s, token(s.text or "", display, "mathjax"))
+    if scripts:
+        for el in [e for e in root.iter() if isinstance(e.tag, str) and _classes(e) & MATHJAX_RENDERED]:
+            if el.getparent() is not None:
+                _drop(el)
+    # 2. MathJax v3 containers: the assistive MathML is the formula; the CHTML/SVG glyphs go.
+    for el in list(root.iter("mjx-container")):
+        if el.getparent() is None:
+            continue
+        maths = [m for m in el.iter() if isinstance(m.tag, str) and m.tag.split("}")[-1] == "math"]
+        if maths:
+            tex = tex_annotation(maths[0]) or convert(maths[0])
+            _replace(el, token(tex, el.get("display") == "true", "mathjax3"))
+        else:
+            _drop(el)
+    # 3. KaTeX: the TeX annotation replaces the whole rendering.
+    for el in [e for e in root.iter() if isinstance(e.tag, str) and "katex" in _classes(e)]:
+        if el.getparent() is None:
+            continue
+        ann = [a for a in el.iter() if isinstance(a.tag, str) and a.tag.endswith("annotation")
+               and "tex" in (a.get("encoding") or "")]
+        if ann:
+            anc = el.getparent()
+            display = anc is not None and "katex-display" in _classes(anc)
+            _replace(el, token(ann[0].text or "", display, "katex"))
+    # 4. MathML (Wikipedia hides a fallback image next to each <math>: the image goes, the MathML stays).
+    for img in [i for i in root.iter("img") if any(c.startswith("mwe-math-fallback") for c in _classes(i))]:
+        parent = img.getparent()
+        if parent is not None and any(isinstance(m.tag, str) and m.tag.split("}")[-1] == "math"
+                                      for m in parent.iter()):
+            _drop(img)
+    for m in [e for e in root.iter() if isinstance(e.tag, str) and e.tag.split("}")[-1] == "math"]:
+        if m.getparent() is None:
+            continue
+        tex = tex_annotation(m)
+        src = "mathml-tex" if tex else "mathml"
+        _replace(m, token(tex or convert(m), m.get("display") == "block", src))
+    # 5. data-tex / data-math / data-latex attributes.
+    for el in [e for e in root.iter() if isinstance(e.tag, str)]:
+        if el.getparent() is None:
+            continue
+        for attr in ("data-tex", "data-math", "data-latex"):
+            tex = el.get(attr)
+            if tex and tex.strip():
+                display = el.get("data-display") in ("block", "true") or el.tag == "div"
+                _replace(el, token(tex, display, "data-attr"))
+                break
+    # 6. Images: LaTeX-service URLs, LaTeX alt text.
+    for img in list(root.iter("img")):
+        if img.getparent() is None:
+            continue
+        tex = tex_from_url(img.get("src") or "")
+        if tex:
+            _replace(img, token(tex, False, "img-url"))
+            continue
+        alt = img.get("alt") or ""
+        if looks_like_latex(alt):
+            _replace(img, token(alt, False, "img-alt"))
+    # 7. Raw delimited LaTeX in text: protected from wrapping (delimiters kept by kind).
+    for el in list(root.iter()):
+        if not isinstance(el.tag, str) or el.tag in SKIP_TEXT or any(
+                a.tag in SKIP_TEXT for a in el.iterancestors() if isinstance(a.tag, str)):
+            continue
+        el.text = _protect(el.text, token)
+        for child in el:
+            if isinstance(child.tag, str) and child.tag not in SKIP_TEXT:
+                pass
+            child.tail = _protect(child.tail, token)
+    for el in list(root.iter("script", "style", "noscript", "template")):
+        if el.getparent() is not None:
+            _drop(el)
+    out.html = lxml.html.tostring(root, encoding="unicode")
+    return out
+
+
+def _protect(text: str | None, token) -> str | None:
+    if not text or ("$" not in text and "\\" not in text):
+        return text
+
+    def sub(m):
+        raw = m.group(0)
+        display = raw.startswith(("$$", "\\["))
+        return token(raw, display, "raw")
+
+    return RAW_MATH.sub(sub, text)
+
+
+def restore(text: str, formulas: list[Formula]) -> str:
+    """Placeholder tokens → ``$tex$`` (inline) or ``$$tex$$`` (display, on its own line)."""
+
+    def sub(m):
+        i = int(m.group(1))
+        if i >= len(formulas):
+            return m.group(0)
+        f = formulas[i]
+        return f"\n$${f.tex}$$\n" if f.display else f"${f.tex}$"
+
+    out = TOKEN_RE.sub(sub, text)
+    out = re.sub(r"[ \t]+\n", "\n", out)
+    return re.sub(r"\n{3,}", "\n\n", out).strip() + "\n"
+
+
+# ---- renderers -----------------------------------------------------------------------------------------------
+def lynx_available() -> bool:
+    return shutil.which("lynx") is not None
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+def render_lynx(html: str, width: int = 120, timeout: float = 20.0) -> str:
+    """``lynx -dump -nolist`` of the HTML (stdin), killed after ``timeout`` seconds."""
+    cmd = ["lynx", "-dump", "-nolist", "-force_html", "-stdin", f"-width={width}", "-display_charset=utf-8",
+           "-assume_charset=utf-8", "-nomargins", "-noreferer", "-nostatus"]
+    try:
+        proc = subprocess.run(cmd, input=html.encode("utf-8", "replace"), capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"lynx timed out after {timeout}s") from None
+    except OSError as e:
+        raise RenderError(f"lynx could not run: {e}") from None
+    if proc.returncode != 0:
+        raise RenderError(f"lynx exited {proc.returncode}: {proc.stderr.decode(errors='replace')[:200]}")
+    return proc.stdout.decode("utf-8", "replace")
+
+
+BLOCKS = {"p", "div", "section", "article", "main", "header", "footer", "nav", "aside", "h1", "h2", "h3", "h4",
+          "h5", "h6", "ul", "ol", "dl", "dt", "dd", "table", "tr", "blockquote", "figure", "figcaption", "form",
+          "hr", "br", "li", "pre", "body", "html", "address", "details", "summary", "caption", "center"}
+
+
+def render_python(html: str) -> str:
+    """A small layout-aware renderer for machines without lynx: blocks on their own lines, list bullets,
+    table cells separated by `` | ``, ``<pre>`` verbatim, headings underlined."""
+    import lxml.html
+    from lxml import etree
+
+    try:
+        root = lxml.html.document_fromstring(html)
+    except (etree.ParserError, ValueError):
+        return ""
+    lines: list[str] = []
+    cur: list[str] = []
+
+    def flush():
+        text = re.sub(r"[ \t\r\n]+", " ", "".join(cur)).strip()
+        cur.clear()
+        if text:
+            lines.append(text)
+
+    def walk(el, depth=0):
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in ("script", "style", "head", "title", "noscript", "template"):
+            return
+        if tag == "pre":
+            flush()
+            lines.append(el.text_content().rstrip("\n"))
+            return
+        if tag in BLOCKS:
+            flush()
+        if tag == "li":
+            cur.append("  " * depth + "* ")
+        if tag == "img" and el.get("alt"):
+            cur.append(f"[{el.get('alt')}]")
+        if el.text:
+            cur.append(el.text)
+        for child in el:
+            walk(child, depth + (tag in ("ul", "ol")))
+            if tag == "tr" and child.tag in ("td", "th"):
+                cur.append(" | ")
+            if child.tail:
+                cur.append(child.tail)
+        if tag in BLOCKS:
+            flush()
+            if tag in ("h1", "h2", "h3") and lines:
+                lines.append(("=" if tag == "h1" else "-") * min(len(lines[-1]), 80))
+        if tag in ("p", "h1", "h2", "h3", "h4", "table", "pre", "ul", "ol", "blockquote"):
+            lines.append("")
+
+    walk(root)
+    flush()
+    return "\n".join(lines)
+
+
+def extract_math_text(html: str, renderer: str = "auto", width: int = 120, timeout: float = 20.0) -> dict:
+    """HTML → ``{"text", "formulas", "formula_sources", "renderer"}`` with every formula as LaTeX."""
+    rw = rewrite_math(html)
+    if not rw.html:
+        return {"text": "", "formulas": 0, "formula_sources": {}, "renderer": None}
+    use = renderer
+    if renderer == "auto":
+        use = "lynx" if lynx_available() else "python"
+    if use == "lynx":
+        raw = render_lynx(rw.html, width=width, timeout=timeout)
+    elif use == "python":
+        raw = render_python(rw.html)
+    else:
+        raise ValueError(f"unknown renderer {renderer!r} (auto, lynx or python)")
+    sources: dict[str, int] = {}
+    for f in rw.formulas:
+        sources[f.source] = sources.get(f.source, 0) + 1
+    return {"text": restore(raw, rw.formulas), "formulas": len(rw.formulas), "formula_sources": sources,
+            "renderer": use, "latex": [f.tex for f in rw.formulas]}

@@ -1,0 +1,301 @@
+"""The Nemotron-CC-Math pipeline as a recipe: extract → (LLM cleanup) → (quality) → exact dedup → MinHash dedup →
+decontamination, every stage on the data engine."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from refinery.config import Section
+from refinery.data.pipeline import GlobalStage, Record, Stage, reject
+
+STAGES = ("extract", "cleanup", "quality", "dedup_exact", "dedup_fuzzy", "decontaminate")
+
+
+class ExtractConfig(Section):
+    renderer: Literal["auto", "lynx", "python"] = Field("auto", description="lynx when installed, else Python")
+    width: int = Field(120, ge=40, description="lynx -width (formulas are never wrapped: they travel as tokens)")
+    timeout: float = Field(20.0, gt=0, description="seconds before a hung lynx is killed (the page is rejected)")
+    min_chars: int = Field(50, ge=0, description="pages with less text are dropped (empty_text)")
+    require_math: bool = Field(False, description="drop pages without any formula (no_math)")
+    keep_html: bool = Field(False, description="keep the raw html field in the output")
+
+
+class CleanupConfig(Section):
+    backend: Literal["openai", "hf"] = Field("openai", description="any OpenAI-compatible server, or a local HF dir")
+    model: str = Field("tiny", description="served model name (openai) or model directory (hf)")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
+    max_chunk_tokens: int = Field(2000, gt=0, description="chunk size (approx. tokens at chars_per_token)")
+    chars_per_token: float = Field(4.0, gt=0, description="token estimate for chunking")
+    max_new_tokens: int = Field(2048, gt=0, description="generation budget per chunk")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (deterministic cleanup)")
+    concurrency: int = Field(16, gt=0, description="openai: requests in flight")
+    cache_dir: str | None = Field(None, description="openai: response cache (a re-run reuses answers)")
+
+
+class QualityConfig(Section):
+    model: str | None = Field(None, description="HF sequence-classification dir (e.g. a download of "
+                                                "HuggingFaceTB/finemath-classifier, or `refinery data "
+                                                "train-quality` output); required when the stage runs")
+    threshold: int = Field(3, ge=0, le=5, description="keep int_score >= threshold (paper: 3+, 4+)")
+    max_length: int = Field(512, gt=0, description="tokens scored per page")
+    batch_size: int = Field(16, gt=0)
+
+
+class DedupConfig(Section):
+    shingle: int = Field(24, gt=0, description="character n-gram size")
+    bands: int = Field(20, gt=0, description="LSH bands")
+    rows: int = Field(13, gt=0, description="rows per band (bands x rows permutations)")
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard for a duplicate pair")
+    seed: int = Field(1, description="permutation seed")
+
+
+class DecontamConfig(Section):
+    files: list[str] = Field(default_factory=list, description="benchmark JSONL files or folders "
+                                                               "(e.g. ../shared/data/decont)")
+    n: int = Field(13, gt=0, description="word n-gram size")
+    min_words: int = Field(8, gt=0, description="benchmark items shorter than this are not indexed")
+
+
+class MathCCConfig(Section):
+    name: str = Field("nemotron-cc-math", description="run name")
+    seed: int = Field(0, description="seed")
+    input: list[str] = Field(default_factory=list, description="WARC files, JSONL/Parquet files, HTML directories")
+    output: str | None = Field(None, description="output directory (data/, rejects/, stats.json)")
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="output format")
+    executor: Literal["local", "ray"] = Field("local", description="process pool or Ray Data")
+    workers: int | None = Field(None, description="parallel shards (default: all cores)")
+    batch_size: int = Field(32, gt=0, description="records per stage call")
+    html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
+    stages: list[str] = Field(default_factory=lambda: ["extract", "dedup_exact", "dedup_fuzzy", "decontaminate"],
+                              description=f"in order, from {', '.join(STAGES)}")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    cleanup: CleanupConfig = Field(default_factory=CleanupConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontamConfig = Field(default_factory=DecontamConfig)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> MathCCConfig:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad} (choose from {', '.join(STAGES)})")
+        if "quality" in self.stages and not self.quality.model:
+            raise ValueError("stage 'quality' needs quality.model (an HF sequence-classification directory)")
+        if "decontaminate" in self.stages and not self.decontaminate.files:
+            raise ValueError("stage 'decontaminate' needs decontaminate.files (benchmark JSONL files or folders)")
+        return self
+
+
+# ---- stages --------------------------------------------------------------------------------------------------
+class Extract(Stage):
+    name, adds = "extract", ("text", "formulas", "formula_sources", "renderer")
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg = cfg
+
+    def process(self, records: list[Record]) -> list[Record]:
+        from refinery.data.math_web.html import RenderError, extract_math_text
+
+        out = []
+        for rec in records:
+            html = rec.get("html")
+            if not isinstance(html, str):
+                out.append(reject(rec, "no_html", "record has no 'html' string"))
+                continue
+            try:
+                r = extract_math_text(html, self.cfg.renderer, self.cfg.width, self.cfg.timeout)
+            except RenderError as e:
+                out.append(reject(rec, "render_failed", str(e)))
+                continue
+            new = {k: v for k, v in rec.items() if k != "html" or self.cfg.keep_html}
+            new.update(text=r["text"], formulas=r["formulas"], formula_sources=r["formula_sources"],
+                       renderer=r["renderer"])
+            if len(r["text"].strip()) < self.cfg.min_chars:
+                out.append(reject(new, "empty_text"))
+            elif self.cfg.require_math and not r["formulas"]:
+                out.append(reject(new, "no_math"))
+            else:
+                out.append(new)
+        return out
+
+
+class Cleanup(Stage):
+    name, adds = "cleanup", ("text", "raw_text", "cleanup_chunks")
+
+    def __init__(self, cfg: CleanupConfig):
+        self.cfg = cfg
+        self.generator = None
+
+    def setup(self) -> None:
+        from refinery.generation import get_generator
+
+        kw = {"concurrency": self.cfg.concurrency, "cache_dir": self.cfg.cache_dir} \
+            if self.cfg.backend == "openai" else {}
+        if self.cfg.backend == "openai":
+            kw["base_url"] = self.cfg.base_url
+        self.generator = get_generator(self.cfg.backend, self.cfg.model, **kw)
+
+    def process(self, records: list[Record]) -> list[Record]:
+        from refinery.data.math_web.cleanup import CLEANUP_PROMPT, SENTINEL, approx_tokens, chunk_text, merge_chunks
+        from refinery.generation import GenerationError, SamplingParams
+
+        if self.generator is None:
+            self.setup()
+        count = functools.partial(approx_tokens, chars_per_token=self.cfg.chars_per_token)
+        chunks = [chunk_text(r.get("text", ""), self.cfg.max_chunk_tokens, count) for r in records]
+        requests = [[{"role": "user", "content": CLEANUP_PROMPT.format(sentinel=SENTINEL, text=c)}]
+                    for cs in chunks for c in cs]
+        params = SamplingParams(temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens,
+                                seed=0)
+        if hasattr(self.generator, "generate_each"):
+            results = self.generator.generate_each(requests, params)
+        else:
+            results = [[c] for c in self.generator.generate(requests, params)]
+        out, k = [], 0
+        for rec, cs in zip(records, chunks):
+            res = results[k: k + len(cs)]
+            k += len(cs)
+            errors = [r for r in res if isinstance(r, GenerationError)]
+            if errors:
+                out.append(reject(rec, "llm_error", str(errors[0])))
+                continue
+            merged = merge_chunks([r[0].text for r in res])
+            if merged is None:
+                out.append(reject(rec, "no_useful_content"))
+                continue
+            out.append({**rec, "raw_text": rec.get("text", ""), "text": merged, "cleanup_chunks": len(cs)})
+        return out
+
+
+class Quality(Stage):
+    name, adds = "quality", ("quality_score", "quality_int")
+
+    def __init__(self, cfg: QualityConfig):
+        self.cfg = cfg
+        self.scorer = None
+
+    def setup(self) -> None:
+        from refinery.data.text.quality import QualityScorer
+
+        self.scorer = QualityScorer(self.cfg.model, self.cfg.max_length, self.cfg.batch_size)
+
+    def process(self, records: list[Record]) -> list[Record]:
+        from refinery.data.text.quality import int_score
+
+        if self.scorer is None:
+            self.setup()
+        scores = self.scorer.scores([r.get("text", "") for r in records])
+        out = []
+        for rec, s in zip(records, scores):
+            new = {**rec, "quality_score": round(s, 4), "quality_int": int_score(s)}
+            out.append(new if new["quality_int"] >= self.cfg.threshold else reject(new, "low_quality"))
+        return out
+
+
+class ExactDedup(GlobalStage):
+    name, adds = "dedup_exact", ()
+
+    def collect(self, records):
+        from refinery.data.text.dedup import exact_key
+
+        return [(r["id"], r.get("source"), exact_key(r.get("text", ""))) for r in records]
+
+    def decide(self, summaries, out_dir: Path):
+        first: dict[str, str] = {}
+        groups: dict[str, list] = {}
+        for rid, src, key in sorted((x for s in summaries for x in s), key=lambda x: x[0]):
+            if key in first:
+                groups[key].append((rid, src))
+            else:
+                first[key] = rid
+                groups[key] = [(rid, src)]
+        clusters = [g for g in groups.values() if len(g) > 1]
+        _write_clusters(out_dir / "duplicates" / "exact_clusters.jsonl", clusters)
+        return {rid for g in clusters for rid, _ in g[1:]}
+
+    def apply(self, records, drop):
+        return [reject(r, "duplicate_exact") if r["id"] in drop else r for r in records]
+
+
+class FuzzyDedup(GlobalStage):
+    name, adds = "dedup_fuzzy", ()
+
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+
+    def collect(self, records):
+        import numpy as np
+
+        from refinery.data.text.dedup import minhash, permutations
+
+        a, b = permutations(self.cfg.bands * self.cfg.rows, self.cfg.seed)
+        sigs = np.stack([minhash(r.get("text", ""), a, b, self.cfg.shingle) for r in records]) if records \
+            else np.zeros((0, len(a)), dtype=np.uint32)
+        return [r["id"] for r in records], [r.get("source") for r in records], sigs
+
+    def decide(self, summaries, out_dir: Path):
+        import numpy as np
+
+        from refinery.data.text.dedup import lsh_clusters
+
+        ids = [i for s in summaries for i in s[0]]
+        sources = dict(zip(ids, (x for s in summaries for x in s[1])))
+        if not ids:
+            return set()
+        sigs = np.concatenate([s[2] for s in summaries])
+        clusters = lsh_clusters(ids, sigs, self.cfg.bands, self.cfg.rows, self.cfg.threshold)
+        _write_clusters(out_dir / "duplicates" / "minhash_clusters.jsonl",
+                        [[(i, sources[i]) for i in c] for c in clusters])
+        return {i for c in clusters for i in c[1:]}
+
+    def apply(self, records, drop):
+        return [reject(r, "duplicate_fuzzy") if r["id"] in drop else r for r in records]
+
+
+def _write_clusters(path: Path, clusters: list[list[tuple]]) -> None:
+    from refinery.data.io import write_records
+
+    write_records([{"kept": c[0][0], "kept_source": c[0][1], "removed": [i for i, _ in c[1:]],
+                    "removed_sources": [s for _, s in c[1:]]} for c in clusters], path, "jsonl")
+
+
+class Decontaminate(Stage):
+    name, adds = "decontaminate", ()
+
+    def __init__(self, cfg: DecontamConfig):
+        self.cfg = cfg
+        self.index = None
+
+    def setup(self) -> None:
+        from refinery.data.text.decontam import build_index
+
+        self.index = build_index(self.cfg.files, self.cfg.n, self.cfg.min_words)
+
+    def process(self, records):
+        if self.index is None:
+            self.setup()
+        out = []
+        for r in records:
+            hits = self.index.matches(r.get("text", ""))
+            if hits:
+                out.append(reject(r, "contaminated", json.dumps(sorted(hits)[:20])))
+            else:
+                out.append(r)
+        return out
+
+
+def build_stages(cfg: MathCCConfig) -> list[Stage]:
+    make = {"extract": lambda: Extract(cfg.extract), "cleanup": lambda: Cleanup(cfg.cleanup),
+            "quality": lambda: Quality(cfg.quality), "dedup_exact": ExactDedup,
+            "dedup_fuzzy": lambda: FuzzyDedup(cfg.dedup), "decontaminate": lambda: Decontaminate(cfg.decontaminate)}
+    return [make[s]() for s in cfg.stages]

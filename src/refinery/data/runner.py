@@ -1,0 +1,89 @@
+"""Runners behind ``refinery data``: a recipe over inputs into an output directory, and single-file math
+extraction."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from refinery.errors import ConfigError
+
+
+def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Run the Nemotron-CC-Math recipe; a re-run into the same output resumes (finished shards are skipped)."""
+    import functools
+
+    from refinery.config import dump_config
+    from refinery.data.io import plan_shards
+    from refinery.data.math_web.pipeline import build_stages
+    from refinery.data.pipeline import RunSpec, run_pipeline
+    from refinery.runs import atomic_write_text
+
+    if not cfg.input:
+        raise ConfigError("no input: set input=PATH (WARC, JSONL, Parquet or a directory of HTML files)")
+    if not cfg.output:
+        raise ConfigError("no output: set output=DIR")
+    if "decontaminate" in cfg.stages:
+        missing = [f for f in cfg.decontaminate.files if not Path(f).exists()]
+        if missing:
+            raise ConfigError(f"decontaminate.files: {', '.join(missing)} not found (point it at benchmark JSONL "
+                              "files or folders, or drop 'decontaminate' from stages)")
+    out = Path(cfg.output)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    resolved = dump_config(cfg)
+    saved = out / "config.yaml"
+    if saved.exists() and saved.read_text() != resolved:
+        raise ConfigError(f"{out} holds a run with a different config ({saved}); use another output or --fresh")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, resolved)
+    shards = plan_shards(cfg.input, cfg.html_per_shard)
+    spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size)
+    stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
+    stats["decontamination"] = contamination_report(out)
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+def contamination_report(out: Path) -> dict[str, Any]:
+    """Which benchmark items matched which documents (from the rejects), written to ``decontamination.json``."""
+    from refinery.data.io import read_output
+
+    docs, per_bench = [], {}
+    for p in sorted((out / "rejects").glob("*.jsonl")):
+        for r in read_output(p):
+            if r.get("_reject") == "contaminated":
+                hits = json.loads(r.get("_detail") or "[]")
+                docs.append({"id": r.get("id"), "source": r.get("source"), "matches": hits})
+                for bench, _ in hits:
+                    per_bench[bench] = per_bench.get(bench, 0) + 1
+    report = {"documents": len(docs), "per_benchmark": per_bench, "matches": docs}
+    (out / "decontamination.json").write_text(json.dumps(report, indent=1) + "\n")
+    return {"documents": len(docs), "per_benchmark": per_bench}
+
+
+def extract_math(inputs: list[str], output: str | Path, renderer: str = "auto", workers: int | None = None,
+                 executor: str = "local", progress: bool = True) -> dict[str, Any]:
+    """Math-preserving extraction of every page into one JSONL (``source``, ``text``, formula counts); the work
+    directory next to it makes a re-run resume, and is removed on success."""
+    from refinery.config import load_config
+    from refinery.data.math_web.pipeline import MathCCConfig
+    from refinery.data.pipeline import output_records
+    from refinery.runs import atomic_write_text
+
+    output = Path(output)
+    work = output.with_name(output.name + ".work")
+    cfg = load_config(MathCCConfig, None, [f"output={work}", "stages=[extract]", f"extract.renderer={renderer}",
+                                           "extract.min_chars=0", f"executor={executor}"]
+                      + ([f"workers={workers}"] if workers else []))
+    cfg = cfg.model_copy(update={"input": [str(i) for i in inputs]})
+    stats = run_math_cc(cfg, progress=progress)
+    lines = [json.dumps({k: v for k, v in r.items() if k != "id"}, ensure_ascii=False) for r in output_records(work)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, "\n".join(lines) + ("\n" if lines else ""))
+    rejects = sum(sum(s["dropped"].values()) for s in stats["stages"])
+    shutil.rmtree(work, ignore_errors=True)
+    return {"pages": len(lines), "rejected": rejects, "formulas": sum(json.loads(x)["formulas"] for x in lines),
+            "seconds": stats["seconds"]}
