@@ -103,7 +103,7 @@ def train_classifier(texts: list[str], labels: list[float], out: str | Path, ste
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.update(step + 1, {"loss": float(loss)})
+        bar.update(step + 1, {"loss": float(loss.detach())})
     bar.close()
     model.eval()
     with torch.no_grad():
