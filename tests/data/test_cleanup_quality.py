@@ -29,10 +29,9 @@ def test_merge_drops_useless_chunks():
 def long_server(tmp_path_factory):
     """`refinery serve` over an untrained tiny model with a 4096-token context (the cleanup prompt alone is longer
     than the alphabet model's 128)."""
-    from tests.conftest import TINY_MODEL, Server
-
     from refinery.config import load_config
     from refinery.models.zoo import ModelConfig, TokenizerConfig, save_built
+    from tests.conftest import TINY_MODEL, Server
 
     root = tmp_path_factory.mktemp("longctx")
     mc = load_config(ModelConfig, None, [o.removeprefix("model.") for o in TINY_MODEL]

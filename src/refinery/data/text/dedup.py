@@ -1,11 +1,11 @@
 """Exact and fuzzy (MinHash-LSH) deduplication.
 
 Exact: SHA-1 of the normalised text (lowercased, whitespace collapsed). Fuzzy (Nemotron-CC / NeMo Curator
-defaults): character 24-gram shingles of the normalised text, ``bands × rows`` MinHash permutations (20 × 13),
-documents sharing any band are candidates, a candidate pair is a duplicate when the signatures' estimated Jaccard
-is at least ``threshold``; duplicates are merged into clusters (union-find) and the first document of each cluster
-(in corpus order) is kept. Signatures are vectorised with NumPy: ``(a·h + b) mod (2⁶¹−1)`` over 32-bit shingle
-hashes, as datasketch does.
+defaults): 24-byte shingles of the normalised text's UTF-8 (a vectorised rolling hash), ``bands × rows`` MinHash
+permutations (20 × 13); documents sharing any band are candidates, a candidate pair is a duplicate when the
+signatures' estimated Jaccard is at least ``threshold``; duplicates are merged into clusters (union-find) and the
+first document of each cluster (in corpus order) is kept. Signatures are vectorised with NumPy (multiply-shift
+hashing of 32-bit shingle hashes).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from collections import defaultdict
 
 import numpy as np
 
-MERSENNE = np.uint64((1 << 61) - 1)
-MAX32 = np.uint64(0xFFFFFFFF)
-
 
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
@@ -29,29 +26,46 @@ def exact_key(text: str) -> str:
     return hashlib.sha1(normalise(text).encode()).hexdigest()
 
 
+_P = np.uint64(1099511628211)  # odd, so it has an inverse mod 2**64
+_PINV = np.uint64(pow(1099511628211, -1, 1 << 64))
+
+
 def shingles(text: str, k: int = 24) -> np.ndarray:
-    """32-bit hashes of the character ``k``-grams of the normalised text (one shingle if it is shorter)."""
-    t = normalise(text)
-    if len(t) <= k:
-        grams = [t]
-    else:
-        grams = {t[i: i + k] for i in range(len(t) - k + 1)}
-    return np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+    """Distinct 32-bit hashes of the ``k``-byte windows of the normalised text's UTF-8 (one shingle if shorter).
+
+    Vectorised polynomial rolling hash mod 2**64: with ``c = cumsum(b_j · P⁻ʲ)``, the window starting at ``i`` hashes
+    to ``(c[i+k-1] − c[i-1]) · P^(i+k-1) = Σ b_j · P^(i+k-1-j)``; the top 32 bits are kept."""
+    data = np.frombuffer(normalise(text).encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    if data.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if data.size <= k:
+        return np.array([zlib.crc32(data.astype(np.uint8).tobytes())], dtype=np.uint64)
+    n = data.size
+    with np.errstate(over="ignore"):
+        inv_pows = np.cumprod(np.full(n, _PINV, dtype=np.uint64)) * _P  # P^-j for j = 0..n-1
+        pows = np.cumprod(np.full(n, _P, dtype=np.uint64)) * _PINV  # P^j
+        c = np.cumsum(data * inv_pows, dtype=np.uint64)
+        prev = np.concatenate([np.zeros(1, dtype=np.uint64), c[: n - k]])
+        h = (c[k - 1:] - prev) * pows[k - 1:]
+    return np.unique(h >> np.uint64(32))
 
 
 def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.RandomState(seed)
-    a = rng.randint(1, 1 << 32, size=num_perm, dtype=np.uint64)
-    b = rng.randint(0, 1 << 32, size=num_perm, dtype=np.uint64)
+    """Parameters of ``num_perm`` multiply-shift hash functions ``(a·h + b) mod 2⁶⁴ >> 32`` (a odd)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
     return a, b
 
 
 def minhash(text: str, a: np.ndarray, b: np.ndarray, k: int = 24) -> np.ndarray:
-    """The MinHash signature (``len(a)`` uint32 values) of the text's shingles."""
+    """The MinHash signature (``len(a)`` uint32 values) of the text's shingles. Multiply-shift hashing (a 2-universal
+    family, Dietzfelbinger et al.) instead of datasketch's ``mod (2⁶¹−1)``: no modulo, ~4x faster in NumPy."""
     h = shingles(text, k)
     if h.size == 0:
         return np.full(a.shape, 0xFFFFFFFF, dtype=np.uint32)
-    vals = ((h[:, None] * a[None, :] + b[None, :]) % MERSENNE) & MAX32
+    with np.errstate(over="ignore"):
+        vals = (h[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)
     return vals.min(axis=0).astype(np.uint32)
 
 
