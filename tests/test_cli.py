@@ -120,10 +120,12 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
     assert "## Stage: rm" in report and "rm.accuracy" in summary and "rm.bt.length_corr" in summary
     assert summary["sparsity.fraction"] >= 0.5 and "sparsity.ppl_maskllm" in summary
     assert "sparsity.accuracy_dense" in summary and "## Stage: sparsity" in report
+    assert summary["data.formula_recall"] == 1.0 and summary["data.duplicates_removed"] == 2
+    assert summary["data.contaminated"] == 1 and "## Stage: data" in report
     assert "run directory" in capsys.readouterr().out
     # resuming a finished run redoes nothing
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--resume", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("already done") == 4
+    assert capsys.readouterr().out.count("already done") == 5
 
 
 def test_quickstart_rl_needs_pretrain(tmp_path, capsys):

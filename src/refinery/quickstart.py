@@ -1,11 +1,11 @@
 """The quickstart: the life of a tiny model on a laptop, one stage at a time, into one run directory.
 
-Stages: (1) build the ``nano`` model and tokenizer and train it on procedural worked solutions (SFT from scratch),
+Stages: (0) Nemotron-CC-Math on generated web pages (math extraction in ten formats, dedup, decontamination),
+(1) build the ``nano`` model and tokenizer and train it on procedural worked solutions (SFT from scratch),
 (2) RL with verifier rewards (ProRL-style GRPO), (3) a reward model on synthetic preferences (scaled BT, then ArmoRM's
 verbosity decorrelation) with the stage-1 model as backbone, (4) MaskLLM 2:4 sparsity on the RL policy (accuracy
 and perplexity before/after). Each stage runs as a sub-run (``pretrain/``, ``rl/``, ``rm/``, ``sparsity/``) with its
-own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones. Later issues add the Puzzle
-and data stages.
+own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pydantic import Field
 
 from refinery.compression.sparsity.policy import PolicySparsityConfig
 from refinery.config import Section
+from refinery.data.quickstart import QuickDataConfig
 from refinery.models.pretrain import EvalConfig, PretrainConfig, PretrainData, TrainerConfig, check_config, pretrain
 from refinery.reward_models.config import RMConfig
 from refinery.rl.config import RLConfig
 from refinery.runs import RunDir
 
-STAGES = ("pretrain", "rl", "rm", "sparsity")
+STAGES = ("data", "pretrain", "rl", "rm", "sparsity")
 
 
 def _quick_pretrain() -> PretrainConfig:
@@ -68,6 +69,8 @@ class QuickstartConfig(Section):
     name: str = Field("quickstart", description="run name (directory prefix)")
     seed: int = Field(0, description="seed for every stage")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description=f"stages to run, of {STAGES}")
+    data: QuickDataConfig = Field(default_factory=QuickDataConfig, description="stage 0: Nemotron-CC-Math on "
+                                                                               "generated pages")
     pretrain: PretrainConfig = Field(default_factory=_quick_pretrain, description="stage 1: build + SFT")
     rl: RLConfig = Field(default_factory=_quick_rl, description="stage 2: RL from the stage-1 model")
     rm: RMConfig = Field(default_factory=_quick_rm, description="stage 3: reward model on the stage-1 backbone")
@@ -92,7 +95,11 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
     reports = []
     for i, stage in enumerate(cfg.stages, 1):
         sub = run.path / stage
-        if stage == "pretrain":
+        if stage == "data":
+            stage_cfg = cfg.data.model_copy(update={"seed": cfg.seed})
+            what = (f"extract math from {stage_cfg.pages + 3} generated web pages (10 formats), dedup, "
+                    "decontaminate")
+        elif stage == "pretrain":
             stage_cfg = cfg.pretrain.model_copy(update={"seed": cfg.seed})
             check_config(stage_cfg)
             what = (f"build '{stage_cfg.model.preset}' and train it for {stage_cfg.trainer.steps} steps on "
@@ -123,7 +130,11 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
             say(f"[bold]stage {i}/{total}[/bold] {stage}: {what}")
             stage_run = RunDir.create(stage_cfg, stage_cfg.name, out=sub, resume=(sub / "config.yaml").exists(),
                                       seed=cfg.seed)
-            if stage == "pretrain":
+            if stage == "data":
+                from refinery.data.quickstart import run_data_stage
+
+                run_data_stage(stage_cfg, stage_run, progress=progress)
+            elif stage == "pretrain":
                 pretrain(stage_cfg, stage_run, progress=progress)
             elif stage == "rl":
                 from refinery.rl.trainer import train_rl
