@@ -13,7 +13,7 @@ help:
 	@echo "make test        install everything, then run the default test suite"
 	@echo "make test-slow   the slow tests (full quickstart, long training)"
 	@echo "make lint        ruff"
-	@echo "make bench       install the peers (TRL, Math-Verify) and run every benchmark, appending to benchmarks/RESULTS.md"
+	@echo "make bench       install the peers (TRL, Math-Verify, trafilatura, resiliparse, datasketch) and run every benchmark, appending to benchmarks/RESULTS.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: install
 	$(BIN)/python benchmarks/bench_rm_recipes.py --record
 	$(BIN)/python benchmarks/bench_rm_real.py --record
 	$(BIN)/python benchmarks/bench_sparsity.py --record
+	$(BIN)/python benchmarks/bench_puzzle.py --record
+	$(BIN)/python benchmarks/bench_math_extract.py --record
+	$(BIN)/python benchmarks/bench_dedup.py --record
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
