@@ -110,7 +110,11 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
         "rl.trainer.threads=1", "rm.data.n_train=32", "rm.data.n_valid=8", "rm.data.n_test=16",
         "rm.trainer.batch_pairs=8", "rm.trainer.epochs=1", "rm.trainer.max_length=48", "rm.trainer.threads=1",
         "rm.armo.steps=4", "rm.armo.gate_hidden=8", "sparsity.steps=3", "sparsity.n_calib=4", "sparsity.seq_len=32",
-        "sparsity.max_new_tokens=8"]
+        "sparsity.max_new_tokens=8", "data.pages=10", "puzzle.data.n_distill=16", "puzzle.data.n_calib=8",
+        "puzzle.data.n_score=4", "puzzle.data.seq_len=32", "puzzle.bld.steps=2", "puzzle.bld.workers=1",
+        "puzzle.gkd.steps=2", "puzzle.cost.repeats=1", "puzzle.cost.model_repeats=1", "puzzle.cost.batch_size=2",
+        "puzzle.cost.seq_len=16", "puzzle.cost.new_tokens=2", "puzzle.search.n_solutions=1",
+        "puzzle.search.calibrate_rounds=0", "puzzle.search.target_speedup=1.1", "puzzle.space.ffn_fractions=[0.5]"]
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert "pretrain.accuracy" in summary and summary["model.params"] > 0
@@ -122,10 +126,31 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
     assert "sparsity.accuracy_dense" in summary and "## Stage: sparsity" in report
     assert summary["data.formula_recall"] == 1.0 and summary["data.duplicates_removed"] == 2
     assert summary["data.contaminated"] == 1 and "## Stage: data" in report
-    assert "run directory" in capsys.readouterr().out
+    # Puzzle on the RL policy: a heterogeneous child, measured, no larger than its parent.
+    assert "## Stage: puzzle" in report and "puzzle/plots/architecture.png" in report
+    assert summary["puzzle.memory_child_bytes"] <= summary["puzzle.memory_parent_bytes"]
+    for key in ("puzzle.measured_speedup", "puzzle.ppl_parent", "puzzle.ppl_child", "puzzle.accuracy_child"):
+        assert isinstance(summary[key], (int, float)), key
+    # Sane numbers: accuracies are fractions, perplexities above 1, every stage ok.
+    for key in ("pretrain.accuracy", "rl.accuracy_before", "rl.accuracy_after", "rm.accuracy",
+                "sparsity.accuracy_maskllm", "puzzle.accuracy_parent"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["sparsity.ppl_dense"] > 1 and summary["puzzle.ppl_child"] > 1
+    assert all(summary[f"{s}.status"] == "ok" for s in ("data", "pretrain", "rl", "rm", "sparsity", "puzzle"))
+    html = (tmp_path / "q" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "Puzzle speed-up" in html and "formula recall" in html
+    out = capsys.readouterr().out
+    assert "report.html" in out and "Puzzle speed-up" in out
     # resuming a finished run redoes nothing
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--resume", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("already done") == 5
+    assert capsys.readouterr().out.count("already done") == 6
+    # A stage that fails is reported; the stages that do not need it still run.
+    assert main(["quickstart", *over, "puzzle.search.target_speedup=1000", "rm.armo.steps=5",
+                 "--out", str(tmp_path / "q2"), "--no-progress"]) == 0
+    s2 = json.loads((tmp_path / "q2" / "summary.json").read_text())
+    assert s2["puzzle.status"].startswith("failed: ConfigError") and s2["sparsity.status"] == "ok"
+    assert (tmp_path / "q2" / "puzzle.error.txt").exists()
+    assert "Stages that did not finish" in (tmp_path / "q2" / "report.md").read_text()
 
 
 def test_quickstart_rl_needs_pretrain(tmp_path, capsys):

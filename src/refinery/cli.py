@@ -625,15 +625,63 @@ def verify_cmd(
 # ---- quickstart --------------------------------------------------------------------------------------------
 @app.command("quickstart")
 def quickstart_cmd(recipe: Path | None = typer.Argument(None, help="Recipe (default: the built-in quickstart)."),
-                   overrides: List[str] | None = OverridesArg, out: Path | None = OutOpt,
-                   resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
-    """The whole life of a tiny model on a laptop: build, pretrain, evaluate, report."""
+                   overrides: List[str] | None = OverridesArg,
+                   out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory; a second run "
+                                            "into it reuses the stages already finished."),
+                   fresh: bool = typer.Option(False, "--fresh", help="Delete the run directory and redo every stage."),
+                   resume: bool = typer.Option(True, "--resume/--no-resume", hidden=True),
+                   dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+    """The whole life of a tiny model on a laptop: web math data, SFT, RL, a reward model, 2:4 sparsity and
+    Puzzle, with one report (report.html)."""
+    import shutil
+
+    from refinery.config import dump_config, load_config
     from refinery.quickstart import QuickstartConfig, run_quickstart
+    from refinery.runs import RunDir
 
     if recipe is not None and "=" in str(recipe) and not recipe.exists():
         overrides, recipe = [str(recipe), *(overrides or [])], None  # no recipe given, only overrides
-    _run_recipe(QuickstartConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: run_quickstart(cfg, run, progress=progress, console=console))
+    cfg = load_config(QuickstartConfig, recipe, overrides)
+    if dry_run:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    _quiet_hf()
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    again = (out / "config.yaml").exists()
+    if again and (out / "config.yaml").read_text() != dump_config(cfg):
+        raise RefineryError(f"{out} holds a quickstart with other settings; use --fresh to redo it or another --out")
+    run = RunDir.create(cfg, cfg.name, out=out, resume=again and resume, seed=cfg.seed,
+                        argv=["refinery", *sys.argv[1:]])
+    summary = run_quickstart(cfg, run, progress=progress, console=console)
+    _print_headlines(summary, run.path)
+
+
+def _print_headlines(summary: dict, path: Path) -> None:
+    """The one-screen end of the quickstart: each stage's headline numbers and where the report is."""
+    from rich.table import Table
+
+    from refinery.quickstart import HEADLINES
+
+    table = Table(title="quickstart", show_header=True)
+    for col in ("stage", "headline", "value"):
+        table.add_column(col)
+    shown = {k for k, _, _ in HEADLINES}
+    for key, label, fmt in HEADLINES:
+        if isinstance(summary.get(key), (int, float)):
+            table.add_row(key.split(".")[0], label, fmt.format(summary[key]))
+    for key, value in summary.items():
+        if key.endswith(".status") and value != "ok":
+            table.add_row(key.split(".")[0], "status", f"[red]{value}[/red]")
+    extra = {"rm.bt.length_corr": "length corr. (BT)", "rm.armo.length_corr": "length corr. (ArmoRM)",
+             "sparsity.ppl_dense": "dense ppl", "puzzle.ppl_parent": "parent ppl",
+             "puzzle.ppl_uniform_baseline": "uniform-shrink ppl", "data.duplicates_removed": "duplicates removed"}
+    for key, label in extra.items():
+        if key not in shown and isinstance(summary.get(key), (int, float)):
+            table.add_row(key.split(".")[0], label, f"{summary[key]:.4g}")
+    console.print(table)
+    console.print(f"report: [bold]{path / 'report.html'}[/bold]  (and report.md, summary.json; run directory "
+                  f"{path})", highlight=False)
 
 
 def _print_summary(summary: dict, path: Path) -> None:

@@ -4,7 +4,8 @@ Stages: (0) Nemotron-CC-Math on generated web pages (math extraction in ten form
 (1) build the ``nano`` model and tokenizer and train it on procedural worked solutions (SFT from scratch),
 (2) RL with verifier rewards (ProRL-style GRPO), (3) a reward model on synthetic preferences (scaled BT, then ArmoRM's
 verbosity decorrelation) with the stage-1 model as backbone, (4) MaskLLM 2:4 sparsity on the RL policy (accuracy
-and perplexity before/after). Each stage runs as a sub-run (``pretrain/``, ``rl/``, ``rm/``, ``sparsity/``) with its
+and perplexity before/after), (5) Puzzle on the RL policy (a child at a measured decode-throughput target). Each
+stage runs as a sub-run (``pretrain/``, ``rl/``, ``rm/``, ``sparsity/``) with its
 own checkpoints, so ``--resume`` continues the stage in flight and skips finished ones.
 """
 
@@ -14,6 +15,7 @@ import json
 
 from pydantic import Field
 
+from refinery.compression.puzzle.config import PuzzleRecipe
 from refinery.compression.sparsity.policy import PolicySparsityConfig
 from refinery.config import Section
 from refinery.data.quickstart import QuickDataConfig
@@ -22,7 +24,7 @@ from refinery.reward_models.config import RMConfig
 from refinery.rl.config import RLConfig
 from refinery.runs import RunDir
 
-STAGES = ("data", "pretrain", "rl", "rm", "sparsity")
+STAGES = ("data", "pretrain", "rl", "rm", "sparsity", "puzzle")
 
 
 def _quick_pretrain() -> PretrainConfig:
@@ -65,6 +67,20 @@ def _quick_rm() -> RMConfig:
     }, source="quickstart rm")
 
 
+def _quick_puzzle() -> PuzzleRecipe:
+    # The 4-layer RL policy as parent, its own answers as data; small BLD/GKD budgets (about a minute on 2 cores).
+    from refinery.config import validate
+
+    return validate(PuzzleRecipe, {
+        "name": "quickstart-puzzle",
+        "data": {"seq_len": 96, "n_calib": 64, "n_score": 16, "n_distill": 256},
+        "bld": {"steps": 60, "lr": 1e-3, "batch_size": 8},
+        "cost": {"batch_size": 8, "seq_len": 128, "repeats": 5, "model_repeats": 3},
+        "search": {"target_speedup": 1.5, "n_solutions": 3},
+        "gkd": {"steps": 80, "lr": 5e-4, "batch_size": 8},
+    }, source="quickstart puzzle")
+
+
 class QuickstartConfig(Section):
     name: str = Field("quickstart", description="run name (directory prefix)")
     seed: int = Field(0, description="seed for every stage")
@@ -76,6 +92,7 @@ class QuickstartConfig(Section):
     rm: RMConfig = Field(default_factory=_quick_rm, description="stage 3: reward model on the stage-1 backbone")
     sparsity: PolicySparsityConfig = Field(default_factory=lambda: PolicySparsityConfig(name="quickstart-sparsity"),
                                            description="stage 4: MaskLLM 2:4 on the RL policy")
+    puzzle: PuzzleRecipe = Field(default_factory=_quick_puzzle, description="stage 5: Puzzle on the RL policy")
 
 
 def _finished(path) -> bool:
@@ -83,88 +100,163 @@ def _finished(path) -> bool:
     return m.exists() and "finished" in json.loads(m.read_text())
 
 
+# What each stage needs from the others (a stage whose dependency failed or is not in the run is skipped).
+NEEDS = {"data": None, "pretrain": None, "rl": "pretrain", "rm": "pretrain", "sparsity": "rl", "puzzle": "rl"}
+MODEL_OF = {"pretrain": "pretrain/model", "rl": "rl/model"}
+
+
+def _describe(stage: str, c) -> str:
+    if stage == "data":
+        return f"extract math from {c.pages + 3} generated web pages (10 formats), dedup, decontaminate"
+    if stage == "pretrain":
+        return (f"build '{c.model.preset}' and train it for {c.trainer.steps} steps on worked solutions "
+                f"({', '.join(c.data.tasks)})")
+    if stage == "rl":
+        return (f"RL (GRPO, clip-higher, dynamic sampling) for {c.trainer.steps} steps on {', '.join(c.data.tasks)} "
+                "with verifier rewards")
+    if stage == "rm":
+        return (f"reward model ({' -> '.join(c.pipeline)}, {c.loss.type}) on {c.data.n_train} synthetic preference "
+                "pairs with a length trap")
+    if stage == "sparsity":
+        return f"MaskLLM 2:4 on the RL policy ({c.steps} steps from a {c.prior} prior)"
+    return (f"Puzzle on the RL policy: block library + BLD, replace-1-block scores, MILP for "
+            f"{c.search.target_speedup}x measured decode throughput, GKD")
+
+
+def _stage_config(cfg: QuickstartConfig, stage: str, run: RunDir):
+    seed = {"seed": cfg.seed}
+    if stage == "data":
+        return cfg.data.model_copy(update=seed)
+    if stage == "pretrain":
+        c = cfg.pretrain.model_copy(update=seed)
+        check_config(c)
+        return c
+    policy = str(run.path / "pretrain" / "model")
+    if stage == "rl":
+        return cfg.rl.model_copy(update={**seed, "policy": cfg.rl.policy.model_copy(update={"path": policy})})
+    if stage == "rm":
+        return cfg.rm.model_copy(update={**seed, "backbone": cfg.rm.backbone.model_copy(update={"path": policy})})
+    if stage == "sparsity":
+        return cfg.sparsity.model_copy(update=seed)
+    return cfg.puzzle.model_copy(update={**seed, "parent": str(run.path / "rl" / "model")})
+
+
+def _run_stage(cfg: QuickstartConfig, stage: str, stage_cfg, stage_run: RunDir, run: RunDir, progress: bool):
+    if stage == "data":
+        from refinery.data.quickstart import run_data_stage
+
+        return run_data_stage(stage_cfg, stage_run, progress=progress)
+    if stage == "pretrain":
+        return pretrain(stage_cfg, stage_run, progress=progress)
+    if stage == "rl":
+        from refinery.rl.trainer import train_rl
+
+        return train_rl(stage_cfg, stage_run, progress=progress)
+    if stage == "rm":
+        from refinery.reward_models.train import train_rm
+
+        return train_rm(stage_cfg, stage_run, progress=progress)
+    from refinery.rl.rewards import RewardRouter
+    from refinery.rl.trainer import load_items
+
+    train_items, heldout = load_items(cfg.rl.model_copy(update={"seed": cfg.seed}))
+    train = [it for t in cfg.rl.data.tasks for it in train_items[t]]
+    router = RewardRouter()
+    try:
+        if stage == "sparsity":
+            from refinery.compression.sparsity.policy import sparsify_policy
+
+            return sparsify_policy(stage_cfg, run.path / "rl" / "model", stage_run, heldout,
+                                   lambda it, text, r=router: r(it, text)[1], train, progress=progress)
+        from refinery.compression.puzzle.policy import puzzle_policy
+
+        return puzzle_policy(stage_cfg, run.path / "rl" / "model", stage_run, heldout,
+                             lambda it, text, r=router: r(it, text)[1], train, cfg.rl.eval.max_new_tokens,
+                             progress=progress)
+    finally:
+        router.close()
+
+
 def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, console=None) -> dict:
-    """Run the stages into sub-runs of ``run``; their headline numbers are merged into ``run``'s summary."""
+    """Run the stages into sub-runs of ``run``; their headline numbers are merged into ``run``'s summary.
+
+    A finished stage is not redone. A stage that fails is reported (``<stage>.status``) and the stages that do not
+    depend on it still run; the report says what failed and why."""
+    import traceback
+
     from refinery.errors import ConfigError
 
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown quickstart stages {bad} (choose from {list(STAGES)})")
+    for stage in cfg.stages:
+        need = NEEDS[stage]
+        if need and need not in cfg.stages and not (run.path / MODEL_OF[need] / "config.json").exists():
+            raise ConfigError(f"the {stage} stage needs the {need} stage's model: add '{need}' to stages")
     say = console.print if console is not None else (lambda *a, **k: None)
     total = len(cfg.stages)
-    reports = []
+    failed: dict[str, str] = {}
     for i, stage in enumerate(cfg.stages, 1):
         sub = run.path / stage
-        if stage == "data":
-            stage_cfg = cfg.data.model_copy(update={"seed": cfg.seed})
-            what = (f"extract math from {stage_cfg.pages + 3} generated web pages (10 formats), dedup, "
-                    "decontaminate")
-        elif stage == "pretrain":
-            stage_cfg = cfg.pretrain.model_copy(update={"seed": cfg.seed})
-            check_config(stage_cfg)
-            what = (f"build '{stage_cfg.model.preset}' and train it for {stage_cfg.trainer.steps} steps on "
-                    f"worked solutions ({', '.join(stage_cfg.data.tasks)})")
-        else:
-            policy = run.path / "pretrain" / "model"
-            if not (policy / "config.json").exists():
-                raise ConfigError(f"the {stage} stage needs the pretrain stage's model: add 'pretrain' to stages")
-            if stage == "rl":
-                stage_cfg = cfg.rl.model_copy(update={
-                    "seed": cfg.seed, "policy": cfg.rl.policy.model_copy(update={"path": str(policy)})})
-                what = (f"RL (GRPO, clip-higher, dynamic sampling) for {stage_cfg.trainer.steps} steps on "
-                        f"{', '.join(stage_cfg.data.tasks)} with verifier rewards")
-            elif stage == "sparsity":
-                policy = run.path / "rl" / "model"
-                if not (policy / "config.json").exists():
-                    raise ConfigError("the sparsity stage prunes the RL policy: add 'rl' to stages")
-                stage_cfg = cfg.sparsity.model_copy(update={"seed": cfg.seed})
-                what = f"MaskLLM 2:4 on the RL policy ({stage_cfg.steps} steps from a {stage_cfg.prior} prior)"
+        need = NEEDS[stage]
+        if need in failed:
+            failed[stage] = f"skipped: the {need} stage failed"
+            say(f"[bold]stage {i}/{total}[/bold] {stage}: [yellow]{failed[stage]}[/yellow]")
+            run.write_summary({f"{stage}.status": failed[stage]})
+            continue
+        try:
+            stage_cfg = _stage_config(cfg, stage, run)
+            if _finished(sub):
+                say(f"[bold]stage {i}/{total}[/bold] {stage}: already done")
             else:
-                stage_cfg = cfg.rm.model_copy(update={
-                    "seed": cfg.seed, "backbone": cfg.rm.backbone.model_copy(update={"path": str(policy)})})
-                what = (f"reward model ({' -> '.join(stage_cfg.pipeline)}, {stage_cfg.loss.type}) on "
-                        f"{stage_cfg.data.n_train} synthetic preference pairs with a length trap")
-        if _finished(sub):
-            say(f"[bold]stage {i}/{total}[/bold] {stage}: already done")
-        else:
-            say(f"[bold]stage {i}/{total}[/bold] {stage}: {what}")
-            stage_run = RunDir.create(stage_cfg, stage_cfg.name, out=sub, resume=(sub / "config.yaml").exists(),
-                                      seed=cfg.seed)
-            if stage == "data":
-                from refinery.data.quickstart import run_data_stage
-
-                run_data_stage(stage_cfg, stage_run, progress=progress)
-            elif stage == "pretrain":
-                pretrain(stage_cfg, stage_run, progress=progress)
-            elif stage == "rl":
-                from refinery.rl.trainer import train_rl
-
-                train_rl(stage_cfg, stage_run, progress=progress)
-            elif stage == "rm":
-                from refinery.reward_models.train import train_rm
-
-                train_rm(stage_cfg, stage_run, progress=progress)
-            else:
-                from refinery.compression.sparsity.policy import sparsify_policy
-                from refinery.rl.rewards import RewardRouter
-                from refinery.rl.trainer import load_items
-
-                train_items, heldout = load_items(cfg.rl.model_copy(update={"seed": cfg.seed}))
-                router = RewardRouter()
-                try:
-                    sparsify_policy(stage_cfg, policy, stage_run, heldout, lambda it, text, r=router: r(it, text)[1],
-                                    [it for t in cfg.rl.data.tasks for it in train_items[t]], progress=progress)
-                finally:
-                    router.close()
+                say(f"[bold]stage {i}/{total}[/bold] {stage}: {_describe(stage, stage_cfg)}")
+                stage_run = RunDir.create(stage_cfg, stage_cfg.name, out=sub, resume=(sub / "config.yaml").exists(),
+                                          seed=cfg.seed)
+                _run_stage(cfg, stage, stage_cfg, stage_run, run, progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one stage's failure must not cost the others
+            failed[stage] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            say(f"[bold]stage {i}/{total}[/bold] {stage}: [red]{failed[stage]}[/red]")
+            (run.path / f"{stage}.error.txt").write_text(traceback.format_exc())
+            run.write_summary({f"{stage}.status": failed[stage]})
+            continue
         stage_summary = RunDir(sub).summary()
-        run.write_summary({k: v for k, v in stage_summary.items() if k.startswith((f"{stage}.", "model."))})
-        reports.append((stage, sub / "report.md"))
-    lines = [f"# {cfg.name}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in run.summary().items()]
-    for stage, path in reports:
-        if path.exists():
-            body = path.read_text().replace("](plots/", f"]({stage}/plots/")
-            lines += ["", f"## Stage: {stage}", "", body.split("\n", 1)[1] if body.startswith("# ") else body]
-    run.write_report("\n".join(lines) + "\n")
+        run.write_summary({f"{stage}.status": "ok",
+                           **{k: v for k, v in stage_summary.items() if k.startswith((f"{stage}.", "model."))}})
+    write_reports(cfg, run, failed)
     run.finish()
     return run.summary()
+
+
+HEADLINES = [("data.formula_recall", "formula recall", "{:.2f}"), ("pretrain.accuracy", "SFT accuracy", "{:.1%}"),
+             ("rl.accuracy_before", "RL accuracy before", "{:.1%}"), ("rl.accuracy_after", "RL accuracy after",
+                                                                      "{:.1%}"),
+             ("rm.accuracy", "RM accuracy", "{:.3f}"), ("sparsity.ppl_maskllm", "MaskLLM 2:4 ppl", "{:.3f}"),
+             ("puzzle.measured_speedup", "Puzzle speed-up", "{:.2f}x"), ("puzzle.ppl_child", "Puzzle child ppl",
+                                                                        "{:.3f}")]
+
+
+def write_reports(cfg: QuickstartConfig, run: RunDir, failed: dict[str, str]) -> None:
+    """``report.md`` and a self-contained ``report.html`` (every figure embedded) from the stage reports."""
+    from refinery.report import markdown_to_html
+
+    summary = run.summary()
+    lines = [f"# {cfg.name}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
+    if failed:
+        lines += ["", "## Stages that did not finish", ""]
+        lines += [f"- {s}: {why} (traceback: `{s}.error.txt`)" if why.startswith("failed") else f"- {s}: {why}"
+                  for s, why in failed.items()]
+    for stage in cfg.stages:
+        path = run.path / stage / "report.md"
+        if stage in failed or not path.exists():
+            continue
+        body = path.read_text().replace("](plots/", f"]({stage}/plots/")
+        lines += ["", f"## Stage: {stage}", "", body.split("\n", 1)[1] if body.startswith("# ") else body]
+    md = "\n".join(lines) + "\n"
+    run.write_report(md)
+    cards = [(label, fmt.format(summary[k])) for k, label, fmt in HEADLINES if isinstance(summary.get(k), (int, float))]
+    from refinery.runs import atomic_write_text
+
+    atomic_write_text(run.path / "report.html", markdown_to_html(md, run.path, cfg.name, cards))

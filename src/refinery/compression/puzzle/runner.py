@@ -243,7 +243,10 @@ def resolve_parent(cfg: PuzzleRecipe, progress: bool) -> Path:
     return cached_pretrain(cfg.pretrain, cfg.pretrain.seed, progress=progress)
 
 
-def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True) -> dict[str, Any]:
+def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
+               rows: dict[str, Rows] | None = None, finish: bool = True) -> dict[str, Any]:
+    """The whole search into ``run``. ``rows`` replaces the data section's windows (``calib``, ``distill``,
+    ``score``, ``eval``: (ids, mask) each), e.g. a policy's own answers."""
     from refinery.compression.puzzle.cost import CostModel, measure_model, model_memory
     from refinery.compression.puzzle.distill import assemble, distill
     from refinery.compression.puzzle.search import Problem, diverse_solutions
@@ -269,7 +272,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True) -> dict[st
     parent.eval()
     for p_ in parent.parameters():
         p_.requires_grad_(False)
-    windows = make_windows(cfg, tok)
+    windows = rows if rows is not None else make_windows(cfg, tok)
     lap("parent_and_data")
 
     root = run.path / "library"
@@ -431,7 +434,8 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True) -> dict[st
                                                             "budgets": limits, "bld": bld_losses}, indent=1,
                                                            default=float))
     run.write_report(render_report(cfg, run, summary, candidates, chosen, baseline, bld_losses, cm, blocks, times))
-    run.finish()
+    if finish:
+        run.finish()
     return summary
 
 
