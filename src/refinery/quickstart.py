@@ -242,8 +242,11 @@ def write_reports(cfg: QuickstartConfig, run: RunDir, failed: dict[str, str]) ->
     from refinery.report import markdown_to_html
 
     summary = run.summary()
-    lines = [f"# {cfg.name}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
+    lines = [f"# {cfg.name}", "", "| stage | status | headline numbers |", "|---|---|---|"]
+    for stage in cfg.stages:
+        heads = [f"{label} {fmt.format(summary[k])}" for k, label, fmt in HEADLINES
+                 if k.startswith(f"{stage}.") and isinstance(summary.get(k), (int, float))]
+        lines.append(f"| {stage} | {summary.get(f'{stage}.status', '-')} | {'; '.join(heads) or '-'} |")
     if failed:
         lines += ["", "## Stages that did not finish", ""]
         lines += [f"- {s}: {why} (traceback: `{s}.error.txt`)" if why.startswith("failed") else f"- {s}: {why}"
@@ -253,7 +256,11 @@ def write_reports(cfg: QuickstartConfig, run: RunDir, failed: dict[str, str]) ->
         if stage in failed or not path.exists():
             continue
         body = path.read_text().replace("](plots/", f"]({stage}/plots/")
-        lines += ["", f"## Stage: {stage}", "", body.split("\n", 1)[1] if body.startswith("# ") else body]
+        body = body.split("\n", 1)[1] if body.startswith("# ") else body
+        body = "\n".join("#" + ln if ln.startswith("## ") else ln for ln in body.splitlines())  # nest its sections
+        lines += ["", f"## Stage: {stage}", "", body]
+    lines += ["", "## All numbers (summary.json)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
     md = "\n".join(lines) + "\n"
     run.write_report(md)
     cards = [(label, fmt.format(summary[k])) for k, label, fmt in HEADLINES if isinstance(summary.get(k), (int, float))]

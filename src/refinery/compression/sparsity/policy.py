@@ -109,7 +109,7 @@ def sparsify_policy(cfg: PolicySparsityConfig, policy_dir: Path, run: RunDir, it
                         title="MaskLLM on the RL policy")
     lines = [f"# {cfg.name}", "", f"2:4 on every block Linear of the RL policy; MaskLLM {cfg.steps} steps from a "
              f"{cfg.prior} prior; held-out accuracy on {len(items)} problems, perplexity on the held-out "
-             "answers of the dense policy (calibration: its answers to {cfg.n_calib} training prompts).", "",
+             f"answers of the dense policy (calibration: its answers to {cfg.n_calib} training prompts).", "",
              "| model | accuracy | perplexity |", "|---|---|---|",
              f"| dense | {acc_dense:.3f} | {ppl_dense:.3f} |",
              f"| {cfg.prior} 2:4 | {acc_prior:.3f} | {ppl_prior:.3f} |",
