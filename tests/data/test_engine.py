@@ -119,6 +119,16 @@ def test_ray_executor_matches_local_on_real_pages(shared_data, tmp_path):
     assert len(outs["local"]) > 15 and outs["ray"] == outs["local"]
 
 
+def test_jsonl_split_into_line_range_shards(tmp_path):
+    src = tmp_path / "big.jsonl"
+    src.write_text("".join(json.dumps({"text": f"item{i}"}) + "\n" for i in range(25)))
+    shards = plan_shards([src], lines_per_shard=10)
+    assert [(s.start, s.stop) for s in shards] == [(0, 10), (10, 20), (20, 25)]
+    spec = RunSpec(list, str(tmp_path / "out"))  # no stages: read and write only
+    run_pipeline(spec, shards, workers=1, progress=False)
+    assert [r["text"] for r in output_records(tmp_path / "out")] == [f"item{i}" for i in range(25)]
+
+
 def test_parquet_output(tmp_path):
     files = write_inputs(tmp_path / "in")
     spec = RunSpec(toy_stages, str(tmp_path / "pq"), fmt="parquet")

@@ -26,6 +26,8 @@ class Shard:
     index: int
     kind: str  # warc | jsonl | parquet | html
     paths: tuple[str, ...]
+    start: int = 0  # jsonl: first line (0-based) of this shard
+    stop: int | None = None  # jsonl: line after the last one (None: to the end)
 
     @property
     def name(self) -> str:
@@ -48,8 +50,19 @@ def detect_kind(path: Path) -> str:
                     "directory of HTML files)")
 
 
-def plan_shards(inputs: list[str | Path], html_per_shard: int = 64) -> list[Shard]:
-    """Input paths (files, directories, globs already expanded) → shards in a stable order."""
+def _jsonl_shards(path: Path, first_index: int, lines_per_shard: int | None) -> list[Shard]:
+    if not lines_per_shard or path.name.endswith(".gz") or path.suffix == ".json":
+        return [Shard(first_index, "jsonl", (str(path),))]
+    with open(path, "rb") as f:
+        n = sum(1 for _ in f)
+    return [Shard(first_index + k, "jsonl", (str(path),), start, min(start + lines_per_shard, n))
+            for k, start in enumerate(range(0, max(n, 1), lines_per_shard))]
+
+
+def plan_shards(inputs: list[str | Path], html_per_shard: int = 64,
+                lines_per_shard: int | None = 10000) -> list[Shard]:
+    """Input paths (files, directories, globs already expanded) → shards in a stable order. Shards bound the memory
+    a worker needs: HTML directories by file count, plain JSONL files by line ranges."""
     shards: list[Shard] = []
     for raw in inputs:
         path = Path(raw)
@@ -63,11 +76,13 @@ def plan_shards(inputs: list[str | Path], html_per_shard: int = 64) -> list[Shar
             for k in range(0, len(html), html_per_shard):
                 shards.append(Shard(len(shards), "html", tuple(html[k: k + html_per_shard])))
             for p in others:
-                try:
-                    kind = detect_kind(p)
-                except DataError:
-                    continue  # licences, READMEs
-                shards.append(Shard(len(shards), kind, (str(p),)))
+                kind = detect_kind(p)
+                if kind == "jsonl":
+                    shards += _jsonl_shards(p, len(shards), lines_per_shard)
+                else:
+                    shards.append(Shard(len(shards), kind, (str(p),)))
+        elif detect_kind(path) == "jsonl":
+            shards += _jsonl_shards(path, len(shards), lines_per_shard)
         else:
             shards.append(Shard(len(shards), detect_kind(path), (str(path),)))
     if not shards:
@@ -76,7 +91,10 @@ def plan_shards(inputs: list[str | Path], html_per_shard: int = 64) -> list[Shar
 
 
 def read_shard(shard: Shard) -> Iterator[dict[str, Any]]:
-    reader = {"warc": read_warc, "jsonl": read_jsonl, "parquet": read_parquet, "html": read_html_files}[shard.kind]
+    if shard.kind == "jsonl":
+        yield from read_jsonl(shard.paths, shard.start, shard.stop)
+        return
+    reader = {"warc": read_warc, "parquet": read_parquet, "html": read_html_files}[shard.kind]
     yield from reader(shard.paths)
 
 
@@ -142,7 +160,7 @@ def dechunk(body: bytes) -> bytes:
     return bytes(out) if out else body
 
 
-def read_jsonl(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def read_jsonl(paths: tuple[str, ...], start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
     """JSON lines (``.jsonl[.gz]``), or a ``.json`` file holding one object or a list of objects."""
     for path in paths:
         if path.endswith(".json"):
@@ -161,6 +179,10 @@ def read_jsonl(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
             for line_no, line in enumerate(f, 1):
+                if line_no <= start:
+                    continue
+                if stop is not None and line_no > stop:
+                    break
                 if not line.strip():
                     continue
                 try:

@@ -39,7 +39,7 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
         raise ConfigError(f"{out} holds a run with a different config ({saved}); use another output or --fresh")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, resolved)
-    shards = plan_shards(cfg.input, cfg.html_per_shard)
+    shards = plan_shards(cfg.input, cfg.html_per_shard, cfg.lines_per_shard)
     spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size)
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
     stats["decontamination"] = contamination_report(out)

@@ -71,6 +71,7 @@ class MathCCConfig(Section):
     workers: int | None = Field(None, description="parallel shards (default: all cores)")
     batch_size: int = Field(32, gt=0, description="records per stage call")
     html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
+    lines_per_shard: int = Field(10000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")
     stages: list[str] = Field(default_factory=lambda: ["extract", "dedup_exact", "dedup_fuzzy", "decontaminate"],
                               description=f"in order, from {', '.join(STAGES)}")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
