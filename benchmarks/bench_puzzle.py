@@ -95,9 +95,9 @@ def search_part(args) -> list[str]:
         f"{s['ppl_uniform_baseline_before_gkd']:.2f} | {s['kl_uniform_baseline']:.3f} | "
         f"8 x {s['baseline_architecture']} |",
         "",
-        f"- perplexity increase over the parent: Puzzle {s['ppl_child'] - s['ppl_parent']:+.2f}, uniform "
-        f"{s['ppl_uniform_baseline'] - s['ppl_parent']:+.2f} (ratio of increases "
-        f"{(s['ppl_uniform_baseline'] - s['ppl_parent']) / max(s['ppl_child'] - s['ppl_parent'], 1e-9):.1f}x)",
+        f"- perplexity change over the parent at the same target: Puzzle {s['ppl_child'] - s['ppl_parent']:+.2f}, "
+        f"uniform shrink {s['ppl_uniform_baseline'] - s['ppl_parent']:+.2f} -> "
+        f"{'Puzzle wins' if s['ppl_child'] < s['ppl_uniform_baseline'] else 'uniform wins'}",
         f"- memory (bf16 params + KV at batch 8 x 256): parent {s['memory_parent_bytes'] / 2**20:.2f} MiB, child "
         f"{s['memory_child_bytes'] / 2**20:.2f} MiB",
     ]
