@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
+from refinery.compression.puzzle.config import PuzzleRecipe
 from refinery.config import Section, apply_overrides, load_config, parse_override, read_yaml
+from refinery.data.math_web.pipeline import MathCCConfig
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
@@ -85,7 +87,8 @@ def test_non_mapping_and_missing_recipe(tmp_path):
 RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig, "quickstart.yaml": QuickstartConfig,
            "prorl.yaml": RLConfig, "acereason.yaml": RLConfig, "acereason_1_1.yaml": RLConfig,
            "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig, "helpsteer2_pref.yaml": RMConfig,
-           "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig}
+           "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig, "puzzle.yaml": PuzzleRecipe,
+           "nemotron_cc_math.yaml": MathCCConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

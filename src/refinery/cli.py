@@ -41,26 +41,6 @@ data_app = typer.Typer(help="Data engine: Nemotron-CC-Math (WARC/HTML -> math-pr
                          "quality -> dedup -> decontamination).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-# Wings that later issues fill. They answer honestly instead of pretending to work.
-PENDING: dict[str, tuple[str, int]] = {}
-
-
-def _pending_group(name: str, what: str, issue: int) -> typer.Typer:
-    group = typer.Typer(help=f"{what[0].upper() + what[1:]} (not implemented yet: issue #{issue}).",
-                        invoke_without_command=True)
-
-    @group.callback()
-    def _not_yet(ctx: typer.Context) -> None:
-        if ctx.invoked_subcommand is None:
-            raise RefineryError(f"'refinery {name}' is not implemented yet ({what}; tracked in issue #{issue})")
-
-    return group
-
-
-for _name, (_what, _issue) in PENDING.items():
-    app.add_typer(_pending_group(_name, _what, _issue), name=_name)
-
-
 def _version(value: bool) -> None:
     if value:
         console.print(f"refinery {__version__}")

@@ -75,7 +75,7 @@ def _quick_puzzle() -> PuzzleRecipe:
         "name": "quickstart-puzzle",
         "data": {"seq_len": 96, "n_calib": 64, "n_score": 16, "n_distill": 256},
         "bld": {"steps": 60, "lr": 1e-3, "batch_size": 8},
-        "cost": {"batch_size": 8, "seq_len": 128, "repeats": 5, "model_repeats": 3},
+        "cost": {"batch_size": 8, "seq_len": 128, "repeats": 5, "model_repeats": 5},
         "search": {"target_speedup": 1.5, "n_solutions": 3},
         "gkd": {"steps": 80, "lr": 5e-4, "batch_size": 8},
     }, source="quickstart puzzle")
@@ -234,7 +234,8 @@ HEADLINES = [("data.formula_recall", "formula recall", "{:.2f}"), ("pretrain.acc
                                                                       "{:.1%}"),
              ("rm.accuracy", "RM accuracy", "{:.3f}"), ("sparsity.ppl_maskllm", "MaskLLM 2:4 ppl", "{:.3f}"),
              ("puzzle.measured_speedup", "Puzzle speed-up", "{:.2f}x"), ("puzzle.ppl_child", "Puzzle child ppl",
-                                                                        "{:.3f}")]
+                                                                        "{:.3f}"),
+             ("puzzle.accuracy_child", "Puzzle child accuracy", "{:.1%}")]
 
 
 def write_reports(cfg: QuickstartConfig, run: RunDir, failed: dict[str, str]) -> None:

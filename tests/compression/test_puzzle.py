@@ -201,6 +201,14 @@ def test_bld_tasks_run_in_a_process_pool(tmp_path):
     for t in tasks:
         assert results[t["key"]]["loss_final"] <= results[t["key"]]["loss_init"]
         assert load_file(t["out"])  # written, complete
+    # The same tasks on Ray (a local instance) give the same weights: each task is seeded and single-threaded.
+    pytest.importorskip("ray", reason="ray is part of the test install (pip install 'ray[data]')")
+    first = {t["key"]: load_file(t["out"]) for t in tasks}
+    ray_tasks = [{**t, "out": t["out"].replace(".safetensors", ".ray.safetensors")} for t in tasks]
+    assert set(bld.run_tasks(ray_tasks, executor="ray", workers=2)) == {"kv1", "ffn16"}
+    for t in ray_tasks:
+        again = load_file(t["out"])
+        assert all(torch.equal(again[k], first[t["key"]][k]) for k in again)
 
 
 # ---- scoring -------------------------------------------------------------------------------------------------

@@ -73,6 +73,22 @@ def test_cleanup_stage_against_refinery_serve(long_server, tmp_path):
     server.start()
 
 
+def test_annotate_quality_cli_against_refinery_serve(long_server, tmp_path, capsys):
+    from refinery.cli import main
+
+    pages = tmp_path / "pages.jsonl"
+    pages.write_text("".join(json.dumps({"text": f"Page {i}: $x^{i}$ explained.", "source": f"u{i}"}) + "\n"
+                             for i in range(3)))
+    out = tmp_path / "labels.jsonl"
+    assert main(["data", "annotate-quality", "--input", str(pages), "--output", str(out), "--model",
+                 long_server.name, "--base-url", long_server.url]) == 0
+    # An untrained model rarely answers "Score: N": whatever it says is parsed or counted, never guessed.
+    said = capsys.readouterr().out
+    labelled = [json.loads(line) for line in out.read_text().splitlines()]
+    assert f"{len(labelled)} labelled, {3 - len(labelled)} unparseable" in said
+    assert all(0 <= r["label"] <= 5 for r in labelled)
+
+
 def test_quality_classifier_trains_scores_and_filters(tmp_path):
     from refinery.data.math_web.pipeline import Quality, QualityConfig
     from refinery.data.text.quality import QualityScorer, int_score, parse_score, train_classifier

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refinery.data.io import plan_shards, read_jsonl, read_warc
+from refinery.data.io import plan_shards, read_jsonl, read_shard, read_warc
 from refinery.data.pipeline import GlobalStage, RunSpec, Stage, output_records, reject, run_pipeline
 
 
@@ -127,6 +127,26 @@ def test_jsonl_split_into_line_range_shards(tmp_path):
     spec = RunSpec(list, str(tmp_path / "out"))  # no stages: read and write only
     run_pipeline(spec, shards, workers=1, progress=False)
     assert [r["text"] for r in output_records(tmp_path / "out")] == [f"item{i}" for i in range(25)]
+
+
+def test_parquet_input_and_a_hung_renderer(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from refinery.data.math_web.pipeline import Extract, ExtractConfig
+
+    src = tmp_path / "pages.parquet"
+    pq.write_table(pa.Table.from_pylist([{"source": "u1", "html": "<p>one $x$ " + "word " * 20 + "</p>"},
+                                         {"source": "u2", "html": "<p>two</p>"}]), src)
+    recs = list(read_shard(plan_shards([src])[0]))
+    assert [r["source"] for r in recs] == ["u1", "u2"]
+    out = Extract(ExtractConfig(renderer="python", min_chars=10)).process(recs)
+    assert "$x$" in out[0]["text"] and out[1]["_reject"] == "empty_text"
+    from refinery.data.math_web.html import lynx_available
+
+    if lynx_available():  # a renderer that hangs is killed at the timeout and the page rejected, not waited on
+        slow = Extract(ExtractConfig(renderer="lynx", timeout=0.001)).process(recs[:1])
+        assert slow[0]["_reject"] == "render_failed" and "timed out" in slow[0]["_detail"]
 
 
 def test_parquet_output(tmp_path):

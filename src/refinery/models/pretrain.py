@@ -426,6 +426,11 @@ def render_report(cfg: PretrainConfig, run: RunDir) -> str:
     lines = [f"# {cfg.name}", "", f"Run directory: `{run.path}`", "", "## Summary", "", "| metric | value |",
              "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    from refinery.report import plot_metrics
+
+    plot = plot_metrics(rows, ["loss", "eval_loss", "lr"], run.path / "plots" / "pretrain.png", title=cfg.name)
+    if plot:
+        lines += ["", f"![training curves](plots/{plot.name})"]
     if losses:
         picks = losses[:: max(1, len(losses) // 10)] + [losses[-1]]
         lines += ["", "## Training loss", "", "| step | loss |", "|---|---|"]

@@ -74,6 +74,8 @@ class SearchSection(Section):
     memory_ratio: float | None = Field(None, gt=0, le=1, description="child memory (params + KV) / parent's")
     latency_ratio: float | None = Field(None, gt=0, le=1, description="child prefill time / parent's")
     metric: Literal["kl", "lm_loss"] = Field("kl", description="replace-1-block score minimised (Puzzle: KL)")
+    margin: float = Field(0.03, ge=0, lt=0.5, description="aim the throughput / latency budget this fraction past "
+                                                           "the target, so measurement noise does not miss it")
     n_solutions: int = Field(4, gt=0, description="diverse solutions assembled and measured")
     diversity_alpha: float = Field(0.8, gt=0, le=1, description="a new solution shares at most alpha*L layers "
                                                                 "with each earlier one")

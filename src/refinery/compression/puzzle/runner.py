@@ -317,13 +317,15 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
         s = cfg.search
         if s.target_speedup:
             costs["decode"] = decode
-            limits["decode"] = parent_pred["decode_step_s"] / s.target_speedup / correction - overhead_decode
+            limits["decode"] = (parent_pred["decode_step_s"] / (s.target_speedup * (1 + s.margin)) / correction
+                                - overhead_decode)
         if s.memory_ratio:
             costs["memory"] = memory
             limits["memory"] = s.memory_ratio * parent_mem - overhead_mem
         if s.latency_ratio:
             costs["prefill"] = prefill
-            limits["prefill"] = s.latency_ratio * parent_pred["prefill_s"] / correction - overhead_prefill
+            limits["prefill"] = (s.latency_ratio * parent_pred["prefill_s"] / (1 + s.margin) / correction
+                                 - overhead_prefill)
         bad = [k for k, v in limits.items() if v < 0]
         if bad:
             raise ConfigError(f"budget {bad} cannot be met even with every block removed (the embedding and head "
