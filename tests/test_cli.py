@@ -130,9 +130,6 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
                 "sparsity.accuracy_maskllm", "puzzle.accuracy_parent"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["sparsity.ppl_dense"] > 1 and summary["puzzle.ppl_child"] > 1
-    # (the real RL gain, >= 5 points, is checked by the slow full quickstart; here both ends are measured on the same
-    # held-out items and the tiny policy cannot get worse than nothing)
-    assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] or summary["rl.accuracy_before"] > 0
     assert all(summary[f"{s}.status"] == "ok" for s in ("data", "pretrain", "rl", "rm", "sparsity", "puzzle"))
     html = (tmp_path / "q" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "Puzzle speed-up" in html and "formula recall" in html
