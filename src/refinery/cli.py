@@ -393,13 +393,12 @@ def compress_puzzle(recipe: Path = RecipeArg, overrides: Optional[List[str]] = O
 def data_run(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
              fresh: bool = typer.Option(False, "--fresh", help="Delete the output first (else: resume)."),
              dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
-    """Run a data recipe, e.g. recipes/nemotron_cc_math.yaml input=crawl.warc.gz output=out/ (re-running the same
-    command resumes: finished shards are skipped)."""
+    """Run a data recipe, e.g. recipes/nemotron_cc_math.yaml input=crawl.warc.gz output=out/, or
+    recipes/acereason_curation.yaml input=train.jsonl output=out/ (re-running the same command resumes)."""
     from refinery.config import dump_config, load_config
-    from refinery.data.math_web.pipeline import MathCCConfig
-    from refinery.data.runner import run_math_cc
+    from refinery.data.runner import config_class, run_math_cc
 
-    cfg = load_config(MathCCConfig, recipe, overrides)
+    cfg = load_config(config_class(recipe), recipe, overrides)
     if dry_run:
         console.print(dump_config(cfg), end="", markup=False, highlight=False)
         return

@@ -11,22 +11,46 @@ from typing import Any
 from refinery.errors import ConfigError
 
 
+def pipelines() -> dict[str, tuple[type, Any]]:
+    """Data recipes by their ``pipeline`` key: (config class, stage builder)."""
+    from refinery.data.math_web.pipeline import MathCCConfig
+    from refinery.data.math_web.pipeline import build_stages as math_cc
+    from refinery.data.reasoning.acereason import CurationConfig
+    from refinery.data.reasoning.acereason import build_stages as acereason
+
+    return {"nemotron_cc_math": (MathCCConfig, math_cc), "acereason_curation": (CurationConfig, acereason)}
+
+
+def config_class(recipe: str | Path | None) -> type:
+    """The config class a data recipe file asks for (its ``pipeline`` key; default Nemotron-CC-Math)."""
+    from refinery.config import read_yaml
+
+    name = (read_yaml(recipe) or {}).get("pipeline", "nemotron_cc_math") if recipe else "nemotron_cc_math"
+    table = pipelines()
+    if name not in table:
+        raise ConfigError(f"unknown pipeline {name!r} in {recipe} (available: {', '.join(table)})")
+    return table[name][0]
+
+
 def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
-    """Run the Nemotron-CC-Math recipe; a re-run into the same output resumes (finished shards are skipped)."""
+    """Run a data recipe (Nemotron-CC-Math, AceReason curation); a re-run into the same output resumes (finished
+    shards are skipped)."""
     import functools
 
     from refinery.config import dump_config
     from refinery.data.io import plan_shards
-    from refinery.data.math_web.pipeline import build_stages
     from refinery.data.pipeline import RunSpec, run_pipeline
     from refinery.runs import atomic_write_text
 
+    build_stages = pipelines()[cfg.pipeline][1]
+    files = cfg.decontaminate.files if hasattr(cfg.decontaminate, "files") else cfg.decontaminate
+    stage_names = cfg.resolved_stages() if hasattr(cfg, "resolved_stages") else cfg.stages
     if not cfg.input:
         raise ConfigError("no input: set input=PATH (WARC, JSONL, Parquet or a directory of HTML files)")
     if not cfg.output:
         raise ConfigError("no output: set output=DIR")
-    if "decontaminate" in cfg.stages:
-        missing = [f for f in cfg.decontaminate.files if not Path(f).exists()]
+    if "decontaminate" in stage_names:
+        missing = [f for f in files if not Path(f).exists()]
         if missing:
             raise ConfigError(f"decontaminate.files: {', '.join(missing)} not found (point it at benchmark JSONL "
                               "files or folders, or drop 'decontaminate' from stages)")
@@ -44,7 +68,22 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
     stats["decontamination"] = contamination_report(out)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    atomic_write_text(out / "report.md", stage_report(cfg.name, stats))
     return stats
+
+
+def stage_report(name: str, stats: dict) -> str:
+    lines = [f"# {name}", "", f"{stats['shards']} shards, {stats['seconds']} s ({stats['executor']}); "
+             f"{stats['records_out']} records out.", "", "| stage | in | kept | dropped (reason: n) | seconds |",
+             "|---|---|---|---|---|"]
+    for st in stats["stages"]:
+        dropped = ", ".join(f"{k}: {v}" for k, v in st["dropped"].items()) or "-"
+        lines.append(f"| {st['name']} | {st['seen']} | {st['kept']} | {dropped} | {st['seconds']:.1f} |")
+    dec = stats.get("decontamination") or {}
+    if dec.get("documents"):
+        lines += ["", f"Decontamination: {dec['documents']} records matched benchmark items "
+                  f"({', '.join(f'{k}: {v}' for k, v in dec['per_benchmark'].items())}); see decontamination.json."]
+    return "\n".join(lines) + "\n"
 
 
 def contamination_report(out: Path) -> dict[str, Any]:

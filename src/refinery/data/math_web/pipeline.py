@@ -62,6 +62,7 @@ class DecontamConfig(Section):
 
 
 class MathCCConfig(Section):
+    pipeline: Literal["nemotron_cc_math"] = Field("nemotron_cc_math", description="this recipe's pipeline")
     name: str = Field("nemotron-cc-math", description="run name")
     seed: int = Field(0, description="seed")
     input: list[str] = Field(default_factory=list, description="WARC files, JSONL/Parquet files, HTML directories")
