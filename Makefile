@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_puzzle.py --record
 	$(BIN)/python benchmarks/bench_math_extract.py --record
 	$(BIN)/python benchmarks/bench_dedup.py --record
+	$(BIN)/python benchmarks/bench_decontam.py --record
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
