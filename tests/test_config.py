@@ -6,6 +6,7 @@ from pydantic import Field
 from refinery.compression.puzzle.config import PuzzleRecipe
 from refinery.config import Section, apply_overrides, load_config, parse_override, read_yaml
 from refinery.data.math_web.pipeline import MathCCConfig
+from refinery.data.reasoning.acereason import CurationConfig
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
@@ -88,7 +89,7 @@ RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig
            "prorl.yaml": RLConfig, "acereason.yaml": RLConfig, "acereason_1_1.yaml": RLConfig,
            "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig, "helpsteer2_pref.yaml": RMConfig,
            "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig, "puzzle.yaml": PuzzleRecipe,
-           "nemotron_cc_math.yaml": MathCCConfig}
+           "nemotron_cc_math.yaml": MathCCConfig, "acereason_curation.yaml": CurationConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
