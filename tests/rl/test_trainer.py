@@ -151,3 +151,29 @@ def test_overlong_filter_masks_truncated_samples(policy, tmp_path):
 
     assert moved(True) == (False, 1.0)
     assert moved(False) == (True, 1.0)
+
+
+def test_rl_trains_on_prompt_files_routed_by_domain(policy, tmp_path):
+    """crossthink_data / acereason_curation output feeds the trainer: each item is scored by its domain's verifier."""
+    import json
+
+    from refinery.rl.trainer import load_items
+
+    f = tmp_path / "mix.jsonl"
+    items = [{"prompt": f"Compute {a}+{b}", "answer": str(a + b), "domain": "math"} for a in range(1, 6)
+             for b in range(1, 5)]
+    items += [{"prompt": f"Is {n} even?\n(A) yes\n(B) no\nAnswer with the letter.", "answer": "A" if n % 2 == 0
+               else "B", "domain": "choice", "task": "choice_items"} for n in range(12)]
+    f.write_text("".join(json.dumps(it) + "\n" for it in items))
+    cfg = rl_cfg(policy, "data.tasks=[]", f"data.files=[{f}]", "data.heldout_per_task=4", "trainer.steps=2")
+    train, held = load_items(cfg)
+    assert sorted(train) == ["choice_items", "mix"] and len(held) == 8
+    assert len(train["mix"]) == 16 and len(train["choice_items"]) == 8
+    summary = train_rl(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), progress=False)
+    assert summary["rl.steps"] == 2 and "rl.accuracy.mix_after" in summary and "rl.accuracy.choice_items_after" \
+        in summary
+    from refinery.rl.rewards import RewardRouter
+
+    router = RewardRouter()
+    choice = next(it for it in held + train["choice_items"] if it["domain"] == "choice")
+    assert router(choice, f"The answer is ({choice['answer']})")[1]

@@ -17,8 +17,32 @@ def pipelines() -> dict[str, tuple[type, Any]]:
     from refinery.data.math_web.pipeline import build_stages as math_cc
     from refinery.data.reasoning.acereason import CurationConfig
     from refinery.data.reasoning.acereason import build_stages as acereason
+    from refinery.data.reasoning.crossthink import CrossThinkConfig
+    from refinery.data.reasoning.crossthink import build_stages as crossthink
+    from refinery.data.rephrase.beyondweb import BeyondWebConfig
+    from refinery.data.rephrase.beyondweb import build_stages as beyondweb
 
-    return {"nemotron_cc_math": (MathCCConfig, math_cc), "acereason_curation": (CurationConfig, acereason)}
+    return {"nemotron_cc_math": (MathCCConfig, math_cc), "acereason_curation": (CurationConfig, acereason),
+            "beyondweb": (BeyondWebConfig, beyondweb), "crossthink_data": (CrossThinkConfig, crossthink)}
+
+
+def _post_report(cfg, out: Path, stats: dict) -> list[str]:
+    """Pipeline-specific report sections (BeyondWeb: diversity, fidelity, token accounting)."""
+    from refinery.data.io import read_output
+    from refinery.data.pipeline import output_records
+
+    if cfg.pipeline == "crossthink_data":
+        from refinery.data.reasoning.crossthink import composition_lines
+
+        return ["", "## Final composition", *composition_lines(out, output_records(out))]
+    if cfg.pipeline != "beyondweb":
+        return []
+    from refinery.data.rephrase.beyondweb import report
+
+    rejected = [r for p in sorted((out / "rejects").glob("*.jsonl")) for r in read_output(p)]
+    summary, lines = report(output_records(out), rejected)
+    stats["beyondweb"] = summary
+    return ["", "## Rephrasing", *lines]
 
 
 def config_class(recipe: str | Path | None) -> type:
@@ -43,8 +67,9 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
     from refinery.runs import atomic_write_text
 
     build_stages = pipelines()[cfg.pipeline][1]
-    files = cfg.decontaminate.files if hasattr(cfg.decontaminate, "files") else cfg.decontaminate
-    stage_names = cfg.resolved_stages() if hasattr(cfg, "resolved_stages") else cfg.stages
+    dec = getattr(cfg, "decontaminate", None)
+    files = dec.files if hasattr(dec, "files") else (dec or [])
+    stage_names = cfg.resolved_stages() if hasattr(cfg, "resolved_stages") else getattr(cfg, "stages", [])
     if not cfg.input:
         raise ConfigError("no input: set input=PATH (WARC, JSONL, Parquet or a directory of HTML files)")
     if not cfg.output:
@@ -67,8 +92,9 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
     spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size)
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
     stats["decontamination"] = contamination_report(out)
+    extra = _post_report(cfg, out, stats)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
-    atomic_write_text(out / "report.md", stage_report(cfg.name, stats))
+    atomic_write_text(out / "report.md", stage_report(cfg.name, stats) + "\n".join(extra) + ("\n" if extra else ""))
     return stats
 
 

@@ -25,6 +25,9 @@ class RLData(Section):
                                              description="levels per task (all when absent)")
     n_train_per_task: int = Field(5000, gt=0, description="training prompts per task")
     heldout_per_task: int = Field(100, ge=0, description="held-out prompts per task for accuracy before/after")
+    files: list[str] = Field(default_factory=list, description="JSONL prompt files {prompt, answer, domain?, tests?, "
+                                                         "task?} (e.g. crossthink_data or acereason_curation "
+                                                         "output); each item goes to its domain's verifier")
 
 
 class DifficultyFilterConfig(Section):

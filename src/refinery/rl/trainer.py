@@ -35,12 +35,42 @@ def load_items(cfg: RLConfig) -> tuple[dict[str, list[dict]], list[dict]]:
     from refinery.tasks import make_splits
 
     train, heldout = {}, []
+    files = file_items(cfg.data.files)
     for name in cfg.data.tasks:
+        if name in files:
+            continue
         tr, te = make_splits(name, cfg.data.n_train_per_task, cfg.data.heldout_per_task, seed=cfg.seed,
                              difficulty=cfg.data.difficulty.get(name))
         train[name] = [{**it, "task": name} for it in tr]
         heldout += [{**it, "task": name} for it in te]
+    for name, items in files.items():  # a seeded shuffle; the first heldout_per_task are held out
+        random.Random(f"{cfg.seed}:{name}").shuffle(items)
+        k = min(cfg.data.heldout_per_task, len(items) // 2)
+        heldout += items[:k]
+        train[name] = items[k:]
     return train, heldout
+
+
+def file_items(paths: list[str]) -> dict[str, list[dict]]:
+    """Prompt items from JSONL files, grouped by task (their ``task``, else the file's stem)."""
+    from pathlib import Path
+
+    from refinery.errors import DataError
+    from refinery.jsonl import iter_jsonl
+
+    out: dict[str, list[dict]] = {}
+    for path in paths:
+        stem = Path(path).name.split(".")[0]
+        for line, rec, err in iter_jsonl(path):
+            if err or not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or \
+                    ("answer" not in rec and "tests" not in rec):
+                raise DataError(f"{path}:{line}: an RL item needs 'prompt' and 'answer' (or 'tests')"
+                                + (f" ({err})" if err else ""))
+            task = str(rec.get("task") or stem)
+            item = {**rec, "task": task, "id": str(rec.get("id") or f"{task}-{line}"), "difficulty":
+                    rec.get("difficulty", 0)}
+            out.setdefault(task, []).append(item)
+    return out
 
 
 def chat(item: dict) -> list[dict[str, str]]:
@@ -134,7 +164,9 @@ class RLRun:
         return self.curriculum.max_new_tokens() if self.curriculum else self.cfg.rollout.max_new_tokens
 
     def tasks(self, step: int) -> tuple[int, list[str]]:
-        return self.schedule.tasks_at(step) if self.schedule else (0, list(self.cfg.data.tasks))
+        if self.schedule:
+            return self.schedule.tasks_at(step)
+        return 0, list(dict.fromkeys([*self.cfg.data.tasks, *self.train_items]))
 
     # -- checkpoints --
     def state(self) -> dict[str, Any]:
