@@ -7,6 +7,8 @@ from refinery.compression.puzzle.config import PuzzleRecipe
 from refinery.config import Section, apply_overrides, load_config, parse_override, read_yaml
 from refinery.data.math_web.pipeline import MathCCConfig
 from refinery.data.reasoning.acereason import CurationConfig
+from refinery.data.reasoning.crossthink import CrossThinkConfig
+from refinery.data.rephrase.beyondweb import BeyondWebConfig
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
@@ -89,7 +91,8 @@ RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig
            "prorl.yaml": RLConfig, "acereason.yaml": RLConfig, "acereason_1_1.yaml": RLConfig,
            "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig, "helpsteer2_pref.yaml": RMConfig,
            "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig, "puzzle.yaml": PuzzleRecipe,
-           "nemotron_cc_math.yaml": MathCCConfig, "acereason_curation.yaml": CurationConfig}
+           "nemotron_cc_math.yaml": MathCCConfig, "acereason_curation.yaml": CurationConfig,
+           "beyondweb.yaml": BeyondWebConfig, "crossthink_data.yaml": CrossThinkConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
