@@ -48,6 +48,19 @@ def test_fidelity_counts_surviving_numbers_and_names():
     assert fidelity("no names or numbers here", "anything") == 1.0
 
 
+def test_rewrites_are_judged_on_length_and_fidelity():
+    from refinery.data.rephrase.beyondweb import judge_output
+
+    src = "In 1969 Neil Armstrong walked on the Moon with Apollo 11."
+    good = "Neil Armstrong walked on the Moon in 1969 (Apollo 11)."
+    assert judge_output(src, good, (0.1, 4.0), 0.8) is None
+    assert judge_output(src, "  ", (0.1, 4.0), 0.0)[0] == "empty_output"
+    assert judge_output(src, "Moon.", (0.5, 4.0), 0.0)[0] == "length_out_of_range"
+    assert judge_output(src, good * 10, (0.1, 4.0), 0.0)[0] == "length_out_of_range"
+    assert judge_output(src, "A man once walked somewhere far away, a long time ago.", (0.1, 4.0), 0.5)[0] == \
+        "low_fidelity"
+
+
 def test_diversity_measures():
     same = ["the cat sat on the mat"] * 4
     varied = ["the cat sat on the mat", "a dog ran in the park", "stocks fell sharply today", "rain is expected"]
@@ -103,6 +116,17 @@ def test_verifiable_filters():
     router = RewardRouter()
     assert router(out[1], "The answer is (B)")[1] and router(out[4], "\\boxed{0.75}")[1]
     assert router(out[5], "\\boxed{Paris}")[1] and not router(out[5], "\\boxed{Rome}")[1]
+
+
+def test_difficulty_pass_rate_uses_the_domain_verifier():
+    from refinery.data.reasoning.crossthink import pass_rate
+    from refinery.rl.rewards import RewardRouter
+
+    router = RewardRouter()
+    choice = {"id": "c", "prompt": "?", "answer": "B", "domain": "choice"}
+    math = {"id": "m", "prompt": "?", "answer": "3/4", "domain": "math"}
+    assert pass_rate(choice, ["(B)", "Answer: B", "(A)", "C"], router) == 0.5
+    assert pass_rate(math, ["\\boxed{0.75}", "\\boxed{3/4}", "\\boxed{1}"], router) == pytest.approx(2 / 3)
 
 
 def test_blend_follows_ratios(tmp_path):

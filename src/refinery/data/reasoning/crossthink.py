@@ -255,10 +255,15 @@ class Difficulty(Stage):
             if isinstance(comps, Exception):
                 out.append(reject(r, "llm_error", str(comps)))
                 continue
-            rate = sum(self.router(r, x.text)[1] for x in comps) / max(1, len(comps))
+            rate = pass_rate(r, [x.text for x in comps], self.router)
             new = {**r, "pass_rate": round(rate, 4)}
             out.append(reject(new, "too_easy", f"pass rate {rate:.2f}") if rate > c.max_pass_rate else new)
         return out
+
+
+def pass_rate(item: dict, responses: list[str], router) -> float:
+    """Fraction of responses its verifier (by domain) accepts."""
+    return sum(router(item, t)[1] for t in responses) / max(1, len(responses))
 
 
 class Blend(GlobalStage):

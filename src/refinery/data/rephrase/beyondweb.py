@@ -241,16 +241,24 @@ class Rephrase(Stage):
             text = comp.text.strip()
             new = {**r, "text": text, "strategy": s, "input_tokens": comp.prompt_tokens,
                    "output_tokens": len(comp.token_ids), "fidelity": round(fidelity(r["chunk"], text), 4)}
-            ratio = len(text) / max(1, len(r["chunk"]))
-            if not text:
-                out.append(reject(new, "empty_output"))
-            elif not lo <= ratio <= hi:
-                out.append(reject(new, "length_out_of_range", f"output/input {ratio:.2f}"))
-            elif new["fidelity"] < c.min_fidelity:
-                out.append(reject(new, "low_fidelity", f"{new['fidelity']:.2f}"))
-            else:
-                out.append(new)
+            why = judge_output(r["chunk"], text, (lo, hi), c.min_fidelity)
+            out.append(reject(new, *why) if why else new)
         return out
+
+
+def judge_output(chunk: str, text: str, length_ratio: tuple[float, float], min_fidelity: float
+                 ) -> tuple[str, str] | None:
+    """Why a rewrite is dropped ``(reason, detail)``, or None to keep it: empty, outside the length-ratio bounds
+    (output/input characters), or keeping too few of the source's numbers and names."""
+    if not text.strip():
+        return "empty_output", ""
+    ratio = len(text) / max(1, len(chunk))
+    if not length_ratio[0] <= ratio <= length_ratio[1]:
+        return "length_out_of_range", f"output/input {ratio:.2f}"
+    f = fidelity(chunk, text)
+    if f < min_fidelity:
+        return "low_fidelity", f"{f:.2f}"
+    return None
 
 
 def build_stages(cfg: BeyondWebConfig) -> list[Stage]:
