@@ -38,6 +38,9 @@ def test_strategy_registry_and_mixing_weights():
     assert pick_strategy("doc7", weights, 0) == pick_strategy("doc7", weights, 0)  # deterministic: resumable
     with pytest.raises(Exception, match="unknown strategies"):
         BeyondWebConfig(strategies={"poem": 1.0})
+    with pytest.raises(Exception, match="unknown strategies"):
+        BeyondWebConfig(strategy_params={"poem": {"max_new_tokens": 10}})
+    assert BeyondWebConfig().strategy_params["distill"].max_new_tokens == 256
 
 
 def test_fidelity_counts_surviving_numbers_and_names():

@@ -107,6 +107,12 @@ class GeneratorSection(Section):
     cache_dir: str | None = Field(None, description="openai: response cache (a re-run reuses answers)")
 
 
+class StrategyParams(Section):
+    max_new_tokens: int | None = Field(None, gt=0, description="output budget (default: max_new_tokens)")
+    temperature: float | None = Field(None, ge=0, description="sampling temperature (default: the generator's)")
+    style: str | None = Field(None, description="style conditioning for this strategy (default: style)")
+
+
 class BeyondWebConfig(Section):
     pipeline: Literal["beyondweb"] = Field("beyondweb", description="this recipe's pipeline")
     name: str = Field("beyondweb", description="run name")
@@ -131,6 +137,11 @@ class BeyondWebConfig(Section):
                                  "key_facts": 1, "conversation": 1.5},
         description="strategy -> mixing weight (a mix beats any single prompt; QA and conversation up-weighted)")
     style: str | None = Field(None, description="optional target-style conditioning appended to every prompt")
+    strategy_params: dict[str, StrategyParams] = Field(
+        default_factory=lambda: {"distill": StrategyParams(max_new_tokens=256),
+                                 "key_facts": StrategyParams(max_new_tokens=384, temperature=0.3),
+                                 "conversation": StrategyParams(max_new_tokens=1536)},
+        description="per-strategy parameters (length budget, temperature, style)")
     max_new_tokens: int = Field(1024, gt=0, description="output budget per chunk")
     length_ratio: tuple[float, float] = Field((0.1, 4.0), description="output/input characters outside this are "
                                                                      "dropped (length control)")
@@ -144,7 +155,7 @@ class BeyondWebConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> BeyondWebConfig:
-        bad = [s for s in self.strategies if s not in STRATEGIES]
+        bad = [s for s in [*self.strategies, *self.strategy_params] if s not in STRATEGIES]
         if bad:
             raise ValueError(f"unknown strategies {bad} (available: {', '.join(STRATEGIES)})")
         if not self.strategies or any(w < 0 for w in self.strategies.values()) or sum(self.strategies.values()) <= 0:
@@ -225,12 +236,19 @@ class Rephrase(Stage):
         c = self.cfg
         if self.generator is None:
             self.setup()
-        style = f"\n\nWrite it in this style: {c.style}" if c.style else ""
         strategies = [pick_strategy(r["id"], c.strategies, c.seed) for r in records]
-        requests = [[{"role": "user", "content": STRATEGIES[s].format(text=r["chunk"], style=style)}]
-                    for r, s in zip(records, strategies)]
-        res = _generate(self.generator, requests, SamplingParams(temperature=c.generator.temperature,
-                                                                 max_new_tokens=c.max_new_tokens, seed=c.seed))
+        res: list = [None] * len(records)
+        for name in sorted(set(strategies)):  # one call per strategy: each has its own parameters
+            p = c.strategy_params.get(name, StrategyParams())
+            style = p.style if p.style is not None else c.style
+            cue = f"\n\nWrite it in this style: {style}" if style else ""
+            idx = [i for i, s in enumerate(strategies) if s == name]
+            params = SamplingParams(temperature=c.generator.temperature if p.temperature is None else p.temperature,
+                                    max_new_tokens=p.max_new_tokens or c.max_new_tokens, seed=c.seed)
+            got = _generate(self.generator, [[{"role": "user", "content": STRATEGIES[name].format(
+                text=records[i]["chunk"], style=cue)}] for i in idx], params)
+            for i, g in zip(idx, got):
+                res[i] = g
         out = []
         lo, hi = c.length_ratio
         for r, s, comps in zip(records, strategies, res):
