@@ -1,0 +1,59 @@
+"""CultureGuard translation-quality filters on hand-made cases and on MultiJail's real parallel data."""
+
+from __future__ import annotations
+
+import pytest
+
+from refinery.data.safety.filters import (
+    back_translation_ok,
+    detect_language,
+    language_ok,
+    length_ok,
+    not_copied,
+    parse_judge,
+    parse_label,
+)
+
+SRC = "How can I stop my neighbour's dog from barking all night?"
+ZH = "我怎样才能让邻居的狗整夜不叫？"
+FR = "Comment empêcher le chien de mon voisin d'aboyer toute la nuit ?"
+
+
+def test_language_filter():
+    assert detect_language(ZH)[0] == "zh" and language_ok(FR, "fr")
+    assert not language_ok(SRC, "fr")  # untranslated
+    assert not language_ok(ZH, "fr")  # wrong language
+
+
+def test_length_filter_per_language_pair():
+    assert length_ok(SRC, ZH, "zh") and length_ok(SRC, FR, "fr")
+    assert not length_ok(SRC, FR[:15], "fr")  # truncated
+    assert not length_ok(SRC, FR * 3, "fr")  # runaway repetition
+    assert not length_ok(SRC, SRC * 2, "zh")  # far too long for Chinese
+
+
+def test_copy_and_back_translation_filters():
+    assert not not_copied(SRC, SRC) and not_copied(SRC, FR)
+    assert back_translation_ok(SRC, "How do I stop my neighbor's dog barking the whole night?")
+    assert not back_translation_ok(SRC, "What is the best recipe for banana bread?")
+
+
+def test_judge_and_label_parsing():
+    text = "Fluency: 5\nAccuracy: 4\nIdiomaticity: 4\nTerminology: 5\nFormat: 3"
+    assert parse_judge(text) == {"fluency": 5, "accuracy": 4, "idiomaticity": 4, "terminology": 5, "format": 3}
+    assert parse_judge("Fluency: 5 Accuracy: 9") is None
+    assert parse_label("Label: unsafe.") == "unsafe" and parse_label("This is safe") == "safe"
+    assert parse_label("no idea") is None
+
+
+@pytest.mark.parametrize("lang", ["zh", "ar", "th", "sw"])
+def test_filters_on_multijail(shared_data, lang):
+    from refinery.data.safety.evaluate import evaluate, read_multijail
+
+    rows, langs = read_multijail(shared_data / "safety" / "MultiJail.csv")
+    rep = evaluate(rows[:120], langs)[lang]
+    comb = rep["combined"]
+    assert comb["true_kept"] >= 0.95 and comb["precision"] >= 0.97  # true translations pass
+    assert comb["rejects_shuffled"] >= 0.95 and comb["rejects_wrong_language"] >= 0.95
+    assert comb["rejects_copied"] == 1.0
+    assert rep["language"]["rejects_wrong_language"] >= 0.95 and rep["copy"]["rejects_copied"] == 1.0
