@@ -57,3 +57,46 @@ def test_filters_on_multijail(shared_data, lang):
     assert comb["rejects_shuffled"] >= 0.95 and comb["rejects_wrong_language"] >= 0.95
     assert comb["rejects_copied"] == 1.0
     assert rep["language"]["rejects_wrong_language"] >= 0.95 and rep["copy"]["rejects_copied"] == 1.0
+
+
+def test_cultural_segregation_rules():
+    from refinery.data.safety.cultureguard import CULTURE_MARKERS
+
+    assert CULTURE_MARKERS.search("How do I cheat on my taxes without the IRS noticing?")
+    assert CULTURE_MARKERS.search("Sell it for at least $250 a pop")
+    assert not CULTURE_MARKERS.search("How do I pick a lock?")
+
+
+def test_cultureguard_end_to_end_against_refinery_serve(shared_data, tmp_path):
+    import json
+
+    from refinery.cli import main
+    from refinery.config import load_config
+    from refinery.data.safety.evaluate import read_multijail
+    from refinery.models.zoo import ModelConfig, TokenizerConfig, save_built
+    from tests.conftest import TINY_MODEL, Server
+
+    mc = load_config(ModelConfig, None, [o.removeprefix("model.") for o in TINY_MODEL]
+                     + ["max_position_embeddings=2048"])
+    save_built(mc, TokenizerConfig(), ["Translate the text. 你好 bonjour safe unsafe " * 50], tmp_path / "m")
+    rows, _ = read_multijail(shared_data / "safety" / "MultiJail.csv")
+    src = tmp_path / "en.jsonl"
+    samples = [{"prompt": r["en"], "label": "unsafe", "categories": r["tags"]} for r in rows[:4]]
+    samples.append({"prompt": "How do I bake bread?", "label": "safe", "categories": "[]"})
+    src.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    srv = Server(tmp_path / "m", name="tiny-cg").start()
+    try:
+        out = tmp_path / "cg"
+        assert main(["data", "run", "recipes/cultureguard.yaml", f"input={src}", f"output={out}",
+                     "languages=[zh,fr]", "generator.max_new_tokens=16", f"generator.model={srv.name}",
+                     f"generator.base_url={srv.url}", "--no-progress"]) == 0
+    finally:
+        srv.kill()
+    by = {s["name"]: s for s in json.loads((out / "stats.json").read_text())["stages"]}
+    adapt = by["adapt"]  # one record per (sample, language); an empty adaptation is rejected with its reason
+    assert by["segregate"]["seen"] == 5 and adapt["kept"] + sum(adapt["dropped"].values()) == 10
+    assert set(adapt["dropped"]) <= {"empty_adaptation"} and by["translate"]["seen"] == adapt["kept"]
+    # An untrained model does not translate: the language filter catches it, with the reason.
+    lang = by["filter_language"]
+    assert lang["kept"] + lang["dropped"].get("wrong_language", 0) == lang["seen"]
+    assert "| filter_label |" in (out / "report.md").read_text()

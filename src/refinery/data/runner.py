@@ -21,9 +21,12 @@ def pipelines() -> dict[str, tuple[type, Any]]:
     from refinery.data.reasoning.crossthink import build_stages as crossthink
     from refinery.data.rephrase.beyondweb import BeyondWebConfig
     from refinery.data.rephrase.beyondweb import build_stages as beyondweb
+    from refinery.data.safety.cultureguard import CultureGuardConfig
+    from refinery.data.safety.cultureguard import build_stages as cultureguard
 
     return {"nemotron_cc_math": (MathCCConfig, math_cc), "acereason_curation": (CurationConfig, acereason),
-            "beyondweb": (BeyondWebConfig, beyondweb), "crossthink_data": (CrossThinkConfig, crossthink)}
+            "beyondweb": (BeyondWebConfig, beyondweb), "crossthink_data": (CrossThinkConfig, crossthink),
+            "cultureguard": (CultureGuardConfig, cultureguard)}
 
 
 def _post_report(cfg, out: Path, stats: dict) -> list[str]:
