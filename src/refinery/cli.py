@@ -243,9 +243,29 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for results.json, report.md and the plot."),
 ) -> None:
-    """Unbiased pass@k and avg@n of one or more models on a benchmark; or perplexity (``ppl``)."""
+    """Unbiased pass@k and avg@n of one or more models on a benchmark; perplexity (``ppl``); or a guard model's
+    per-language accuracy / F1 / false-refusal rate (``safety``, --data JSONL {text, label safe|unsafe, lang})."""
     from refinery.eval.passk import run_eval
 
+    if kind == "safety":
+        from rich.table import Table
+
+        from refinery.data.safety.guard import evaluate_guard
+
+        if data is None:
+            raise RefineryError("eval safety needs --data FILE (JSONL of {text, label, lang})")
+        _quiet_hf()
+        res = evaluate_guard(model[0], data)
+        table = Table(title=f"{model[0]} on {data}")
+        for col in ("language", "n", "accuracy", "F1 (unsafe)", "false-refusal rate"):
+            table.add_column(col)
+        for lang, m in res.items():
+            table.add_row(lang, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", f"{m['false_refusal_rate']:.3f}")
+        console.print(table)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "safety.json").write_text(json.dumps(res, indent=1))
+        return
     if kind == "ppl":
         from refinery.eval.perplexity import eval_ppl
 
@@ -470,6 +490,27 @@ def data_annotate_quality(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
     console.print(f"{len(kept)} labelled, {bad} unparseable or failed -> {output}", highlight=False)
+
+
+@data_app.command("train-guard")
+def data_train_guard(
+    data: Path = typer.Option(..., "--data", help="JSONL {text|prompt, label safe|unsafe, lang?} (e.g. CultureGuard "
+                              "output plus safe prompts)."),
+    out: Path = typer.Option(..., "--out", help="Output HF sequence-classification directory."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Causal-LM directory to adapt (default: a small Llama)."),
+    steps: int = typer.Option(200, "--steps", min=1),
+    lr: float = typer.Option(2e-3, "--lr"),
+    lora_r: int = typer.Option(8, "--lora-r", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    progress: bool = ProgressOpt,
+) -> None:
+    """LoRA-tune a safe/unsafe guard classifier (CultureGuard); evaluate with `refinery eval safety`."""
+    from refinery.data.safety.guard import read_labelled, train_guard
+
+    _quiet_hf()
+    info = train_guard(read_labelled(data), out, base=base, steps=steps, lr=lr, lora_r=lora_r, seed=seed,
+                       progress=progress)
+    console.print_json(json.dumps(info))
 
 
 @data_app.command("train-quality")

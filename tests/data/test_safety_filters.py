@@ -100,3 +100,41 @@ def test_cultureguard_end_to_end_against_refinery_serve(shared_data, tmp_path):
     lang = by["filter_language"]
     assert lang["kept"] + lang["dropped"].get("wrong_language", 0) == lang["seen"]
     assert "| filter_label |" in (out / "report.md").read_text()
+
+
+def test_safety_metrics_by_hand():
+    from refinery.data.safety.guard import safety_metrics
+
+    gold = ["unsafe", "unsafe", "safe", "safe", "unsafe", "safe"]
+    pred = ["unsafe", "safe", "unsafe", "safe", "unsafe", "safe"]
+    m = safety_metrics(gold, pred, ["zh", "zh", "zh", "fr", "fr", "fr"])
+    assert m["zh"]["accuracy"] == pytest.approx(1 / 3) and m["zh"]["false_refusal_rate"] == 1.0
+    assert m["fr"] == {"n": 3, "accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "false_refusal_rate": 0.0}
+    assert m["all"]["precision"] == pytest.approx(2 / 3) and m["all"]["recall"] == pytest.approx(2 / 3)
+
+
+def test_guard_trains_with_lora_and_evaluates_per_language(shared_data, tmp_path, capsys):
+    import json
+    import random
+
+    from refinery.cli import main
+    from refinery.data.safety.evaluate import read_multijail
+
+    rows, _ = read_multijail(shared_data / "safety" / "MultiJail.csv")
+    rng = random.Random(0)
+    safe_en = [f"How do I {v} a {n}?" for v in ("bake", "paint", "fix", "clean", "build", "draw")
+               for n in ("cake", "fence", "bicycle", "kitchen", "birdhouse", "map", "garden", "shelf")]
+    recs = [{"text": r[lang], "label": "unsafe", "lang": lang} for r in rows[:60] for lang in ("en", "zh")]
+    recs += [{"text": t, "label": "safe", "lang": "en"} for t in safe_en]
+    rng.shuffle(recs)
+    train, test = recs[:120], recs[120:]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in test))
+    assert main(["data", "train-guard", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "g"),
+                 "--steps", "60", "--no-progress"]) == 0
+    info = json.loads((tmp_path / "g" / "guard.json").read_text())
+    assert info["lora_r"] == 8 and info["trainable_params"] > 0
+    assert main(["eval", "safety", "--model", str(tmp_path / "g"), "--data", str(tmp_path / "test.jsonl"),
+                 "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads((tmp_path / "ev" / "safety.json").read_text())
+    assert {"en", "zh", "all"} <= set(res) and res["all"]["accuracy"] >= 0.8  # an easy split: a sanity bar

@@ -1,0 +1,133 @@
+"""The guard model: a safe/unsafe classifier fine-tuned with LoRA (peft) on a sequence-classification head, and its
+per-language evaluation (accuracy, F1 of the unsafe class, false-refusal rate = safe prompts called unsafe).
+
+Data: JSONL records ``{text | prompt, label: safe|unsafe, lang?}`` (CultureGuard output, or any safety set).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refinery.errors import DataError
+
+LABELS = ("safe", "unsafe")
+
+
+def read_labelled(path: str | Path) -> list[dict[str, Any]]:
+    from refinery.jsonl import iter_jsonl
+
+    out = []
+    for line, rec, err in iter_jsonl(path):
+        if err or not isinstance(rec, dict):
+            raise DataError(f"{path}:{line}: {err or 'not a JSON object'}")
+        text = rec.get("text") or rec.get("prompt")
+        label = str(rec.get("label", "")).lower()
+        if not isinstance(text, str) or label not in LABELS:
+            raise DataError(f"{path}:{line}: needs 'text' (or 'prompt') and 'label' safe|unsafe")
+        out.append({"text": text, "label": label, "lang": rec.get("lang", "en")})
+    return out
+
+
+def safety_metrics(gold: list[str], pred: list[str], langs: list[str]) -> dict[str, dict[str, float]]:
+    """Per language and overall: accuracy, precision / recall / F1 of ``unsafe``, false-refusal rate."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, lang in enumerate(langs):
+        groups[lang].append(i)
+        groups["all"].append(i)
+    out = {}
+    for lang, idx in groups.items():
+        tp = sum(gold[i] == "unsafe" and pred[i] == "unsafe" for i in idx)
+        fp = sum(gold[i] == "safe" and pred[i] == "unsafe" for i in idx)
+        fn = sum(gold[i] == "unsafe" and pred[i] == "safe" for i in idx)
+        safe = sum(gold[i] == "safe" for i in idx)
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        out[lang] = {"n": len(idx), "accuracy": sum(gold[i] == pred[i] for i in idx) / len(idx),
+                     "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                     "false_refusal_rate": fp / safe if safe else 0.0}
+    return out
+
+
+def train_guard(records: list[dict[str, Any]], out: str | Path, base: str | Path | None = None, steps: int = 200,
+                lr: float = 2e-3, batch_size: int = 16, lora_r: int = 8, max_length: int = 128, seed: int = 0,
+                progress: bool = True) -> dict[str, Any]:
+    """LoRA on the attention projections plus a trained classification head; the adapter is merged and the result
+    saved as a plain HF sequence-classification checkpoint. ``base``: a causal-LM directory (its body is reused);
+    None builds a small Llama with a tokenizer trained on the texts."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+
+    from refinery.progress import StepBar
+
+    if len({r["label"] for r in records}) < 2:
+        raise DataError("the guard needs both safe and unsafe examples")
+    torch.manual_seed(seed)
+    if base:
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    else:
+        from transformers import LlamaForSequenceClassification
+
+        from refinery.models.zoo import build_tokenizer
+
+        tok = build_tokenizer([r["text"] for r in records], 1024)
+        model = LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=max_length, num_labels=2, pad_token_id=tok.pad_token_id))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.id2label, model.config.label2id = dict(enumerate(LABELS)), {x: i for i, x in enumerate(LABELS)}
+    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                      modules_to_save=["score"], task_type="SEQ_CLS")
+    model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    y = torch.tensor([LABELS.index(r["label"]) for r in records])
+    g = torch.Generator().manual_seed(seed)
+    bar = StepBar(progress, steps, 0, "guard", ("loss",))
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(records), (min(batch_size, len(records)),), generator=g).tolist()
+        enc = tok([records[i]["text"] for i in idx], truncation=True, max_length=max_length, padding=True,
+                  return_tensors="pt")
+        loss = torch.nn.functional.cross_entropy(model(**enc).logits, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.update(step + 1, {"loss": float(loss.detach())})
+    bar.close()
+    merged = model.merge_and_unload().eval()
+    out = Path(out)
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    info = {"examples": len(records), "steps": steps, "lora_r": lora_r, "trainable_params": trainable,
+            "base": str(base) if base else "tiny-llama"}
+    (out / "guard.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+@torch.no_grad()
+def predict(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[str]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    out = []
+    for s in range(0, len(texts), batch_size):
+        enc = tok(texts[s: s + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        out += [LABELS[i] for i in model(**enc).logits.argmax(-1).tolist()]
+    return out
+
+
+def evaluate_guard(model_dir: str | Path, data: str | Path) -> dict[str, dict[str, float]]:
+    recs = read_labelled(data)
+    pred = predict(model_dir, [r["text"] for r in recs])
+    return safety_metrics([r["label"] for r in recs], pred, [r["lang"] for r in recs])
