@@ -262,6 +262,8 @@ def eval_cmd(
         for lang, m in res.items():
             table.add_row(lang, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['f1']:.3f}", f"{m['false_refusal_rate']:.3f}")
         console.print(table)
+        if "category_f1" in res.get("all", {}):
+            console.print(f"hazard categories (unsafe items): micro F1 {res['all']['category_f1']:.3f}")
         if out:
             out.mkdir(parents=True, exist_ok=True)
             (out / "safety.json").write_text(json.dumps(res, indent=1))

@@ -124,7 +124,8 @@ def test_guard_trains_with_lora_and_evaluates_per_language(shared_data, tmp_path
     rng = random.Random(0)
     safe_en = [f"How do I {v} a {n}?" for v in ("bake", "paint", "fix", "clean", "build", "draw")
                for n in ("cake", "fence", "bicycle", "kitchen", "birdhouse", "map", "garden", "shelf")]
-    recs = [{"text": r[lang], "label": "unsafe", "lang": lang} for r in rows[:60] for lang in ("en", "zh")]
+    recs = [{"text": r[lang], "label": "unsafe", "lang": lang, "categories": r["tags"]} for r in rows[:60]
+            for lang in ("en", "zh")]
     recs += [{"text": t, "label": "safe", "lang": "en"} for t in safe_en]
     rng.shuffle(recs)
     train, test = recs[:120], recs[120:]
@@ -133,8 +134,18 @@ def test_guard_trains_with_lora_and_evaluates_per_language(shared_data, tmp_path
     assert main(["data", "train-guard", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "g"),
                  "--steps", "60", "--no-progress"]) == 0
     info = json.loads((tmp_path / "g" / "guard.json").read_text())
-    assert info["lora_r"] == 8 and info["trainable_params"] > 0
+    assert info["lora_r"] == 8 and info["trainable_params"] > 0 and len(info["categories"]) > 3
     assert main(["eval", "safety", "--model", str(tmp_path / "g"), "--data", str(tmp_path / "test.jsonl"),
                  "--out", str(tmp_path / "ev")]) == 0
     res = json.loads((tmp_path / "ev" / "safety.json").read_text())
     assert {"en", "zh", "all"} <= set(res) and res["all"]["accuracy"] >= 0.8  # an easy split: a sanity bar
+    assert 0.0 <= res["all"]["category_f1"] <= 1.0
+
+
+def test_category_parsing_and_f1():
+    from refinery.data.safety.guard import category_f1, pair_text, parse_categories
+
+    assert parse_categories("['Violence', 'Hate speech']") == ["Violence", "Hate speech"]
+    assert parse_categories(["A"]) == ["A"] and parse_categories(None) == []
+    assert category_f1([["A", "B"], ["C"]], [["A"], ["C", "D"]]) == pytest.approx(2 / 3)
+    assert pair_text("hi", "hello").startswith("User: hi")

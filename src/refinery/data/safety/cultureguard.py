@@ -286,6 +286,18 @@ class LabelConsistency(_LLMStage):
         return out
 
 
+class Provenance(Stage):
+    """Records which stages each kept record passed (the pipeline's stage names, in order)."""
+
+    name, adds = "provenance", ("provenance",)
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def process(self, records):
+        return [{**r, "provenance": list(self.names)} for r in records]
+
+
 def build_stages(cfg: CultureGuardConfig) -> list[Stage]:
     stages: list[Stage] = [Segregate(cfg), Adapt(cfg), Translate(cfg), LanguageFilter(cfg), LengthFilter(),
                            CopyFilter(cfg), BackTranslation(cfg)]
@@ -293,4 +305,4 @@ def build_stages(cfg: CultureGuardConfig) -> list[Stage]:
         stages.append(Judge(cfg))
     if cfg.label_check:
         stages.append(LabelConsistency(cfg))
-    return stages
+    return stages + [Provenance([s.name for s in stages])]
