@@ -9,6 +9,7 @@ from refinery.data.math_web.pipeline import MathCCConfig
 from refinery.data.reasoning.acereason import CurationConfig
 from refinery.data.reasoning.crossthink import CrossThinkConfig
 from refinery.data.rephrase.beyondweb import BeyondWebConfig
+from refinery.data.safety.cultureguard import CultureGuardConfig
 from refinery.errors import ConfigError
 from refinery.models.pretrain import PretrainConfig
 from refinery.quickstart import QuickstartConfig
@@ -92,7 +93,8 @@ RECIPES = {"pretrain.yaml": PretrainConfig, "pretrain_text.yaml": PretrainConfig
            "crossthink.yaml": RLConfig, "sft.yaml": SFTConfig, "helpsteer2_pref.yaml": RMConfig,
            "armorm.yaml": RMConfig, "rm_hh_rlhf.yaml": RMConfig, "puzzle.yaml": PuzzleRecipe,
            "nemotron_cc_math.yaml": MathCCConfig, "acereason_curation.yaml": CurationConfig,
-           "beyondweb.yaml": BeyondWebConfig, "crossthink_data.yaml": CrossThinkConfig}
+           "beyondweb.yaml": BeyondWebConfig, "crossthink_data.yaml": CrossThinkConfig,
+           "cultureguard.yaml": CultureGuardConfig}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
