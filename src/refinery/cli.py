@@ -418,14 +418,14 @@ def data_run(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
     """Run a data recipe, e.g. recipes/nemotron_cc_math.yaml input=crawl.warc.gz output=out/, or
     recipes/acereason_curation.yaml input=train.jsonl output=out/ (re-running the same command resumes)."""
     from refinery.config import dump_config, load_config
-    from refinery.data.runner import config_class, run_math_cc
+    from refinery.data.runner import config_class, run_data_recipe
 
     cfg = load_config(config_class(recipe), recipe, overrides)
     if dry_run:
         console.print(dump_config(cfg), end="", markup=False, highlight=False)
         return
     _quiet_hf()
-    stats = run_math_cc(cfg, progress=progress, fresh=fresh)
+    stats = run_data_recipe(cfg, progress=progress, fresh=fresh)
     _print_stage_table(stats)
     console.print(f"{stats['records_out']} records -> {cfg.output}/data  (rejects: {cfg.output}/rejects, "
                   f"counts: {cfg.output}/stats.json)", highlight=False)

@@ -266,3 +266,22 @@ def test_extract_math_cli(shared_data, tmp_path):
     assert by["mathjax__source.html"]["formulas"] == 13 and by["wikipedia-3__source.html"]["formulas"] == 66
     assert "http://example.com/" in by
     assert not out.with_name(out.name + ".work").exists()
+
+
+def test_a_stage_that_cannot_start_is_one_clear_error(tmp_path, capsys):
+    from refinery.cli import main
+
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "a.html").write_text("<p>" + "words " * 30 + "</p>")
+    args = ["data", "run", "recipes/nemotron_cc_math.yaml", f"input=[{pages}]", f"output={tmp_path / 'o'}",
+            "stages=[extract,quality]", f"quality.model={bad}", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pipeline failed in segment 1/1" in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "o" / "error.txt").read_text()
+    assert main([*args[:5], "stages=[extract,quality]", f"quality.model={tmp_path / 'missing'}"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -180,7 +180,7 @@ def test_beyondweb_end_to_end(math_pages, long_server, tmp_path):
     src, rows = math_pages
     out = tmp_path / "bw"
     assert main(["data", "run", "recipes/beyondweb.yaml", f"input={src}", f"output={out}", "quality_field=quality",
-                 "min_quality=1", "chunk_tokens=300", "max_new_tokens=24", "length_ratio=[0.0,100.0]",
+                 "min_quality=1", "chunk_tokens=300", "generator.max_new_tokens=24", "length_ratio=[0.0,100.0]",
                  f"generator.model={long_server.name}", f"generator.base_url={long_server.url}",
                  "generator.cache_dir=" + str(tmp_path / "cache"), "--no-progress"]) == 0
     stats = json.loads((out / "stats.json").read_text())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from refinery.data.io import Shard, read_output, read_shard, write_records
-from refinery.errors import ConfigError
+from refinery.errors import ConfigError, DataError
 
 Record = dict[str, Any]
 
@@ -292,9 +292,13 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
         tasks = [(spec, seg, len(segs), s) for s in todo]
         try:
             (_ray if executor == "ray" else _local)(tasks, workers, on_done)
-        except Exception as e:
+        except Exception as e:  # a stage that cannot even start (bad model path, ...): one line, traceback on disk
             bar.close()
-            raise RuntimeError(f"pipeline failed in segment {seg.index}: {e}\n{traceback.format_exc()}") from e
+            log = out / "error.txt"
+            log.write_text(traceback.format_exc())
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DataError(f"pipeline failed in segment {seg.index + 1}/{len(segs)}: {type(e).__name__}: {first} "
+                            f"(finished shards are kept; traceback in {log})") from None
         bar.close()
         for s in shards:
             stats = read_output(_stats_path(spec, seg.index, s))[0]

@@ -30,7 +30,7 @@ def run_data_stage(cfg: QuickDataConfig, run: RunDir, progress: bool = True) -> 
     from refinery.data.math_web.pipeline import MathCCConfig
     from refinery.data.math_web.synthetic import make_pages
     from refinery.data.pipeline import output_records
-    from refinery.data.runner import run_math_cc
+    from refinery.data.runner import run_data_recipe
     from refinery.tasks import make_splits
 
     pages = make_pages(cfg.pages, cfg.seed, cfg.formulas_per_page)
@@ -57,7 +57,7 @@ def run_data_stage(cfg: QuickDataConfig, run: RunDir, progress: bool = True) -> 
         truth[str(path)] = p["formulas"]
     mcfg = load_config(MathCCConfig, None, [f"input=[{root}]", f"output={run.path / 'out'}", "workers=1",
                                             f"decontaminate.files=[{bench}]", "decontaminate.min_words=6"])
-    stats = run_math_cc(mcfg, progress=progress)
+    stats = run_data_recipe(mcfg, progress=progress)
     kept = output_records(run.path / "out")
     recalls = [sum(_squash(f) in _squash(r["text"]) for f in truth[r["source"]]) / len(truth[r["source"]])
                for r in kept]

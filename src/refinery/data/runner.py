@@ -11,41 +11,19 @@ from typing import Any
 from refinery.errors import ConfigError
 
 
-def pipelines() -> dict[str, tuple[type, Any]]:
-    """Data recipes by their ``pipeline`` key: (config class, stage builder)."""
+def pipelines() -> dict[str, tuple[type, Any, Any]]:
+    """Data recipes by their ``pipeline`` key: (config class, stage builder, extra report sections or None)."""
     from refinery.data.math_web.pipeline import MathCCConfig
     from refinery.data.math_web.pipeline import build_stages as math_cc
-    from refinery.data.reasoning.acereason import CurationConfig
-    from refinery.data.reasoning.acereason import build_stages as acereason
-    from refinery.data.reasoning.crossthink import CrossThinkConfig
-    from refinery.data.reasoning.crossthink import build_stages as crossthink
-    from refinery.data.rephrase.beyondweb import BeyondWebConfig
-    from refinery.data.rephrase.beyondweb import build_stages as beyondweb
-    from refinery.data.safety.cultureguard import CultureGuardConfig
-    from refinery.data.safety.cultureguard import build_stages as cultureguard
+    from refinery.data.reasoning import acereason, crossthink
+    from refinery.data.rephrase import beyondweb
+    from refinery.data.safety import cultureguard
 
-    return {"nemotron_cc_math": (MathCCConfig, math_cc), "acereason_curation": (CurationConfig, acereason),
-            "beyondweb": (BeyondWebConfig, beyondweb), "crossthink_data": (CrossThinkConfig, crossthink),
-            "cultureguard": (CultureGuardConfig, cultureguard)}
-
-
-def _post_report(cfg, out: Path, stats: dict) -> list[str]:
-    """Pipeline-specific report sections (BeyondWeb: diversity, fidelity, token accounting)."""
-    from refinery.data.io import read_output
-    from refinery.data.pipeline import output_records
-
-    if cfg.pipeline == "crossthink_data":
-        from refinery.data.reasoning.crossthink import composition_lines
-
-        return ["", "## Final composition", *composition_lines(out, output_records(out))]
-    if cfg.pipeline != "beyondweb":
-        return []
-    from refinery.data.rephrase.beyondweb import report
-
-    rejected = [r for p in sorted((out / "rejects").glob("*.jsonl")) for r in read_output(p)]
-    summary, lines = report(output_records(out), rejected)
-    stats["beyondweb"] = summary
-    return ["", "## Rephrasing", *lines]
+    return {"nemotron_cc_math": (MathCCConfig, math_cc, None),
+            "acereason_curation": (acereason.CurationConfig, acereason.build_stages, None),
+            "beyondweb": (beyondweb.BeyondWebConfig, beyondweb.build_stages, beyondweb.report_sections),
+            "crossthink_data": (crossthink.CrossThinkConfig, crossthink.build_stages, crossthink.report_sections),
+            "cultureguard": (cultureguard.CultureGuardConfig, cultureguard.build_stages, None)}
 
 
 def config_class(recipe: str | Path | None) -> type:
@@ -59,9 +37,9 @@ def config_class(recipe: str | Path | None) -> type:
     return table[name][0]
 
 
-def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
-    """Run a data recipe (Nemotron-CC-Math, AceReason curation); a re-run into the same output resumes (finished
-    shards are skipped)."""
+def run_data_recipe(cfg, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Run a data recipe (any of ``pipelines()``); a re-run into the same output resumes (finished shards are
+    skipped)."""
     import functools
 
     from refinery.config import dump_config
@@ -69,19 +47,15 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
     from refinery.data.pipeline import RunSpec, run_pipeline
     from refinery.runs import atomic_write_text
 
-    build_stages = pipelines()[cfg.pipeline][1]
-    dec = getattr(cfg, "decontaminate", None)
-    files = dec.files if hasattr(dec, "files") else (dec or [])
-    stage_names = cfg.resolved_stages() if hasattr(cfg, "resolved_stages") else getattr(cfg, "stages", [])
+    _, build_stages, report_sections = pipelines()[cfg.pipeline]
     if not cfg.input:
         raise ConfigError("no input: set input=PATH (WARC, JSONL, Parquet or a directory of HTML files)")
     if not cfg.output:
         raise ConfigError("no output: set output=DIR")
-    if "decontaminate" in stage_names:
-        missing = [f for f in files if not Path(f).exists()]
-        if missing:
-            raise ConfigError(f"decontaminate.files: {', '.join(missing)} not found (point it at benchmark JSONL "
-                              "files or folders, or drop 'decontaminate' from stages)")
+    missing = [f for f in cfg.required_paths() if not Path(f).exists()]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not found (the configured stages need it: point the recipe at "
+                          "existing files, or drop the stage)")
     out = Path(cfg.output)
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -95,7 +69,7 @@ def run_math_cc(cfg, progress: bool = True, fresh: bool = False) -> dict[str, An
     spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size)
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
     stats["decontamination"] = contamination_report(out)
-    extra = _post_report(cfg, out, stats)
+    extra = report_sections(out, stats) if report_sections else []
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     atomic_write_text(out / "report.md", stage_report(cfg.name, stats) + "\n".join(extra) + ("\n" if extra else ""))
     return stats
@@ -147,7 +121,7 @@ def extract_math(inputs: list[str], output: str | Path, renderer: str = "auto", 
                                            "extract.min_chars=0", f"executor={executor}"]
                       + ([f"workers={workers}"] if workers else []))
     cfg = cfg.model_copy(update={"input": [str(i) for i in inputs]})
-    stats = run_math_cc(cfg, progress=progress)
+    stats = run_data_recipe(cfg, progress=progress)
     lines = [json.dumps({k: v for k, v in r.items() if k != "id"}, ensure_ascii=False) for r in output_records(work)]
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, "\n".join(lines) + ("\n" if lines else ""))

@@ -204,3 +204,17 @@ def save_built(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, texts: list[str
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_text_classifier(texts: list[str], num_labels: int, max_length: int = 256, vocab_size: int = 1024,
+                          problem_type: str | None = None):
+    """A small Llama sequence classifier (hidden 128, 2 layers) and a byte-level BPE trained on ``texts``, for
+    classifiers trained from scratch (quality scores, guard models). Returns ``(model, tokenizer)``; right padding."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = build_tokenizer(texts, vocab_size)
+    tok.padding_side = "right"
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_length,
+                      num_labels=num_labels, pad_token_id=tok.pad_token_id, problem_type=problem_type)
+    return LlamaForSequenceClassification(cfg), tok

@@ -65,17 +65,6 @@ class Runtime:
     decode: float  # seconds for one decode step of [batch, 1] at context seq
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def _stack_time(config, spec: BlockSpec, layers: int, batch: int, seq: int, repeats: int) -> Runtime:
     """Median prefill and decode-step time of a model body of ``layers`` identical ``spec`` blocks (no head)."""
@@ -184,7 +173,8 @@ def measure_model(model, batch: int, seq: int, new_tokens: int = 16, repeats: in
 
 def model_memory(model, batch: int, seq: int, dtype_bytes: int = 2) -> int:
     """Parameter bytes (tied embeddings once) + KV cache for ``batch`` sequences of ``seq`` tokens."""
-    from refinery.compression.puzzle.model import count_params, layer_blocks
+    from refinery.compression.puzzle.model import layer_blocks
+    from refinery.models.zoo import count_parameters
 
     kv = sum(kv_bytes_per_token(model.config, b.attention, dtype_bytes) for b in layer_blocks(model))
-    return count_params(model) * dtype_bytes + batch * seq * kv
+    return count_parameters(model) * dtype_bytes + batch * seq * kv

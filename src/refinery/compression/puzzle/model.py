@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from transformers.models.llama.modeling_llama import (
@@ -259,8 +258,3 @@ def layer_blocks(model) -> list[BlockSpec]:
     if isinstance(model.config, PuzzleConfig):
         return model.config.blocks
     return [parent_block(model.config)] * model.config.num_hidden_layers
-
-
-@torch.no_grad()
-def count_params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

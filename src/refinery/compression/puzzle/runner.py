@@ -23,7 +23,6 @@ from refinery.compression.puzzle.model import (
     BlockSpec,
     FFNSpec,
     PuzzleForCausalLM,
-    from_llama,
     parent_block,
     puzzle_config,
 )
@@ -252,7 +251,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
     from refinery.compression.puzzle.search import Problem, diverse_solutions
     from refinery.eval.perplexity import perplexity
     from refinery.models.io import load_model, load_tokenizer
-    from refinery.models.zoo import cache_dir
+    from refinery.models.zoo import cache_dir, count_parameters
     from refinery.progress import StepBar
 
     t0 = time.time()
@@ -302,7 +301,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
     parent_pred = {"decode_step_s": overhead_decode + decode[:, pb].sum(),
                    "prefill_s": overhead_prefill + prefill[:, pb].sum()}
     parent_meas = measure_model(parent, c.batch_size, c.seq_len, c.new_tokens, c.model_repeats)
-    parent_mem = model_memory(from_llama(parent), c.batch_size, c.seq_len, c.dtype_bytes)
+    parent_mem = model_memory(parent, c.batch_size, c.seq_len, c.dtype_bytes)
     overhead_mem = parent_mem - memory[:, pb].sum()
     lap("cost_model")
 
@@ -401,7 +400,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
         entry["measured_speedup"] = mp["decode_step_s"] / mc["decode_step_s"]
         entry["measured_prefill_speedup"] = mp["prefill_s"] / mc["prefill_s"]
         entry["memory_bytes"] = model_memory(model, c.batch_size, c.seq_len, c.dtype_bytes)
-        entry["params"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        entry["params"] = count_parameters(model)
         return model
 
     child = finish(chosen, "child")
@@ -423,7 +422,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
         "ppl_parent": ppl_parent, "ppl_child_before_gkd": chosen["ppl_before_gkd"], "ppl_child": chosen["ppl"],
         "kl_child": chosen["kl"], "memory_parent_bytes": parent_mem, "memory_child_bytes": chosen["memory_bytes"],
         "predicted_memory_child_bytes": chosen["predicted"]["memory_bytes"],
-        "params_parent": sum(p.numel() for p in {id(p): p for p in parent.parameters()}.values()),
+        "params_parent": count_parameters(parent),
         "params_child": chosen["params"], "architecture": " ".join(chosen["architecture"]),
         "solutions": len(candidates), "meets_target": met, "budget_correction": correction,
         "parent_decode_tps": parent_meas["decode_tps"],

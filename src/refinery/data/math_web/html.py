@@ -189,9 +189,7 @@ def rewrite_math(html: str) -> Rewritten:
                 a.tag in SKIP_TEXT for a in el.iterancestors() if isinstance(a.tag, str)):
             continue
         el.text = _protect(el.text, token)
-        for child in el:
-            if isinstance(child.tag, str) and child.tag not in SKIP_TEXT:
-                pass
+        for child in el:  # a child's tail is this element's text, even when the child itself is code
             child.tail = _protect(child.tail, token)
     for el in list(root.iter("script", "style", "noscript", "template")):
         if el.getparent() is not None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from refinery.config import Section
 from refinery.data.pipeline import GlobalStage, Record, Stage, reject
+from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
 
 STAGES = ("extract", "cleanup", "quality", "dedup_exact", "dedup_fuzzy", "decontaminate")
 
@@ -25,16 +26,11 @@ class ExtractConfig(Section):
     keep_html: bool = Field(False, description="keep the raw html field in the output")
 
 
-class CleanupConfig(Section):
-    backend: Literal["openai", "hf"] = Field("openai", description="any OpenAI-compatible server, or a local HF dir")
-    model: str = Field("tiny", description="served model name (openai) or model directory (hf)")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
+class CleanupConfig(GeneratorSection):
     max_chunk_tokens: int = Field(2000, gt=0, description="chunk size (approx. tokens at chars_per_token)")
     chars_per_token: float = Field(4.0, gt=0, description="token estimate for chunking")
     max_new_tokens: int = Field(2048, gt=0, description="generation budget per chunk")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (deterministic cleanup)")
-    concurrency: int = Field(16, gt=0, description="openai: requests in flight")
-    cache_dir: str | None = Field(None, description="openai: response cache (a re-run reuses answers)")
 
 
 class QualityConfig(Section):
@@ -61,17 +57,10 @@ class DecontamConfig(Section):
     min_words: int = Field(8, gt=0, description="benchmark items shorter than this are not indexed")
 
 
-class MathCCConfig(Section):
+class MathCCConfig(DataRunConfig):
     pipeline: Literal["nemotron_cc_math"] = Field("nemotron_cc_math", description="this recipe's pipeline")
     name: str = Field("nemotron-cc-math", description="run name")
-    seed: int = Field(0, description="seed")
-    input: list[str] = Field(default_factory=list, description="WARC files, JSONL/Parquet files, HTML directories")
-    output: str | None = Field(None, description="output directory (data/, rejects/, stats.json)")
-    format: Literal["jsonl", "parquet"] = Field("jsonl", description="output format")
-    executor: Literal["local", "ray"] = Field("local", description="process pool or Ray Data")
-    workers: int | None = Field(None, description="parallel shards (default: all cores)")
     batch_size: int = Field(32, gt=0, description="records per stage call")
-    html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
     lines_per_shard: int = Field(10000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")
     stages: list[str] = Field(default_factory=lambda: ["extract", "dedup_exact", "dedup_fuzzy", "decontaminate"],
                               description=f"in order, from {', '.join(STAGES)}")
@@ -80,11 +69,6 @@ class MathCCConfig(Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontaminate: DecontamConfig = Field(default_factory=DecontamConfig)
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check(self) -> MathCCConfig:
@@ -96,6 +80,10 @@ class MathCCConfig(Section):
         if "decontaminate" in self.stages and not self.decontaminate.files:
             raise ValueError("stage 'decontaminate' needs decontaminate.files (benchmark JSONL files or folders)")
         return self
+
+    def required_paths(self) -> list[str]:
+        paths = list(self.decontaminate.files) if "decontaminate" in self.stages else []
+        return paths + ([self.quality.model] if "quality" in self.stages and self.quality.model else [])
 
 
 # ---- stages --------------------------------------------------------------------------------------------------
@@ -139,17 +127,11 @@ class Cleanup(Stage):
         self.generator = None
 
     def setup(self) -> None:
-        from refinery.generation import get_generator
-
-        kw = {"concurrency": self.cfg.concurrency, "cache_dir": self.cfg.cache_dir} \
-            if self.cfg.backend == "openai" else {}
-        if self.cfg.backend == "openai":
-            kw["base_url"] = self.cfg.base_url
-        self.generator = get_generator(self.cfg.backend, self.cfg.model, **kw)
+        self.generator = make_generator(self.cfg)
 
     def process(self, records: list[Record]) -> list[Record]:
         from refinery.data.math_web.cleanup import CLEANUP_PROMPT, SENTINEL, approx_tokens, chunk_text, merge_chunks
-        from refinery.generation import GenerationError, SamplingParams
+        from refinery.generation import SamplingParams
 
         if self.generator is None:
             self.setup()
@@ -159,15 +141,12 @@ class Cleanup(Stage):
                     for cs in chunks for c in cs]
         params = SamplingParams(temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens,
                                 seed=0)
-        if hasattr(self.generator, "generate_each"):
-            results = self.generator.generate_each(requests, params)
-        else:
-            results = [[c] for c in self.generator.generate(requests, params)]
+        results = generate_each(self.generator, requests, params)
         out, k = [], 0
         for rec, cs in zip(records, chunks):
             res = results[k: k + len(cs)]
             k += len(cs)
-            errors = [r for r in res if isinstance(r, GenerationError)]
+            errors = [r for r in res if isinstance(r, Exception)]
             if errors:
                 out.append(reject(rec, "llm_error", str(errors[0])))
                 continue

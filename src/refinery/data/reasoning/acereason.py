@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from refinery.config import Section
 from refinery.data.pipeline import Record, Stage, reject
+from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
 
 # ---- rules ---------------------------------------------------------------------------------------------------
 FORMAT_RULES: list[tuple[str, re.Pattern]] = [
@@ -87,42 +87,29 @@ def trivial_programs(tests: dict, entry_point: str | None) -> list[str]:
 
 
 # ---- config --------------------------------------------------------------------------------------------------
-class GeneratorSection(Section):
-    backend: Literal["openai", "hf"] = Field("openai", description="any OpenAI-compatible server, or a local HF dir")
-    model: str = Field("tiny", description="served model name (openai) or model directory (hf)")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
+class CurationGenerator(GeneratorSection):
     samples: int = Field(8, ge=1, description="N samples per problem (AceReason: 8-16)")
-    temperature: float = Field(0.6, ge=0, description="sampling temperature for the N samples")
-    max_new_tokens: int = Field(1024, gt=0, description="budget per sample")
-    concurrency: int = Field(16, gt=0)
-    cache_dir: str | None = Field(None, description="openai: response cache (re-runs reuse answers)")
 
 
-class CurationConfig(Section):
+class CurationConfig(DataRunConfig):
     pipeline: Literal["acereason_curation"] = Field("acereason_curation", description="this recipe's pipeline")
     name: str = Field("acereason-curation", description="run name")
-    seed: int = Field(0, description="sampling seed")
     domain: Literal["math", "code"] = Field("math", description="math problems or code problems")
-    input: list[str] = Field(default_factory=list, description="JSONL/Parquet files of problems")
-    output: str | None = Field(None, description="output directory")
-    format: Literal["jsonl", "parquet"] = Field("jsonl")
-    executor: Literal["local", "ray"] = Field("local")
-    workers: int | None = Field(None)
-    batch_size: int = Field(16, gt=0)
-    html_per_shard: int = Field(64, gt=0)
-    lines_per_shard: int = Field(2000, gt=0, description="problems per shard")
     stages: list[str] | None = Field(None, description="default: every stage of the domain, in order")
     decontaminate: list[str] = Field(default_factory=list, description="benchmark files or folders")
     ngram: int | None = Field(None, description="decontamination n (default: 9 math, 14 code — AceReason)")
     llm_format_check: bool = Field(False, description="math: also ask the generator whether the format is usable")
-    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    generator: CurationGenerator = Field(default_factory=CurationGenerator)
     min_pass_rate: float = Field(0.0, ge=0, le=1, description="code: drop problems whose pass rate is not above "
                                                               "this (0: drop only what every sample fails)")
 
-    @field_validator("input", "decontaminate", mode="before")
+    @field_validator("decontaminate", mode="before")
     @classmethod
     def _as_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    def required_paths(self) -> list[str]:
+        return list(self.decontaminate) if "decontaminate" in self.resolved_stages() else []
 
     @model_validator(mode="after")
     def _check(self) -> CurationConfig:
@@ -189,7 +176,7 @@ class FormatFilter(Stage):
 
     def setup(self):
         if self.cfg.llm_format_check:
-            self.generator = _generator(self.cfg.generator)
+            self.generator = make_generator(self.cfg.generator)
 
     def process(self, records):
         out, ask = [], []
@@ -205,7 +192,7 @@ class FormatFilter(Stage):
 
             if self.generator is None:
                 self.setup()
-            res = _generate(self.generator, [[{"role": "user", "content": FORMAT_PROMPT.format(
+            res = generate_each(self.generator, [[{"role": "user", "content": FORMAT_PROMPT.format(
                 problem=out[i]["problem"])}] for i in ask], SamplingParams(temperature=0.0, max_new_tokens=4))
             for i, r in zip(ask, res):
                 if isinstance(r, Exception):
@@ -225,7 +212,7 @@ class VerifyAnswer(Stage):
         self.generator = None
 
     def setup(self):
-        self.generator = _generator(self.cfg.generator)
+        self.generator = make_generator(self.cfg.generator)
 
     def process(self, records):
         from refinery.generation import SamplingParams
@@ -236,7 +223,7 @@ class VerifyAnswer(Stage):
         g = self.cfg.generator
         params = SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, n=g.samples,
                                 seed=self.cfg.seed)
-        res = _generate(self.generator, [[{"role": "user", "content": SOLVE_PROMPT.format(problem=r["problem"])}]
+        res = generate_each(self.generator, [[{"role": "user", "content": SOLVE_PROMPT.format(problem=r["problem"])}]
                                          for r in records], params)
         out = []
         for r, comps in zip(records, res):
@@ -308,7 +295,7 @@ class Solvability(Stage):
     def setup(self):
         from refinery.verifiers.code import CodeVerifier
 
-        self.generator = _generator(self.cfg.generator)
+        self.generator = make_generator(self.cfg.generator)
         self.verifier = CodeVerifier(mode="all")
 
     def process(self, records):
@@ -319,7 +306,7 @@ class Solvability(Stage):
         g = self.cfg.generator
         params = SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, n=g.samples,
                                 seed=self.cfg.seed)
-        res = _generate(self.generator, [[{"role": "user", "content": CODE_PROMPT.format(problem=r["problem"])}]
+        res = generate_each(self.generator, [[{"role": "user", "content": CODE_PROMPT.format(problem=r["problem"])}]
                                          for r in records], params)
         pairs, owners = [], []
         out: list[Record | None] = [None] * len(records)
@@ -344,25 +331,6 @@ class Solvability(Stage):
             new = {**r, "difficulty": round(1 - rate, 4), "samples": total[k]}
             out[k] = new if rate > self.cfg.min_pass_rate else reject(new, "unsolved", f"pass rate {rate:.2f}")
         return out
-
-
-def _generator(g: GeneratorSection):
-    from refinery.generation import get_generator
-
-    kw: dict[str, Any] = {"concurrency": g.concurrency, "cache_dir": g.cache_dir, "base_url": g.base_url} \
-        if g.backend == "openai" else {}
-    return get_generator(g.backend, g.model, **kw)
-
-
-def _generate(generator, requests, params) -> list:
-    """Per request: its completions, or the exception that ended it (a failed request never fails the batch)."""
-    if hasattr(generator, "generate_each"):
-        return generator.generate_each(requests, params)
-    try:
-        flat = generator.generate(requests, params)
-    except Exception as e:
-        return [e] * len(requests)
-    return [flat[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
 
 
 def build_stages(cfg: CurationConfig) -> list[Stage]:

@@ -16,11 +16,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from refinery.config import Section
 from refinery.data.pipeline import GlobalStage, Record, Stage, reject
-from refinery.data.reasoning.acereason import GeneratorSection, _generate
+from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
 
 MCQ_PROMPT = """Read the passage and write one challenging multiple-choice question about it, with four options \
 of which exactly one is correct. Use exactly this format:
@@ -101,18 +100,9 @@ def math_parseable(answer: str) -> bool:
         return False
 
 
-class CrossThinkConfig(Section):
+class CrossThinkConfig(DataRunConfig):
     pipeline: Literal["crossthink_data"] = Field("crossthink_data", description="this recipe's pipeline")
     name: str = Field("crossthink-data", description="run name")
-    seed: int = Field(0, description="seed for sampling and blending")
-    input: list[str] = Field(default_factory=list, description="documents: JSONL/Parquet with a text field")
-    output: str | None = Field(None)
-    format: Literal["jsonl", "parquet"] = Field("jsonl")
-    executor: Literal["local", "ray"] = Field("local")
-    workers: int | None = Field(None)
-    batch_size: int = Field(16, gt=0)
-    html_per_shard: int = Field(64, gt=0)
-    lines_per_shard: int = Field(2000, gt=0)
     text_field: str = Field("text")
     domain_field: str | None = Field("domain", description="record field naming the document's domain")
     default_domain: str = Field("general", description="domain of records without one (e.g. stem, humanities)")
@@ -129,11 +119,6 @@ class CrossThinkConfig(Section):
                                     description="domain -> ratio of the final mix (general : math = 2 : 1)")
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
 
-    @field_validator("input", mode="before")
-    @classmethod
-    def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
 
 class Synthesize(Stage):
     name, adds = "synthesize", ("question", "answer", "options", "template", "domain", "source_doc")
@@ -143,9 +128,7 @@ class Synthesize(Stage):
         self.generator = None
 
     def setup(self):
-        from refinery.data.reasoning.acereason import _generator
-
-        self.generator = _generator(self.cfg.generator)
+        self.generator = make_generator(self.cfg.generator)
 
     def process(self, records):
         from refinery.generation import SamplingParams
@@ -156,7 +139,7 @@ class Synthesize(Stage):
         jobs = [(r, t) for r in records for t in c.templates]
         reqs = [[{"role": "user", "content": (MCQ_PROMPT if t == "mcq" else OPEN_PROMPT).format(
             text=(r.get(c.text_field) or "")[: c.max_chars])}] for r, t in jobs]
-        res = _generate(self.generator, reqs, SamplingParams(temperature=c.generator.temperature,
+        res = generate_each(self.generator, reqs, SamplingParams(temperature=c.generator.temperature,
                                                              max_new_tokens=c.generator.max_new_tokens, seed=c.seed))
         out = []
         for (r, t), comps in zip(jobs, res):
@@ -235,10 +218,9 @@ class Difficulty(Stage):
         self.router = None
 
     def setup(self):
-        from refinery.data.reasoning.acereason import _generator
         from refinery.rl.rewards import RewardRouter
 
-        self.generator = _generator(self.cfg.generator)
+        self.generator = make_generator(self.cfg.generator)
         self.router = RewardRouter()
 
     def process(self, records):
@@ -247,7 +229,7 @@ class Difficulty(Stage):
         if self.generator is None:
             self.setup()
         c = self.cfg
-        res = _generate(self.generator, [[{"role": "user", "content": r["prompt"]}] for r in records],
+        res = generate_each(self.generator, [[{"role": "user", "content": r["prompt"]}] for r in records],
                         SamplingParams(temperature=c.generator.temperature, max_new_tokens=c.generator.max_new_tokens,
                                        n=c.difficulty_samples, seed=c.seed))
         out = []
@@ -327,3 +309,9 @@ def composition_lines(out: Path, records: list[Record]) -> list[str]:
         b = json.loads(bj.read_text())
         lines += ["", f"Blend ratios {b['ratios']}; available {b['available']}; kept {b['kept']}."]
     return lines
+
+
+def report_sections(out: Path, stats: dict) -> list[str]:
+    from refinery.data.pipeline import output_records
+
+    return ["", "## Final composition", *composition_lines(out, output_records(out))]

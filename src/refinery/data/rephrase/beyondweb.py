@@ -15,10 +15,11 @@ import hashlib
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from refinery.config import Section
 from refinery.data.pipeline import Record, Stage, reject
+from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
 
 # Prompt templates (our own wording). {text} is the chunk; {style} optional target-style conditioning.
 STRATEGIES: dict[str, str] = {
@@ -98,33 +99,15 @@ def self_bleu(texts: list[str], limit: int = 100) -> float | None:
     return sum(bleu.sentence_score(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)) / len(texts)
 
 
-class GeneratorSection(Section):
-    backend: Literal["openai", "hf"] = Field("openai", description="any OpenAI-compatible server, or a local HF dir")
-    model: str = Field("tiny", description="served model name (openai) or model directory (hf)")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
-    temperature: float = Field(0.7, ge=0)
-    concurrency: int = Field(16, gt=0)
-    cache_dir: str | None = Field(None, description="openai: response cache (a re-run reuses answers)")
-
-
 class StrategyParams(Section):
-    max_new_tokens: int | None = Field(None, gt=0, description="output budget (default: max_new_tokens)")
+    max_new_tokens: int | None = Field(None, gt=0, description="output budget (default: generator.max_new_tokens)")
     temperature: float | None = Field(None, ge=0, description="sampling temperature (default: the generator's)")
     style: str | None = Field(None, description="style conditioning for this strategy (default: style)")
 
 
-class BeyondWebConfig(Section):
+class BeyondWebConfig(DataRunConfig):
     pipeline: Literal["beyondweb"] = Field("beyondweb", description="this recipe's pipeline")
     name: str = Field("beyondweb", description="run name")
-    seed: int = Field(0, description="seed of the strategy draw")
-    input: list[str] = Field(default_factory=list, description="documents: JSONL/Parquet with a text field")
-    output: str | None = Field(None)
-    format: Literal["jsonl", "parquet"] = Field("jsonl")
-    executor: Literal["local", "ray"] = Field("local")
-    workers: int | None = Field(None)
-    batch_size: int = Field(16, gt=0)
-    html_per_shard: int = Field(64, gt=0)
-    lines_per_shard: int = Field(2000, gt=0)
     text_field: str = Field("text", description="field holding the document")
     quality_field: str | None = Field(None, description="select: a score already on the record (e.g. "
                                                         "quality_int from the math pipeline)")
@@ -142,16 +125,11 @@ class BeyondWebConfig(Section):
                                  "key_facts": StrategyParams(max_new_tokens=384, temperature=0.3),
                                  "conversation": StrategyParams(max_new_tokens=1536)},
         description="per-strategy parameters (length budget, temperature, style)")
-    max_new_tokens: int = Field(1024, gt=0, description="output budget per chunk")
     length_ratio: tuple[float, float] = Field((0.1, 4.0), description="output/input characters outside this are "
                                                                      "dropped (length control)")
     min_fidelity: float = Field(0.0, ge=0, le=1, description="drop outputs keeping less of the source's facts")
-    generator: GeneratorSection = Field(default_factory=GeneratorSection)
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+    generator: GeneratorSection = Field(default_factory=lambda: GeneratorSection(temperature=0.7),
+                                        description="the rephraser; max_new_tokens is the output budget per chunk")
 
     @model_validator(mode="after")
     def _check(self) -> BeyondWebConfig:
@@ -222,15 +200,9 @@ class Rephrase(Stage):
         self.generator = None
 
     def setup(self):
-        from refinery.generation import get_generator
-
-        g = self.cfg.generator
-        kw = {"concurrency": g.concurrency, "cache_dir": g.cache_dir, "base_url": g.base_url} \
-            if g.backend == "openai" else {}
-        self.generator = get_generator(g.backend, g.model, **kw)
+        self.generator = make_generator(self.cfg.generator)
 
     def process(self, records):
-        from refinery.data.reasoning.acereason import _generate
         from refinery.generation import SamplingParams
 
         c = self.cfg
@@ -244,8 +216,8 @@ class Rephrase(Stage):
             cue = f"\n\nWrite it in this style: {style}" if style else ""
             idx = [i for i, s in enumerate(strategies) if s == name]
             params = SamplingParams(temperature=c.generator.temperature if p.temperature is None else p.temperature,
-                                    max_new_tokens=p.max_new_tokens or c.max_new_tokens, seed=c.seed)
-            got = _generate(self.generator, [[{"role": "user", "content": STRATEGIES[name].format(
+                                    max_new_tokens=p.max_new_tokens or c.generator.max_new_tokens, seed=c.seed)
+            got = generate_each(self.generator, [[{"role": "user", "content": STRATEGIES[name].format(
                 text=records[i]["chunk"], style=cue)}] for i in idx], params)
             for i, g in zip(idx, got):
                 res[i] = g
@@ -316,3 +288,14 @@ def report(records: list[Record], rejected: list[Record]) -> tuple[dict[str, Any
              "their cost was paid)."]
     return summary, lines
 
+
+
+def report_sections(out, stats: dict) -> list[str]:
+    """The run report's rephrasing section (and ``stats["beyondweb"]``), from the outputs and the rejects."""
+    from refinery.data.io import read_output
+    from refinery.data.pipeline import output_records
+
+    rejected = [r for p in sorted((out / "rejects").glob("*.jsonl")) for r in read_output(p)]
+    summary, lines = report(output_records(out), rejected)
+    stats["beyondweb"] = summary
+    return ["", "## Rephrasing", *lines]

@@ -9,13 +9,12 @@ categories, the stage provenance and every score.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
-from refinery.config import Section
 from refinery.data.pipeline import Stage, reject
-from refinery.data.reasoning.acereason import GeneratorSection, _generate, _generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
 
 LANGUAGES = {"ar": "Arabic", "de": "German", "es": "Spanish", "fr": "French", "hi": "Hindi", "ja": "Japanese",
              "th": "Thai", "zh": "Chinese", "it": "Italian", "vi": "Vietnamese", "ko": "Korean", "bn": "Bengali",
@@ -63,18 +62,9 @@ Message:
 {text}"""
 
 
-class CultureGuardConfig(Section):
+class CultureGuardConfig(DataRunConfig):
     pipeline: Literal["cultureguard"] = Field("cultureguard", description="this recipe's pipeline")
     name: str = Field("cultureguard", description="run name")
-    seed: int = Field(0)
-    input: list[str] = Field(default_factory=list, description="JSONL/Parquet of English safety samples")
-    output: str | None = Field(None)
-    format: Literal["jsonl", "parquet"] = Field("jsonl")
-    executor: Literal["local", "ray"] = Field("local")
-    workers: int | None = Field(None)
-    batch_size: int = Field(16, gt=0)
-    html_per_shard: int = Field(64, gt=0)
-    lines_per_shard: int = Field(2000, gt=0)
     text_field: str = Field("prompt", description="the sample's text")
     label_field: str = Field("label", description="safe / unsafe")
     categories_field: str = Field("categories", description="hazard categories (kept as is)")
@@ -88,11 +78,6 @@ class CultureGuardConfig(Section):
     label_check: bool = Field(True, description="re-judge the safety label of the translation")
     generator: GeneratorSection = Field(default_factory=lambda: GeneratorSection(temperature=0.0,
                                                                                  max_new_tokens=512))
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
 
     @field_validator("languages")
     @classmethod
@@ -109,7 +94,7 @@ class _LLMStage(Stage):
         self.generator = None
 
     def setup(self):
-        self.generator = _generator(self.cfg.generator)
+        self.generator = make_generator(self.cfg.generator)
 
     def ask(self, prompts: list[str], max_new_tokens: int | None = None) -> list:
         from refinery.generation import SamplingParams
@@ -120,7 +105,7 @@ class _LLMStage(Stage):
         params = SamplingParams(temperature=g.temperature, max_new_tokens=max_new_tokens or g.max_new_tokens,
                                 seed=self.cfg.seed)
         return [r if isinstance(r, Exception) else r[0].text.strip()
-                for r in _generate(self.generator, [[{"role": "user", "content": p}] for p in prompts], params)]
+                for r in generate_each(self.generator, [[{"role": "user", "content": p}] for p in prompts], params)]
 
 
 class Segregate(_LLMStage):

@@ -85,7 +85,7 @@ def train_guard(records: list[dict[str, Any]], out: str | Path, base: str | Path
     saved as a plain HF sequence-classification checkpoint. ``base``: a causal-LM directory (its body is reused);
     None builds a small Llama with a tokenizer trained on the texts."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from refinery.progress import StepBar
 
@@ -98,15 +98,9 @@ def train_guard(records: list[dict[str, Any]], out: str | Path, base: str | Path
         tok = AutoTokenizer.from_pretrained(base)
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_out)
     else:
-        from transformers import LlamaForSequenceClassification
+        from refinery.models.zoo import build_text_classifier
 
-        from refinery.models.zoo import build_tokenizer
-
-        tok = build_tokenizer([r["text"] for r in records], 1024)
-        model = LlamaForSequenceClassification(LlamaConfig(
-            vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=max_length, num_labels=n_out,
-            pad_token_id=tok.pad_token_id))
+        model, tok = build_text_classifier([r["text"] for r in records], n_out, max_length)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"

@@ -73,20 +73,13 @@ def train_classifier(texts: list[str], labels: list[float], out: str | Path, ste
                      batch_size: int = 16, max_length: int = 256, seed: int = 0, progress: bool = True) -> dict:
     """A small regression classifier (a nano Llama with a scalar head, tokenizer trained on the texts) fitted to
     0–5 labels with MSE; saved as an HF sequence-classification checkpoint that ``QualityScorer`` loads."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from refinery.models.zoo import build_tokenizer
+    from refinery.models.zoo import build_text_classifier
     from refinery.progress import StepBar
 
     if len(texts) != len(labels) or len(texts) < 4:
         raise ValueError(f"need at least 4 labelled texts (got {len(texts)} texts, {len(labels)} labels)")
     torch.manual_seed(seed)
-    tok = build_tokenizer(texts, 1024)
-    tok.padding_side = "right"
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_length,
-                      num_labels=1, pad_token_id=tok.pad_token_id, problem_type="regression")
-    model = LlamaForSequenceClassification(cfg)
+    model, tok = build_text_classifier(texts, 1, max_length, problem_type="regression")
     g = torch.Generator().manual_seed(seed)
     y = torch.tensor(labels, dtype=torch.float32)
     n_val = max(1, len(texts) // 10)

@@ -1,0 +1,65 @@
+"""What every data recipe shares: where records come from and go, how the engine runs them, and how LLM stages reach
+a Generator."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from refinery.config import Section
+
+
+class DataRunConfig(Section):
+    """Inputs, output and executor of a data recipe; each pipeline subclasses it with its ``pipeline`` key."""
+
+    name: str = Field("data", description="run name")
+    seed: int = Field(0, description="seed for sampling and deterministic draws")
+    input: list[str] = Field(default_factory=list, description="WARC, JSONL/Parquet files, directories of HTML")
+    output: str | None = Field(None, description="output directory (data/, rejects/, stats.json, report.md)")
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="output format")
+    executor: Literal["local", "ray"] = Field("local", description="process pool or Ray Data")
+    workers: int | None = Field(None, description="parallel shards (default: all cores)")
+    batch_size: int = Field(16, gt=0, description="records per stage call")
+    html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
+    lines_per_shard: int = Field(2000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def required_paths(self) -> list[str]:
+        """Files the configured stages need (checked before any work starts)."""
+        return []
+
+
+class GeneratorSection(Section):
+    """The Generator an LLM stage calls: any OpenAI-compatible server, or a local HF model directory."""
+
+    backend: Literal["openai", "hf"] = Field("openai", description="any OpenAI-compatible server, or a local HF dir")
+    model: str = Field("tiny", description="served model name (openai) or model directory (hf)")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
+    temperature: float = Field(0.6, ge=0, description="sampling temperature")
+    max_new_tokens: int = Field(1024, gt=0, description="budget per completion")
+    concurrency: int = Field(16, gt=0, description="openai: requests in flight")
+    cache_dir: str | None = Field(None, description="openai: response cache (a re-run reuses answers)")
+
+
+def make_generator(g: GeneratorSection):
+    from refinery.generation import get_generator
+
+    kw: dict[str, Any] = {"concurrency": g.concurrency, "cache_dir": g.cache_dir, "base_url": g.base_url} \
+        if g.backend == "openai" else {}
+    return get_generator(g.backend, g.model, **kw)
+
+
+def generate_each(generator, requests, params) -> list:
+    """Per request: its completions, or the exception that ended it (a failed request never fails the batch)."""
+    if hasattr(generator, "generate_each"):
+        return generator.generate_each(requests, params)
+    try:
+        flat = generator.generate(requests, params)
+    except Exception as e:
+        return [e] * len(requests)
+    return [flat[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
