@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from refinery.config import Section
+from refinery.data.pipeline import Stage
 
 
 class DataRunConfig(Section):
@@ -63,3 +64,27 @@ def generate_each(generator, requests, params) -> list:
     except Exception as e:
         return [e] * len(requests)
     return [flat[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
+
+
+class LLMStage(Stage):
+    """A stage that calls a Generator: built lazily once per worker; ``sample`` returns, per prompt, its
+    completions or the exception that ended the request (a failed request rejects its record, never the batch)."""
+
+    def __init__(self, cfg, generator: GeneratorSection):
+        self.cfg, self.gen_cfg = cfg, generator
+        self.generator = None
+
+    def setup(self) -> None:
+        self.generator = make_generator(self.gen_cfg)
+
+    def sample(self, prompts: list[str], n: int = 1, temperature: float | None = None,
+               max_new_tokens: int | None = None) -> list:
+        from refinery.generation import SamplingParams
+
+        if self.generator is None:
+            self.setup()
+        g = self.gen_cfg
+        params = SamplingParams(temperature=g.temperature if temperature is None else temperature,
+                                max_new_tokens=max_new_tokens or g.max_new_tokens, n=n,
+                                seed=getattr(self.cfg, "seed", 0))
+        return generate_each(self.generator, [[{"role": "user", "content": p}] for p in prompts], params)

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from refinery.config import Section
 from refinery.data.pipeline import GlobalStage, Record, Stage, reject
-from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 STAGES = ("extract", "cleanup", "quality", "dedup_exact", "dedup_fuzzy", "decontaminate")
 
@@ -119,29 +119,18 @@ class Extract(Stage):
         return out
 
 
-class Cleanup(Stage):
+class Cleanup(LLMStage):
     name, adds = "cleanup", ("text", "raw_text", "cleanup_chunks")
 
     def __init__(self, cfg: CleanupConfig):
-        self.cfg = cfg
-        self.generator = None
-
-    def setup(self) -> None:
-        self.generator = make_generator(self.cfg)
+        super().__init__(cfg, cfg)
 
     def process(self, records: list[Record]) -> list[Record]:
         from refinery.data.math_web.cleanup import CLEANUP_PROMPT, SENTINEL, approx_tokens, chunk_text, merge_chunks
-        from refinery.generation import SamplingParams
 
-        if self.generator is None:
-            self.setup()
         count = functools.partial(approx_tokens, chars_per_token=self.cfg.chars_per_token)
         chunks = [chunk_text(r.get("text", ""), self.cfg.max_chunk_tokens, count) for r in records]
-        requests = [[{"role": "user", "content": CLEANUP_PROMPT.format(sentinel=SENTINEL, text=c)}]
-                    for cs in chunks for c in cs]
-        params = SamplingParams(temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens,
-                                seed=0)
-        results = generate_each(self.generator, requests, params)
+        results = self.sample([CLEANUP_PROMPT.format(sentinel=SENTINEL, text=c) for cs in chunks for c in cs])
         out, k = [], 0
         for rec, cs in zip(records, chunks):
             res = results[k: k + len(cs)]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from refinery.data.pipeline import Record, Stage, reject
-from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 # ---- rules ---------------------------------------------------------------------------------------------------
 FORMAT_RULES: list[tuple[str, re.Pattern]] = [
@@ -167,16 +167,15 @@ class Normalize(Stage):
         return out
 
 
-class FormatFilter(Stage):
+class FormatFilter(LLMStage):
     name, adds = "format_filter", ()
 
     def __init__(self, cfg: CurationConfig):
-        self.cfg = cfg
-        self.generator = None
+        super().__init__(cfg, cfg.generator)
 
     def setup(self):
         if self.cfg.llm_format_check:
-            self.generator = make_generator(self.cfg.generator)
+            super().setup()
 
     def process(self, records):
         out, ask = [], []
@@ -188,12 +187,8 @@ class FormatFilter(Stage):
                 out.append(r)
                 ask.append(len(out) - 1)
         if self.cfg.llm_format_check and ask:
-            from refinery.generation import SamplingParams
-
-            if self.generator is None:
-                self.setup()
-            res = generate_each(self.generator, [[{"role": "user", "content": FORMAT_PROMPT.format(
-                problem=out[i]["problem"])}] for i in ask], SamplingParams(temperature=0.0, max_new_tokens=4))
+            res = self.sample([FORMAT_PROMPT.format(problem=out[i]["problem"]) for i in ask], temperature=0.0,
+                              max_new_tokens=4)
             for i, r in zip(ask, res):
                 if isinstance(r, Exception):
                     out[i] = reject(out[i], "llm_error", str(r))
@@ -202,29 +197,18 @@ class FormatFilter(Stage):
         return out
 
 
-class VerifyAnswer(Stage):
+class VerifyAnswer(LLMStage):
     """Keep a math problem only if the majority of N sampled answers equals its reference (AceReason)."""
 
     name, adds = "verify_answer", ("difficulty", "majority_answer", "samples")
 
     def __init__(self, cfg: CurationConfig):
-        self.cfg = cfg
-        self.generator = None
-
-    def setup(self):
-        self.generator = make_generator(self.cfg.generator)
+        super().__init__(cfg, cfg.generator)
 
     def process(self, records):
-        from refinery.generation import SamplingParams
         from refinery.verifiers.math import extract_answer, math_equal
 
-        if self.generator is None:
-            self.setup()
-        g = self.cfg.generator
-        params = SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, n=g.samples,
-                                seed=self.cfg.seed)
-        res = generate_each(self.generator, [[{"role": "user", "content": SOLVE_PROMPT.format(problem=r["problem"])}]
-                                         for r in records], params)
+        res = self.sample([SOLVE_PROMPT.format(problem=r["problem"]) for r in records], n=self.cfg.generator.samples)
         out = []
         for r, comps in zip(records, res):
             if isinstance(comps, Exception):
@@ -282,32 +266,25 @@ class ValidateTests(Stage):
         return out
 
 
-class Solvability(Stage):
+class Solvability(LLMStage):
     """Sample N programs; drop problems every sample fails (AceReason); pass rate kept as difficulty."""
 
     name, adds = "solvability", ("difficulty", "samples")
 
     def __init__(self, cfg: CurationConfig):
-        self.cfg = cfg
-        self.generator = None
+        super().__init__(cfg, cfg.generator)
         self.verifier = None
 
     def setup(self):
         from refinery.verifiers.code import CodeVerifier
 
-        self.generator = make_generator(self.cfg.generator)
+        super().setup()
         self.verifier = CodeVerifier(mode="all")
 
     def process(self, records):
-        from refinery.generation import SamplingParams
-
         if self.generator is None:
             self.setup()
-        g = self.cfg.generator
-        params = SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, n=g.samples,
-                                seed=self.cfg.seed)
-        res = generate_each(self.generator, [[{"role": "user", "content": CODE_PROMPT.format(problem=r["problem"])}]
-                                         for r in records], params)
+        res = self.sample([CODE_PROMPT.format(problem=r["problem"]) for r in records], n=self.cfg.generator.samples)
         pairs, owners = [], []
         out: list[Record | None] = [None] * len(records)
         for k, (r, comps) in enumerate(zip(records, res)):

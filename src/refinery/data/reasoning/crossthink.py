@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from refinery.data.pipeline import GlobalStage, Record, Stage, reject
-from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 MCQ_PROMPT = """Read the passage and write one challenging multiple-choice question about it, with four options \
 of which exactly one is correct. Use exactly this format:
@@ -120,27 +120,17 @@ class CrossThinkConfig(DataRunConfig):
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
 
 
-class Synthesize(Stage):
+class Synthesize(LLMStage):
     name, adds = "synthesize", ("question", "answer", "options", "template", "domain", "source_doc")
 
     def __init__(self, cfg: CrossThinkConfig):
-        self.cfg = cfg
-        self.generator = None
-
-    def setup(self):
-        self.generator = make_generator(self.cfg.generator)
+        super().__init__(cfg, cfg.generator)
 
     def process(self, records):
-        from refinery.generation import SamplingParams
-
         c = self.cfg
-        if self.generator is None:
-            self.setup()
         jobs = [(r, t) for r in records for t in c.templates]
-        reqs = [[{"role": "user", "content": (MCQ_PROMPT if t == "mcq" else OPEN_PROMPT).format(
-            text=(r.get(c.text_field) or "")[: c.max_chars])}] for r, t in jobs]
-        res = generate_each(self.generator, reqs, SamplingParams(temperature=c.generator.temperature,
-                                                             max_new_tokens=c.generator.max_new_tokens, seed=c.seed))
+        res = self.sample([(MCQ_PROMPT if t == "mcq" else OPEN_PROMPT).format(
+            text=(r.get(c.text_field) or "")[: c.max_chars]) for r, t in jobs])
         out = []
         for (r, t), comps in zip(jobs, res):
             domain = (r.get(c.domain_field) if c.domain_field else None) or c.default_domain
@@ -207,31 +197,26 @@ class Verifiable(Stage):
         return out
 
 
-class Difficulty(Stage):
+class Difficulty(LLMStage):
     """Drop items a small model already solves: pass rate over N samples above ``max_pass_rate``."""
 
     name, adds = "difficulty", ("pass_rate",)
 
     def __init__(self, cfg: CrossThinkConfig):
-        self.cfg = cfg
-        self.generator = None
+        super().__init__(cfg, cfg.generator)
         self.router = None
 
     def setup(self):
         from refinery.rl.rewards import RewardRouter
 
-        self.generator = make_generator(self.cfg.generator)
+        super().setup()
         self.router = RewardRouter()
 
     def process(self, records):
-        from refinery.generation import SamplingParams
-
         if self.generator is None:
             self.setup()
         c = self.cfg
-        res = generate_each(self.generator, [[{"role": "user", "content": r["prompt"]}] for r in records],
-                        SamplingParams(temperature=c.generator.temperature, max_new_tokens=c.generator.max_new_tokens,
-                                       n=c.difficulty_samples, seed=c.seed))
+        res = self.sample([r["prompt"] for r in records], n=c.difficulty_samples)
         out = []
         for r, comps in zip(records, res):
             if isinstance(comps, Exception):

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from refinery.config import Section
 from refinery.data.pipeline import Record, Stage, reject
-from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 # Prompt templates (our own wording). {text} is the chunk; {style} optional target-style conditioning.
 STRATEGIES: dict[str, str] = {
@@ -192,22 +192,14 @@ class Chunk(Stage):
         return out
 
 
-class Rephrase(Stage):
+class Rephrase(LLMStage):
     name, adds = "rephrase", ("text", "strategy", "input_tokens", "output_tokens", "fidelity")
 
     def __init__(self, cfg: BeyondWebConfig):
-        self.cfg = cfg
-        self.generator = None
-
-    def setup(self):
-        self.generator = make_generator(self.cfg.generator)
+        super().__init__(cfg, cfg.generator)
 
     def process(self, records):
-        from refinery.generation import SamplingParams
-
         c = self.cfg
-        if self.generator is None:
-            self.setup()
         strategies = [pick_strategy(r["id"], c.strategies, c.seed) for r in records]
         res: list = [None] * len(records)
         for name in sorted(set(strategies)):  # one call per strategy: each has its own parameters
@@ -215,10 +207,8 @@ class Rephrase(Stage):
             style = p.style if p.style is not None else c.style
             cue = f"\n\nWrite it in this style: {style}" if style else ""
             idx = [i for i, s in enumerate(strategies) if s == name]
-            params = SamplingParams(temperature=c.generator.temperature if p.temperature is None else p.temperature,
-                                    max_new_tokens=p.max_new_tokens or c.generator.max_new_tokens, seed=c.seed)
-            got = generate_each(self.generator, [[{"role": "user", "content": STRATEGIES[name].format(
-                text=records[i]["chunk"], style=cue)}] for i in idx], params)
+            got = self.sample([STRATEGIES[name].format(text=records[i]["chunk"], style=cue) for i in idx],
+                              temperature=p.temperature, max_new_tokens=p.max_new_tokens)
             for i, g in zip(idx, got):
                 res[i] = g
         out = []

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from refinery.data.pipeline import Stage, reject
-from refinery.data.recipe import DataRunConfig, GeneratorSection, generate_each, make_generator
+from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 LANGUAGES = {"ar": "Arabic", "de": "German", "es": "Spanish", "fr": "French", "hi": "Hindi", "ja": "Japanese",
              "th": "Thai", "zh": "Chinese", "it": "Italian", "vi": "Vietnamese", "ko": "Korean", "bn": "Bengali",
@@ -88,24 +88,14 @@ class CultureGuardConfig(DataRunConfig):
         return v
 
 
-class _LLMStage(Stage):
+class _LLMStage(LLMStage):
     def __init__(self, cfg: CultureGuardConfig):
-        self.cfg = cfg
-        self.generator = None
-
-    def setup(self):
-        self.generator = make_generator(self.cfg.generator)
+        super().__init__(cfg, cfg.generator)
 
     def ask(self, prompts: list[str], max_new_tokens: int | None = None) -> list:
-        from refinery.generation import SamplingParams
-
-        if self.generator is None:
-            self.setup()
-        g = self.cfg.generator
-        params = SamplingParams(temperature=g.temperature, max_new_tokens=max_new_tokens or g.max_new_tokens,
-                                seed=self.cfg.seed)
+        """One text (stripped) or exception per prompt."""
         return [r if isinstance(r, Exception) else r[0].text.strip()
-                for r in generate_each(self.generator, [[{"role": "user", "content": p}] for p in prompts], params)]
+                for r in self.sample(prompts, max_new_tokens=max_new_tokens)]
 
 
 class Segregate(_LLMStage):
