@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_math_extract.py --record
 	$(BIN)/python benchmarks/bench_dedup.py --record
 	$(BIN)/python benchmarks/bench_decontam.py --record
+	$(BIN)/python benchmarks/bench_cultureguard_filters.py --record
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
