@@ -92,16 +92,43 @@ def test_sample_next_respects_top_k_and_top_p():
     temps = torch.tensor([1.0, 1.0, 0.0])
     top_k = torch.tensor([2, 0, 0])
     top_p = torch.tensor([1.0, 0.7, 1.0])
-    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    g = torch.Generator().manual_seed(0)
     seen = [set(), set(), set()]
     for _ in range(400):
-        out = sample_next(logits, temps, top_k, top_p, gens)
+        out = sample_next(logits, temps, top_k, top_p, torch.rand(3, generator=g))
         for i in range(3):
             seen[i].add(int(out[i]))
     assert seen[0] == {0, 1}  # top-2
     # softmax([4,3,2,1,0]) = .636 .234 .086 ...: mass before token 1 is .636 < .7, before token 2 is .87 >= .7
     assert seen[1] == {0, 1}
     assert seen[2] == {0}  # greedy
+
+
+def test_sample_next_inverts_the_cdf_and_skips_zero_mass_tokens():
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]] * 4)
+    ones = torch.ones(4)
+    u = torch.tensor([0.0, 0.49, 0.51, 0.999999])
+    assert sample_next(logits, ones, torch.zeros(4, dtype=torch.long), ones, u).tolist() == [0, 0, 2, 2]
+    # the empirical distribution matches softmax(logits / T)
+    logits = torch.tensor([[1.0, 0.0, -1.0]]).repeat(20000, 1)
+    out = sample_next(logits, torch.full((20000,), 2.0), torch.zeros(20000, dtype=torch.long), torch.ones(20000),
+                      torch.rand(20000, generator=torch.Generator().manual_seed(0)))
+    freq = torch.bincount(out, minlength=3).float() / 20000
+    assert torch.allclose(freq, torch.softmax(torch.tensor([0.5, 0.0, -0.5]), -1), atol=0.015)
+
+
+def test_rows_sharing_a_prompt_match_rows_decoded_alone(gen):
+    """n samples of one prompt are prefilled once; each must equal the same row decoded without its siblings."""
+    from refinery.generation.hf import Row
+
+    p = SamplingParams(temperature=1.3, max_new_tokens=8, logprobs=True)
+    ids = gen.encode("h i j")
+    rows = [Row(ids, p, seed=s, index=0, sample=s) for s in range(4)] + [Row(gen.encode("a b"), p, seed=9)]
+    together = gen.generate_rows(rows)
+    for r, c in zip(rows, together):
+        alone = gen.generate_rows([r])[0]
+        assert alone.token_ids == c.token_ids
+        assert alone.logprobs == pytest.approx(c.logprobs, abs=1e-4)
 
 
 def test_chat_requests_use_the_template(gen):

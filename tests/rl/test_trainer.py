@@ -120,7 +120,8 @@ def test_training_logprobs_equal_sampling_logprobs(policy):
     """The update must score exactly the tokens that were sampled, in the context they were sampled in."""
     from refinery.generation import SamplingParams
     from refinery.generation.hf import HFGenerator
-    from refinery.rl.trainer import build_batch, chat, response_logprobs
+    from refinery.rl.batch import make_batch, response_logprobs
+    from refinery.rl.trainer import chat
     from refinery.tasks import sample
 
     gen = HFGenerator(policy)
@@ -128,12 +129,40 @@ def test_training_logprobs_equal_sampling_logprobs(policy):
     out = gen.generate([chat(it) for it in items], SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=1,
                                                                   logprobs=True))
     prompts = [gen.encode(chat(it)) for it in items for _ in range(2)]
-    ids, attn, mask, P = build_batch(prompts, [c.token_ids for c in out], gen.tokenizer.pad_token_id)
+    batch = make_batch(prompts, [c.token_ids for c in out], gen.tokenizer.pad_token_id)
+    assert len(batch.prompt_ids) == 5 and batch.owner.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     with torch.no_grad():
-        logp, _ = response_logprobs(gen.model, ids, attn, P, 1.0)
+        logp, _ = response_logprobs(gen.model, batch, 1.0)
     for i, c in enumerate(out):
         assert torch.allclose(logp[i, :len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
-        assert mask[i].sum() == len(c.token_ids)
+        assert batch.mask[i].sum() == len(c.token_ids)
+
+
+def test_shared_prompt_scoring_equals_full_sequences(policy):
+    """Encoding each group's prompt once gives the log-probs *and gradients* of running every full sequence."""
+    from refinery.models.io import load_model
+    from refinery.rl.batch import make_batch, response_logprobs
+
+    model = load_model(policy)
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 8], [9, 10], [9, 10], [9, 10]]
+    responses = [[11, 12, 13], [14], [15, 16, 17, 18, 19], [20, 21], [22, 23, 24]]
+    batch = make_batch(prompts, responses, pad_id=0)
+    rows = torch.tensor([1, 2, 4])  # a sub-batch, as a mini-batch update takes
+    logp, ent = response_logprobs(model, batch, 0.7, rows=rows, with_entropy=True)
+    (logp * batch.mask[rows]).sum().backward()
+    shared = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    total = 0
+    for j, r in enumerate(rows.tolist()):
+        seq = torch.tensor([prompts[r] + responses[r]])
+        logits = model(seq).logits[0, len(prompts[r]) - 1:-1].float() / 0.7
+        lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(responses[r])[:, None]).squeeze(-1)
+        assert torch.allclose(logp[j, :len(responses[r])], lp, atol=1e-5)
+        total = total + lp.sum()
+    total.backward()
+    for a, p in zip(shared, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
+    assert ent.shape == logp.shape and not ent.requires_grad
 
 
 def test_overlong_filter_masks_truncated_samples(policy, tmp_path):

@@ -99,17 +99,23 @@ class HFGenerator:
         import torch
 
         B = len(rows)
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            attn[i, width - len(r.prompt_ids):] = 1
+        # Rows of one request share their prompt: prefill each distinct prompt once, then copy its KV cache.
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = torch.tensor([distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows])
+        prompts = list(distinct)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            attn[i, width - len(p):] = 1
         budget = [min(r.params.max_new_tokens, self.context - len(r.prompt_ids)) for r in rows]
         temps = torch.tensor([r.params.temperature for r in rows])
         top_k = torch.tensor([r.params.top_k for r in rows])
         top_p = torch.tensor([r.params.top_p for r in rows])
-        gens = [torch.Generator().manual_seed(r.seed) for r in rows]
+        # Each row's random numbers come from its own seed, drawn up front: one uniform per token it may sample.
+        uniforms = torch.stack([torch.rand(max(budget), generator=torch.Generator().manual_seed(r.seed),
+                                           dtype=torch.float64) for r in rows])
         tokens: list[list[int]] = [[] for _ in rows]
         logps: list[list[float]] = [[] for _ in rows]
         texts = [""] * B
@@ -124,11 +130,13 @@ class HFGenerator:
         active = list(range(B))  # rows still decoding; finished rows leave the batch and the KV cache
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                                **{self.cache_kw: cache}).logits[:, -1].float().cpu()
-            pos = pos[:, -1:]
-            for _ in range(max(budget)):
+                                **{self.cache_kw: cache}).logits[:, -1].float().cpu()[owner]
+            if len(prompts) < B:
+                cache.batch_select_indices(owner.to(self.device))
+            attn, pos = attn[owner.to(self.device)], pos[owner.to(self.device), -1:]
+            for t in range(max(budget)):
                 raw = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-                nxt = sample_next(logits, temps, top_k, top_p, [gens[i] for i in active])
+                nxt = sample_next(logits, temps, top_k, top_p, uniforms[active, t])
                 keep = []
                 for j, i in enumerate(active):
                     tok = int(nxt[j])
@@ -176,28 +184,35 @@ class HFGenerator:
         return "length" if len(toks) >= budget else None
 
 
-def sample_next(logits, temps, top_k, top_p, gens):
+def sample_next(logits, temps, top_k, top_p, uniforms):
     """One token per row: greedy where temperature is 0, else temperature + top-k + top-p sampling.
 
-    ``top_k``/``top_p`` are per-row (0 / 1.0 = off); each row draws from its own ``torch.Generator``.
+    ``top_k``/``top_p`` are per-row (0 / 1.0 = off). ``uniforms`` holds one U[0, 1) number per row (from the row's
+    own seed), turned into a token by inverting the row's cumulative distribution: batched, and a row's draw does
+    not depend on its batch-mates.
     """
     import torch
 
     out = logits.argmax(dim=-1)
-    sampled = (temps > 0).nonzero().flatten().tolist()
-    if not sampled:
+    sampled = (temps > 0).nonzero().flatten()
+    if len(sampled) == 0:
         return out
-    scaled = logits[sampled] / temps[sampled, None]
-    sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)
+    scaled = logits[sampled].double() / temps[sampled, None].double()
     V = scaled.shape[-1]
-    k = top_k[sampled].clone()
-    k[k <= 0] = V
-    ranks = torch.arange(V)[None, :]
-    sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
-    probs = torch.softmax(sorted_logits, dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
-    probs = probs.masked_fill(before >= top_p[sampled, None], 0.0)  # the top token always survives
-    for j, row in enumerate(sampled):
-        choice = torch.multinomial(probs[j], 1, generator=gens[row])
-        out[row] = sorted_idx[j, choice]
+    k, p = top_k[sampled], top_p[sampled]
+    if bool((k > 0).any()) or bool((p < 1.0).any()):
+        scaled, order = scaled.sort(dim=-1, descending=True)
+        k = torch.where(k > 0, k, V)
+        scaled = scaled.masked_fill(torch.arange(V)[None, :] >= k[:, None], float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+        probs = probs.masked_fill(before >= p[:, None].double(), 0.0)  # the top token always survives
+    else:
+        order, probs = None, torch.softmax(scaled, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    # right=True: the first token whose cumulative mass exceeds u * total, so a zero-mass token is never chosen
+    pick = torch.searchsorted(cdf, (uniforms[sampled].double() * cdf[:, -1])[:, None], right=True).clamp(max=V - 1)
+    if order is not None:
+        pick = order.gather(-1, pick)
+    out[sampled] = pick.squeeze(-1)
     return out

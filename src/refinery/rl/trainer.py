@@ -21,9 +21,10 @@ from refinery.generation import SamplingParams
 from refinery.generation.hf import HFGenerator
 from refinery.progress import StepBar
 from refinery.rl.advantages import compute_advantages
+from refinery.rl.batch import make_batch, response_logprobs
 from refinery.rl.config import RLConfig
 from refinery.rl.controllers import LengthCurriculum, ReferenceReset, StageSchedule, TemperatureController
-from refinery.rl.losses import policy_loss, token_entropy
+from refinery.rl.losses import policy_loss
 from refinery.rl.rewards import RewardRouter
 from refinery.rl.sampling import difficulty_filter, informative_groups, overlong_mask
 from refinery.runs import RunDir, checkpoint_step
@@ -90,35 +91,6 @@ def evaluate(gen: HFGenerator, router: RewardRouter, items: list[dict], max_new_
     from refinery.eval.accuracy import heldout_accuracy
 
     return heldout_accuracy(gen, items, lambda it, text: router(it, text)[1], max_new_tokens)
-
-
-# ---- batching ------------------------------------------------------------------------------------------------
-def build_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
-    """Left-padded prompts then right-padded responses, so every response starts at the same column."""
-    P = max(len(p) for p in prompt_ids)
-    T = max(1, max(len(r) for r in response_ids))
-    B = len(prompt_ids)
-    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + T), dtype=torch.long)
-    resp_mask = torch.zeros((B, T), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        ids[i, P - len(p):P] = torch.tensor(p)
-        attn[i, P - len(p):P] = 1
-        if r:
-            ids[i, P:P + len(r)] = torch.tensor(r)
-            attn[i, P:P + len(r)] = 1
-            resp_mask[i, :len(r)] = 1.0
-    return ids, attn, resp_mask, P
-
-
-def response_logprobs(model, ids, attn, P: int, temperature: float, with_entropy: bool = False):
-    """Log-probabilities (under logits / temperature, as sampled) of the response tokens, ``[B, T]``."""
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1:-1].float()
-    logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, P:, None]).squeeze(-1)
-    entropy = token_entropy(logits.detach()) if with_entropy else None
-    return logp, entropy
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------------
@@ -259,7 +231,8 @@ class RLRun:
                 resp_ids.append(c.token_ids)
                 advs.append(float(ai))
                 truncated.append(c.finish_reason == "length")
-        ids, attn, mask, P = build_batch(prompt_ids, resp_ids, self.tok.pad_token_id)
+        batch = make_batch(prompt_ids, resp_ids, self.tok.pad_token_id)
+        mask = batch.mask
         truncated_t = torch.tensor(truncated)
         if alg.overlong_filter:
             mask = mask * overlong_mask(truncated_t)[:, None]
@@ -269,12 +242,12 @@ class RLRun:
         chunks = torch.arange(len(advs)).split(rows_per_update)  # the last mini-batch may be smaller
         multi = len(chunks) * cfg.trainer.epochs > 1
         with torch.no_grad():
-            old = response_logprobs(self.model, ids, attn, P, T)[0] if multi else None
-            ref = response_logprobs(self.ref, ids, attn, P, T)[0] if self.ref is not None else None
+            old = response_logprobs(self.model, batch, T)[0] if multi else None
+            ref = response_logprobs(self.ref, batch, T)[0] if self.ref is not None else None
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.trainer.epochs):
             for chunk in chunks:
-                logp, ent = response_logprobs(self.model, ids[chunk], attn[chunk], P, T, with_entropy=True)
+                logp, ent = response_logprobs(self.model, batch, T, rows=chunk, with_entropy=True)
                 old_c = old[chunk] if old is not None else logp.detach()
                 loss, st = policy_loss(
                     logp, old_c, advs_t[chunk], mask[chunk], eps_low=alg.eps_low, eps_high=alg.eps_high,
