@@ -155,16 +155,16 @@ def test_quickstart_rl_needs_pretrain(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_quickstart_default(tmp_path):
-    """The README's quickstart as a user runs it (~9.5 minutes on 2 cores)."""
+    """The README's quickstart as a user runs it (~8.5 minutes on 2 cores)."""
     code, out, err = run_cli("quickstart", "--out", tmp_path / "q", "--no-progress", timeout=2400)
     assert code == 0, err
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["pretrain.accuracy"] > 0.05, summary  # it learns the format and some problems
     assert summary["pretrain.eval_loss"] < 1.0  # an untrained model is at ~ln(512) = 6.2
-    assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] + 0.05, summary  # measured: 39.5% -> 53%
+    assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] + 0.05, summary  # measured: 39.5% -> 52.5%
     assert summary["rm.accuracy"] > 0.55, summary  # measured: 0.725 (chance is 0.5)
     assert summary["sparsity.fraction"] >= 0.5
-    assert summary["sparsity.ppl_maskllm"] < summary["sparsity.ppl_sparsegpt"], summary  # measured 1.381 < 1.475
+    assert summary["sparsity.ppl_maskllm"] < summary["sparsity.ppl_sparsegpt"], summary  # measured 1.362 < 1.444
     assert summary["data.formula_recall"] == 1.0 and summary["data.contaminated"] == 1
     # Puzzle at a 1.5x target (measured 1.60x): the child keeps far more of the parent than the uniform shrink.
     assert summary["puzzle.measured_speedup"] > 1.4, summary  # timing noise of a few percent is tolerated
