@@ -170,3 +170,22 @@ def test_server_restarts_if_it_dies():
         assert box.run("print('back')").stdout == "back\n"
     finally:
         box.close()
+
+
+def test_runs_are_forked_by_the_template_and_survive_its_death():
+    """Runs are cloned from the zygote's idle template (as the zygote's own children); if the template dies, a new
+    one is made and runs go on."""
+    import signal
+
+    box = Sandbox(concurrency=1)
+    try:
+        server = box._servers[0]
+        if server.template_pid is None:
+            pytest.skip("no raw clone on this platform: the zygote forks runs itself")
+        assert box.run("print('x')").stdout == "x\n"
+        os.kill(server.template_pid, signal.SIGKILL)
+        time.sleep(0.1)
+        assert [box.run(f"print({i})").stdout for i in range(3)] == ["0\n", "1\n", "2\n"]
+        assert box.run("while True: pass", limits=Limits(timeout=0.5)).status == "timeout"
+    finally:
+        box.close()
