@@ -91,6 +91,21 @@ def run_humaneval_style(code: str, check: str) -> bool:
         return bool(result) and result[0] == "passed"
 
 
+def compute_floor(progs) -> float:
+    """CPU seconds the programs themselves need: each exec'd once in this warm interpreter (trusted HumanEval code)."""
+    total = 0.0
+    for code, check, _ in progs:
+        t = time.process_time()
+        try:
+            ns: dict = {"__name__": "__main__"}
+            exec(compile(code, "prog", "exec"), ns)
+            exec(compile(check, "check", "exec"), ns)
+        except BaseException:  # noqa: S110 - the mutants fail by design
+            pass
+        total += time.process_time() - t
+    return total
+
+
 def timed(fn, progs, workers):
     t = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -115,21 +130,39 @@ def main() -> None:
     def refinery_fn(code, check):
         return verifier(code, {"kind": "functional", "asserts": [check]}).score == 1.0
 
-    rows, base = [], None
+    subsets = {"all": list(range(len(progs))), "mutants": [i for i, p in enumerate(progs) if not p[2]],
+               "canonical": [i for i, p in enumerate(progs) if p[2]]}
+    rows: list[tuple[str, dict[str, float]]] = []
     for name, fn in (("refinery sandbox (fork server, namespaces, uid, rlimits)", refinery_fn),
                      ("subprocess.run([python, file]) per program", run_subprocess),
                      ("human-eval style: multiprocessing.Process + Manager + reliability_guard",
                       run_humaneval_style)):
-        verdicts, dt = timed(fn, progs, args.workers)
-        assert verdicts == expected, f"{name}: {sum(v != e for v, e in zip(verdicts, expected))} wrong verdicts"
-        base = base or dt
-        rows.append((name, dt))
+        walls = {}
+        for subset, idx in subsets.items():
+            verdicts, walls[subset] = timed(fn, [progs[i] for i in idx], args.workers)
+            wrong = sum(v != expected[i] for v, i in zip(verdicts, idx))
+            assert not wrong, f"{name}: {wrong} wrong verdicts on {subset}"
+        rows.append((name, walls))
     verifier.close()
-    lines = [f"HumanEval: {len(progs)} programs (164 canonical, must pass; 164 mutants, must fail), "
-             f"{args.workers} concurrent; all three reach identical, correct verdicts.", "",
-             "| approach | wall seconds | executions/s | refinery speed-up |", "|---|---|---|---|"]
-    for name, dt in rows:
-        lines.append(f"| {name} | {dt:.2f} | {len(progs) / dt:.0f} | {dt / rows[0][1]:.1f}x |")
+    cpu = compute_floor(progs)
+    cores = len(os.sched_getaffinity(0))
+    floor = cpu / min(cores, args.workers)
+    ref, naive = rows[0][1], rows[1][1]
+    lines = [f"HumanEval: {len(progs)} programs (164 canonical, must pass; 164 mutants returning a sentinel first, "
+             f"must fail), {args.workers} concurrent on {cores} cores; all three reach identical, correct verdicts "
+             "on every subset. Speed-up = that approach's wall time / Refinery's.", "",
+             "| approach | all: wall s | executions/s | speed-up | mutants (start-up bound): wall s | speed-up | "
+             "canonical: wall s | speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for name, w in rows:
+        lines.append(f"| {name} | {w['all']:.2f} | {len(progs) / w['all']:.0f} | {w['all'] / ref['all']:.1f}x | "
+                     f"{w['mutants']:.2f} | {w['mutants'] / ref['mutants']:.1f}x | {w['canonical']:.2f} | "
+                     f"{w['canonical'] / ref['canonical']:.1f}x |")
+    lines += ["", f"Compute floor: the programs' own CPU time (each exec'd in a warm interpreter, no process, no "
+              f"isolation) is {cpu:.2f} s, so no approach can run all {len(progs)} in under {floor:.2f} s here: the "
+              f"largest speed-up any approach could show over subprocess.run is {naive['all'] / floor:.1f}x "
+              f"(Refinery: {naive['all'] / ref['all']:.1f}x, i.e. {floor / ref['all']:.0%} of the way from zero "
+              "overhead). The slowest single program (is_multiply_prime's canonical solution) alone takes about "
+              "0.14 s."]
     print("\n".join(lines))
     if args.record:
         from _common import record

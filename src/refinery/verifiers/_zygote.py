@@ -310,13 +310,10 @@ def _write_file(path: str, data: bytes) -> None:
 def _run_child(workdir: str, uid: int | None, report_fd: int, iso: dict) -> None:
     """Entry of a run's process: read (as root, then delete) the request the zygote left in its directory."""
     try:
-        fd = os.open(os.path.join(workdir, ".request"), os.O_RDONLY)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        os.close(fd)
-        os.unlink(os.path.join(workdir, ".request"))
-        req = json.loads(b"".join(chunks))
+        path = os.path.join(workdir, ".request")
+        text = _read_capped(path, 1 << 62)[0]
+        os.unlink(path)
+        req = json.loads(text)
         _program(req, workdir, uid, report_fd, iso)
     finally:
         os._exit(70)
