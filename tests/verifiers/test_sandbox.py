@@ -147,6 +147,12 @@ def test_environment_is_scrubbed(sb):
     assert res.stdout.strip() == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
 
 
+def test_runs_have_no_new_privs(sb):
+    """Set once in the template and inherited: a setuid binary could not raise a run's privileges."""
+    res = sb.run("print([l for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0].split()[1])")
+    assert res.stdout == "1\n", res
+
+
 def test_concurrent_callers(sb):
     results = []
 

@@ -194,10 +194,11 @@ def _program(req: dict, workdir: str, uid: int | None, report_fd: int, iso: dict
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    try:
-        _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    except OSError:
-        pass
+    if not _NO_NEW_PRIVS:
+        try:
+            _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        except OSError:
+            pass
     mb = 1024 * 1024
     # CPU: soft limit sends SIGXCPU (a clear reason), the hard limit one second later SIGKILL.
     for res, soft, hard in ((resource.RLIMIT_CPU, lim["cpu_seconds"], lim["cpu_seconds"] + 1),
@@ -210,14 +211,8 @@ def _program(req: dict, workdir: str, uid: int | None, report_fd: int, iso: dict
             resource.setrlimit(res, (soft, hard))
         except (ValueError, OSError):
             pass
-
-    # As PID 1 of its namespace the program would ignore default-action signals, so limit signals get handlers.
-    def _limit_hit(signum, frame):
-        _report("limit", "CPU time limit exceeded" if signum == signal.SIGXCPU else "output size limit exceeded")
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGXFSZ, _limit_hit)
-    signal.signal(signal.SIGXCPU, _limit_hit)
+    global _IN_RUN
+    _IN_RUN = True  # SIGXCPU/SIGXFSZ handlers were installed in the zygote; they report from here on
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir  # the rest was scrubbed once, in the zygote
     # file objects made once in the zygote over fds 0-2, which now are this run's files
     sys.stdin, sys.stdout, sys.stderr = _STDIO
@@ -281,20 +276,43 @@ class _Run:
 SYS_CLONE = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "s390x": 120}.get(os.uname().machine)
 
 
+_FORK_API: tuple = ()
+
+
+def _fork_api() -> tuple:
+    """The C functions a raw clone needs, looked up once (in the zygote, so no run pays for the lookups)."""
+    global _FORK_API, _libc
+    if not _FORK_API:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        api = ctypes.pythonapi
+        _FORK_API = (_libc.syscall, api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent)
+    return _FORK_API
+
+
 def _clone(flags: int) -> int:
     """fork() with extra clone flags (raw clone: unshare(CLONE_NEWPID) works only once per process)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = _libc.syscall(SYS_CLONE, flags | signal.SIGCHLD, 0, 0, 0, 0)
+    syscall, before, after_child, after_parent = _fork_api()
+    before()
+    pid = syscall(SYS_CLONE, flags | signal.SIGCHLD, 0, 0, 0, 0)
     if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
+        after_child()
     else:
-        ctypes.pythonapi.PyOS_AfterFork_Parent()
+        after_parent()
     if pid < 0:
         raise OSError(ctypes.get_errno(), f"clone({flags:#x}) failed")
     return pid
+
+
+_IN_RUN = False  # True in a run's process (the limit-signal handlers report only there)
+_NO_NEW_PRIVS = False  # set once in the template; inherited by every run it clones
+
+
+def _limit_hit(signum, frame) -> None:
+    # As PID 1 of its namespace a run would ignore default-action signals, so limit signals get this handler.
+    if _IN_RUN:
+        _report("limit", "CPU time limit exceeded" if signum == signal.SIGXCPU else "output size limit exceeded")
+    os._exit(128 + signum)
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -343,8 +361,11 @@ class _Forker:
             ours.close()
             for s in self.close_in_template:
                 s.close()
+            global _NO_NEW_PRIVS
             try:
                 _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # irreversible, inherited by every run
+                _NO_NEW_PRIVS = True
             except OSError:
                 pass
             self._serve_template(theirs)
@@ -588,6 +609,9 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     # explicit encodings: text mode would otherwise import `locale` in every child
     _STDIO = (open(0, closefd=False, encoding="utf-8"), open(1, "w", closefd=False, encoding="utf-8"),
               open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace"))
+    signal.signal(signal.SIGXFSZ, _limit_hit)
+    signal.signal(signal.SIGXCPU, _limit_hit)
+    _fork_api()
     _warm_up()
     gc.collect()
     gc.freeze()  # forked programs then do not dirty every page through GC bookkeeping
