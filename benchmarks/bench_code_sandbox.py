@@ -107,9 +107,14 @@ def compute_floor(progs) -> float:
 
 
 def timed(fn, progs, workers):
+    """Wall time of one approach over ``progs``: ``fn`` takes the whole list (a batch API) or, marked
+    ``per_program``, one program at a time from ``workers`` threads."""
     t = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        verdicts = list(pool.map(lambda p: fn(p[0], p[1]), progs))
+    if getattr(fn, "per_program", False):
+        with ThreadPoolExecutor(workers) as pool:
+            verdicts = list(pool.map(lambda p: fn(p[0], p[1]), progs))
+    else:
+        verdicts = fn(progs)
     return verdicts, time.perf_counter() - t
 
 
@@ -127,8 +132,11 @@ def main() -> None:
     verifier = CodeVerifier(limits=Limits(timeout=TIMEOUT), concurrency=args.workers)
     _ = verifier.sandbox  # start the zygotes outside the timing (once per process, like a warm pool)
 
-    def refinery_fn(code, check):
-        return verifier(code, {"kind": "functional", "asserts": [check]}).score == 1.0
+    def refinery_fn(progs):  # the verifier's batch API, as the RL trainer scores a group: one call, no threads
+        verdicts = verifier.batch([(code, {"kind": "functional", "asserts": [check]}) for code, check, _ in progs])
+        return [v.score == 1.0 for v in verdicts]
+
+    run_subprocess.per_program = run_humaneval_style.per_program = True
 
     subsets = {"all": list(range(len(progs))), "mutants": [i for i, p in enumerate(progs) if not p[2]],
                "canonical": [i for i, p in enumerate(progs) if p[2]]}

@@ -98,3 +98,22 @@ def test_humaneval_canonical_pass_and_mutants_fail(verifier, shared_data):
     bad = verifier.batch(mutants)
     passed = [p["task_id"] for p, v in zip(problems, bad) if v.score != 0.0]
     assert not passed, passed
+
+
+@pytest.mark.timeout(120)
+def test_a_large_batch_with_large_messages_does_not_deadlock():
+    """Hundreds of checks queued at once from one thread, with requests and outputs large enough to fill both
+    socket buffers (the client keeps taking results while it is still sending): all verdicts, in order."""
+    v = CodeVerifier(limits=Limits(timeout=10), concurrency=2)
+    try:
+        padding = "#" + "x" * 20_000 + "\n"  # 20 kB per request
+        pairs = [(f"{padding}print('y' * 100_000)\nprint({i})", {"kind": "stdio", "cases": [
+            {"input": "", "output": "y" * 100_000 + f"\n{i}"}]}) for i in range(200)]
+        pairs.append(("x = ", {"kind": "functional", "asserts": ["assert True"]}))  # a compile error in the batch
+        pairs.append(("print(1)", {"kind": "bogus"}))  # and bad tests: verdicts, in order
+        verdicts = v.batch(pairs)
+        assert [x.score for x in verdicts[:200]] == [1.0] * 200
+        assert verdicts[200].score == 0.0 and "compile" in verdicts[200].reason
+        assert verdicts[201].reason.startswith("bad tests")
+    finally:
+        v.close()

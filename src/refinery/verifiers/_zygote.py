@@ -46,11 +46,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def recv(sock: socket.socket) -> Any:
+def recv_raw(sock: socket.socket) -> bytes | None:
+    """One message's JSON bytes (None when the peer is gone)."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
-    body = _recv_exact(sock, struct.unpack("!I", head)[0])
+    return _recv_exact(sock, struct.unpack("!I", head)[0])
+
+
+def recv(sock: socket.socket) -> Any:
+    body = recv_raw(sock)
     return None if body is None else json.loads(body)
 
 
@@ -427,7 +432,7 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker) -> _Run:
     if os.path.lexists(workdir):
         _rmtree(workdir)
     os.mkdir(workdir, 0o700)
-    _write_file(os.path.join(workdir, ".request"), json.dumps(req).encode())
+    _write_file(os.path.join(workdir, ".request"), req.pop("raw", None) or json.dumps(req).encode())
     if req.get("stdin"):
         _write_file(os.path.join(workdir, ".stdin"), req["stdin"].encode())
     if uid is not None:
@@ -635,14 +640,16 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
         timeout = max(0.0, min(r.deadline for r in runs) - time.monotonic()) if runs else None
         for key, _ in sel.select(timeout=timeout):
             if key.data is None:
-                req = recv(sock)
-                if req is None:  # the caller is gone
+                raw = recv_raw(sock)
+                if raw is None:  # the caller is gone
                     for run in runs:
                         try:
                             os.kill(run.pid, signal.SIGKILL)
                         except ProcessLookupError:
                             pass
                     os._exit(0)
+                req = json.loads(raw)
+                req["raw"] = raw  # written as is for the run to read: no second encoding
                 queue.append(req)
             else:
                 kind, run = key.data

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from refinery.errors import DataError
 from refinery.verifiers.base import Verdict, Verifier
@@ -99,16 +98,25 @@ class CodeVerifier(Verifier):
         self._lock = threading.Lock()
 
     def __call__(self, response: str, tests: Any) -> Verdict:
+        return self._submit(response, tests)()
+
+    def _submit(self, response: str, tests: Any) -> Callable[[], Verdict]:
+        """Start the runs one check needs; the returned function waits for them and scores."""
         try:
             tests = check_tests(tests)
         except DataError as e:
-            return Verdict(0.0, None, f"bad tests: {e}")
+            bad = Verdict(0.0, None, f"bad tests: {e}")
+            return lambda: bad
         code = extract_code(response)
         if not code.strip():
-            return Verdict(0.0, None, "no code found")
+            empty = Verdict(0.0, None, "no code found")
+            return lambda: empty
         if tests["kind"] == "functional":
-            return self._functional(code, tests)
-        return self._stdio(code, tests)
+            fut = self.sandbox.submit(code, tests=tests["asserts"], setup=tests.get("setup", ""),
+                                      limits=self.limits)
+            return lambda: self._functional(code, tests, fut.result())
+        futures = [self.sandbox.submit(code, stdin=c.get("input", ""), limits=self.limits) for c in tests["cases"]]
+        return lambda: self._stdio(code, tests, [f.result() for f in futures])
 
     def _score(self, passed: int, total: int, first_failure: str, code: str) -> Verdict:
         if passed == total:
@@ -116,9 +124,8 @@ class CodeVerifier(Verifier):
         score = passed / total if self.mode == "fraction" else 0.0
         return Verdict(score, code, f"passed {passed}/{total}; {first_failure}")
 
-    def _functional(self, code: str, tests: dict) -> Verdict:
+    def _functional(self, code: str, tests: dict, res: RunResult) -> Verdict:
         asserts = tests["asserts"]
-        res: RunResult = self.sandbox.run(code, tests=asserts, setup=tests.get("setup", ""), limits=self.limits)
         if res.reason and not res.tests:
             return Verdict(0.0, code, res.reason)
         passed = sum(1 for _, ok, _ in res.tests if ok)
@@ -127,12 +134,10 @@ class CodeVerifier(Verifier):
             failures.append(res.reason or f"stopped after {len(res.tests)} tests")
         return self._score(passed, len(asserts), failures[0] if failures else "", code)
 
-    def _stdio(self, code: str, tests: dict) -> Verdict:
+    def _stdio(self, code: str, tests: dict, results: list[RunResult]) -> Verdict:
         cases = tests["cases"]
-        futures = [self.sandbox.submit(code, stdin=c.get("input", ""), limits=self.limits) for c in cases]
         passed, first = 0, ""
-        for i, (case, fut) in enumerate(zip(cases, futures)):
-            res: RunResult = fut.result()
+        for i, (case, res) in enumerate(zip(cases, results)):
             if res.status != "ok" or res.exit_code != 0:
                 why = res.reason or f"exit code {res.exit_code}"
             elif not outputs_match(res.stdout, case["output"], self.float_tol):
@@ -145,7 +150,15 @@ class CodeVerifier(Verifier):
 
     def batch(self, pairs: Iterable[tuple[str, Any]], workers: int | None = None, timeout: float | None = None,
               progress: bool = False) -> list[Verdict]:
-        """Many checks concurrently: the sandbox does the isolation, so threads suffice here."""
-        pairs = list(pairs)
-        with ThreadPoolExecutor(max_workers=workers or self.sandbox.concurrency) as pool:
-            return list(pool.map(lambda p: self(*p), pairs))
+        """Many checks at once: every run is queued in the sandbox (which runs ``concurrency`` at a time and
+        enforces each run's limits), then the verdicts are collected in order; no thread per check."""
+        from refinery.verifiers.pool import _bar
+
+        waits = [self._submit(response, tests) for response, tests in pairs]
+        update = _bar(progress, len(waits))
+        out = []
+        for wait in waits:
+            out.append(wait())
+            update(len(out))
+        update(None)
+        return out

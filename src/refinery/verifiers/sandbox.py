@@ -84,7 +84,8 @@ class _Server:
 
     def __init__(self, concurrency: int, slot_base: int, preimport: tuple[str, ...]):
         self.concurrency, self.slot_base, self.preimport = concurrency, slot_base, preimport
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # pending futures and restarts; never held while blocked on the socket
+        self.send_lock = threading.Lock()  # whole messages on the socket
         self.pending: dict[int, Future] = {}
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
@@ -138,10 +139,16 @@ class _Server:
                 self.close()
                 self.start()
             self.pending[rid] = fut
-            try:
-                send(self.sock, {"id": rid, **payload})
-            except OSError:
+            sock = self.sock
+        # A large batch can fill both socket buffers at once; the reader thread must still be able to take results
+        # (it needs only self.lock), so the server can finish sending and go back to reading requests.
+        try:
+            with self.send_lock:
+                send(sock, {"id": rid, **payload})
+        except OSError:
+            with self.lock:
                 self.pending.pop(rid, None)
+            if not fut.done():
                 fut.set_result(RunResult("error", reason="sandbox server unreachable"))
 
     def close(self) -> None:
