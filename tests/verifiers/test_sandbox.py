@@ -195,3 +195,17 @@ def test_runs_are_forked_by_the_template_and_survive_its_death():
         assert box.run("while True: pass", limits=Limits(timeout=0.5)).status == "timeout"
     finally:
         box.close()
+
+
+def test_a_slow_program_holds_up_only_its_own_slot():
+    """Runs are handed to a server only when it has room, so quick runs queued after a slow one go to the free
+    server instead of waiting behind it."""
+    box = Sandbox(concurrency=2)
+    try:
+        slow = box.submit("import time\ntime.sleep(1.5)")
+        quick = [box.submit(f"print({i})") for i in range(30)]
+        slow.result(timeout=30)
+        assert sum(f.done() for f in quick) >= 25  # at most the one queued behind the slow run waits for it
+        assert [f.result(timeout=30).stdout for f in quick] == [f"{i}\n" for i in range(30)]
+    finally:
+        box.close()

@@ -22,6 +22,8 @@ introspects the harness could forge it; stdio verdicts are computed outside the 
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import logging
 import os
@@ -32,6 +34,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from refinery.verifiers import _zygote
 from refinery.verifiers._zygote import recv, send
@@ -82,8 +85,10 @@ class RunResult:
 class _Server:
     """One zygote process and the connection to it."""
 
-    def __init__(self, concurrency: int, slot_base: int, preimport: tuple[str, ...]):
+    def __init__(self, concurrency: int, slot_base: int, preimport: tuple[str, ...],
+                 on_done: Callable[[int], None] | None = None):
         self.concurrency, self.slot_base, self.preimport = concurrency, slot_base, preimport
+        self.on_done = on_done  # told how many runs finished (results or failures), from the reader thread
         self.lock = threading.Lock()  # pending futures and restarts; never held while blocked on the socket
         self.send_lock = threading.Lock()  # whole messages on the socket
         self.pending: dict[int, Future] = {}
@@ -124,11 +129,15 @@ class _Server:
                 for fut in pending.values():
                     if not fut.done():
                         fut.set_result(RunResult("error", reason="sandbox server died"))
+                if self.on_done and pending:
+                    self.on_done(len(pending))
                 return
             with self.lock:
                 fut = self.pending.pop(msg["id"], None)
             if fut is not None:
                 fut.set_result(RunResult(**msg["result"]))
+                if self.on_done:
+                    self.on_done(1)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -147,9 +156,11 @@ class _Server:
                 send(sock, {"id": rid, **payload})
         except OSError:
             with self.lock:
-                self.pending.pop(rid, None)
+                lost = self.pending.pop(rid, None) is not None
             if not fut.done():
                 fut.set_result(RunResult("error", reason="sandbox server unreachable"))
+            if lost and self.on_done:
+                self.on_done(1)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -178,7 +189,13 @@ class Sandbox:
         n = max(1, min(servers or os.cpu_count() or 1, self.concurrency))
         per = -(-self.concurrency // n)
         self._ids = itertools.count()
-        self._servers = [_Server(per, k * per, preimport) for k in range(n)]
+        # Runs wait here and go to a server only when it has room (its slots plus one queued, so it can start the
+        # next run at once): a long program then holds up only its own slot, never a queue behind it.
+        self._queue: collections.deque = collections.deque()
+        self._qlock = threading.Lock()
+        self._inflight = [0] * n
+        self._servers = [_Server(per, k * per, preimport, on_done=functools.partial(self._done, k))
+                         for k in range(n)]
         self.isolation: dict[str, bool] = {key: all(s.isolation.get(key) for s in self._servers)
                                            for key in self._servers[0].isolation}
         missing = [k for k, v in self.isolation.items() if not v]
@@ -195,10 +212,29 @@ class Sandbox:
         """Run ``code`` (stdin fed from ``stdin``); with ``tests``, run ``setup`` then each test statement block
         in the program's namespace and report each pass/fail."""
         fut: Future = Future()
-        server = min(self._servers, key=lambda s: len(s.pending))
-        server.send(next(self._ids), {"code": code, "stdin": stdin, "tests": tests, "setup": setup,
-                                      "limits": asdict(limits or self.limits)}, fut)
+        with self._qlock:
+            self._queue.append((next(self._ids), {"code": code, "stdin": stdin, "tests": tests, "setup": setup,
+                                                  "limits": asdict(limits or self.limits)}, fut))
+        self._pump()
         return fut
+
+    def _pump(self) -> None:
+        """Send queued runs to servers with room (never holding the queue lock while sending)."""
+        while True:
+            with self._qlock:
+                if not self._queue:
+                    return
+                k = min(range(len(self._servers)), key=lambda i: self._inflight[i])
+                if self._inflight[k] > self._servers[k].concurrency:
+                    return
+                self._inflight[k] += 1
+                rid, payload, fut = self._queue.popleft()
+            self._servers[k].send(rid, payload, fut)
+
+    def _done(self, k: int, n: int) -> None:
+        with self._qlock:
+            self._inflight[k] -= n
+        self._pump()
 
     def run(self, code: str, stdin: str = "", tests: list[str] | None = None, setup: str = "",
             limits: Limits | None = None) -> RunResult:
