@@ -206,3 +206,18 @@ def test_rl_trains_on_prompt_files_routed_by_domain(policy, tmp_path):
     router = RewardRouter()
     choice = next(it for it in held + train["choice_items"] if it["domain"] == "choice")
     assert router(choice, f"The answer is ({choice['answer']})")[1]
+
+
+def test_router_scores_a_code_group_together_with_the_format_reward():
+    from refinery.rl.rewards import RewardRouter
+
+    router = RewardRouter(format_weight=0.5)
+    try:
+        item = {"id": "c-1", "prompt": "write f", "tests": {"kind": "functional", "asserts": ["assert f(2) == 4"]}}
+        good = "<think>double</think>\n```python\ndef f(x):\n    return 2 * x\n```\n\\boxed{done}"
+        wrong = "```python\ndef f(x):\n    return x\n```"
+        out = router.group(item, [good, wrong, "no code at all"])
+        assert [ok for _, ok in out] == [True, False, False]
+        assert out[0][0] > out[1][0] and out[0][0] == router(item, good)[0]  # same reward as one at a time
+    finally:
+        router.close()

@@ -55,16 +55,23 @@ class RewardRouter:
 
     def __call__(self, item: dict[str, Any], response: str) -> tuple[float, bool]:
         """(reward, correct)."""
-        v = self.verdict(item, response)
+        return self._reward(response, self.verdict(item, response))
+
+    def _reward(self, response: str, v: Verdict) -> tuple[float, bool]:
         reward = v.score
         if self.format_weight:
             reward = (1 - self.format_weight) * reward + self.format_weight * self.format(response).score
         return reward, v.correct
 
     def group(self, item: dict[str, Any], responses: list[str]) -> list[tuple[float, bool]]:
-        """(reward, correct) for each response to one prompt. With a reward model the reward is its score (one
-        batched forward for the group) and the verifier still decides ``correct`` for the accuracy metrics."""
-        scored = [self(item, r) for r in responses]
+        """(reward, correct) for each response to one prompt. Code responses run in the sandbox together (not one
+        after another). With a reward model the reward is its score (one batched forward for the group) and the
+        verifier still decides ``correct`` for the accuracy metrics."""
+        if "tests" in item:
+            verdicts = self.code.batch([(r, item["tests"]) for r in responses])
+            scored = [self._reward(r, v) for r, v in zip(responses, verdicts)]
+        else:
+            scored = [self(item, r) for r in responses]
         if self.rm is None:
             return scored
         rm = self.rm.score([item["prompt"]] * len(responses), responses)["score"]
