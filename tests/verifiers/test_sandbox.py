@@ -209,3 +209,21 @@ def test_a_slow_program_holds_up_only_its_own_slot():
         assert [f.result(timeout=30).stdout for f in quick] == [f"{i}\n" for i in range(30)]
     finally:
         box.close()
+
+
+def test_run_dir_removal_never_follows_symlinks(tmp_path):
+    """A planted symlink (as a run dir, or inside one) is removed, never followed into what it points at."""
+    from refinery.verifiers._zygote import _rmtree
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep")
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "sub" / "link").symlink_to(victim)
+    (run / "file").write_text("x")
+    _rmtree(str(run))
+    planted = tmp_path / "run-0"
+    planted.symlink_to(victim)
+    _rmtree(str(planted))
+    assert not run.exists() and not planted.is_symlink() and (victim / "precious").read_text() == "keep"

@@ -381,29 +381,30 @@ class _Forker:
         flags = CLONE_PARENT | (CLONE_NEWPID if self.iso["pid_namespace"] else 0)
         while True:
             try:
-                msg, fds, _, _ = socket.recv_fds(chan, 8, 1)
+                msg, fds, _, _ = socket.recv_fds(chan, 4096, 1)
             except OSError:
                 os._exit(0)
-            if not msg or not fds:
+            if len(msg) < 4 or not fds:
                 os._exit(0)
-            slot, uid = struct.unpack("ii", msg)
+            uid, workdir = struct.unpack("i", msg[:4])[0], os.fsdecode(msg[4:])
             try:
                 pid = _clone(flags)
             except OSError:
                 pid = -1
             if pid == 0:
                 chan.close()
-                _run_child(f"/tmp/run-{slot}", uid if uid >= 0 else None, fds[0], self.iso)
+                _run_child(workdir, uid if uid >= 0 else None, fds[0], self.iso)
             os.close(fds[0])
             chan.send(struct.pack("i", pid))
 
-    def fork(self, slot: int, uid: int | None, report_w: int) -> int:
-        """Start slot's run; its pid (a child of the caller)."""
+    def fork(self, workdir: str, uid: int | None, report_w: int) -> int:
+        """Start the run prepared in ``workdir``; its pid (a child of the caller)."""
         for attempt in (0, 1):
             if self.chan is None:
                 break
             try:
-                socket.send_fds(self.chan, [struct.pack("ii", slot, -1 if uid is None else uid)], [report_w])
+                socket.send_fds(self.chan, [struct.pack("i", -1 if uid is None else uid) + os.fsencode(workdir)],
+                                [report_w])
                 reply = self.chan.recv(4)
                 if len(reply) == 4:
                     pid = struct.unpack("i", reply)[0]
@@ -422,16 +423,21 @@ class _Forker:
                 self._spawn()
         pid = _clone(CLONE_NEWPID) if self.iso["pid_namespace"] else os.fork()
         if pid == 0:
-            _run_child(f"/tmp/run-{slot}", uid, report_w, self.iso)
+            _run_child(workdir, uid, report_w, self.iso)
         return pid
 
 
 def _start_run(req: dict, slot: int, iso: dict, forker: _Forker) -> _Run:
     uid = BASE_UID + slot if iso["uid_switch"] else None
-    workdir = f"/tmp/run-{slot}"  # the zygote's private /tmp: nobody else creates names there
-    if os.path.lexists(workdir):
-        _rmtree(workdir)
-    os.mkdir(workdir, 0o700)
+    if iso["private_tmp"]:
+        workdir = f"/tmp/run-{slot}"  # the zygote's private /tmp: nobody else creates names there
+        if os.path.lexists(workdir):
+            _rmtree(workdir)
+        os.mkdir(workdir, 0o700)
+    else:  # a shared /tmp: a fresh, unguessable name (another user may have planted run-0 as a symlink)
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="refinery-run-")
     _write_file(os.path.join(workdir, ".request"), req.pop("raw", None) or json.dumps(req).encode())
     if req.get("stdin"):
         _write_file(os.path.join(workdir, ".stdin"), req["stdin"].encode())
@@ -439,7 +445,7 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker) -> _Run:
         os.chown(workdir, uid, uid)
     r, w = os.pipe()
     try:
-        pid = forker.fork(slot, uid, w)
+        pid = forker.fork(workdir, uid, w)
     finally:
         os.close(w)
     os.set_blocking(r, False)
@@ -511,6 +517,9 @@ def _finish_run(run: _Run, iso: dict) -> dict:
 
 def _rmtree(path: str) -> None:
     """Remove a run's directory (whatever the program left in it; symlinks are removed, not followed)."""
+    if os.path.islink(path):
+        os.unlink(path)
+        return
     try:
         entries = list(os.scandir(path))
     except OSError:
