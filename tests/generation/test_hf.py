@@ -121,10 +121,11 @@ def test_rows_sharing_a_prompt_match_rows_decoded_alone(gen):
     """n samples of one prompt are prefilled once; each must equal the same row decoded without its siblings."""
     from refinery.generation.hf import Row
 
-    p = SamplingParams(temperature=1.3, max_new_tokens=8, logprobs=True)
+    p = SamplingParams(temperature=1.3, max_new_tokens=100, logprobs=True)  # > one block of pre-drawn uniforms
     ids = gen.encode("h i j")
     rows = [Row(ids, p, seed=s, index=0, sample=s) for s in range(4)] + [Row(gen.encode("a b"), p, seed=9)]
     together = gen.generate_rows(rows)
+    assert max(len(c.token_ids) for c in together) > 64  # the second block of uniforms is used
     for r, c in zip(rows, together):
         alone = gen.generate_rows([r])[0]
         assert alone.token_ids == c.token_ids

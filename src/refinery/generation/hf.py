@@ -14,6 +14,8 @@ from typing import Any
 
 from refinery.generation.base import Completion, GenerationError, Request, SamplingParams, check_requests
 
+UNIFORM_BLOCK = 64
+
 
 @dataclass
 class Row:
@@ -113,9 +115,10 @@ class HFGenerator:
         temps = torch.tensor([r.params.temperature for r in rows])
         top_k = torch.tensor([r.params.top_k for r in rows])
         top_p = torch.tensor([r.params.top_p for r in rows])
-        # Each row's random numbers come from its own seed, drawn up front: one uniform per token it may sample.
-        uniforms = torch.stack([torch.rand(max(budget), generator=torch.Generator().manual_seed(r.seed),
-                                           dtype=torch.float64) for r in rows])
+        # Each row's random numbers come from its own generator, drawn in blocks of UNIFORM_BLOCK (one uniform per
+        # token it may sample): one call per row per block, not per token, and memory bounded at long budgets.
+        gens = [torch.Generator().manual_seed(r.seed) for r in rows]
+        uniforms = torch.empty((B, UNIFORM_BLOCK), dtype=torch.float64)
         tokens: list[list[int]] = [[] for _ in rows]
         logps: list[list[float]] = [[] for _ in rows]
         texts = [""] * B
@@ -135,8 +138,11 @@ class HFGenerator:
                 cache.batch_select_indices(owner.to(self.device))
             attn, pos = attn[owner.to(self.device)], pos[owner.to(self.device), -1:]
             for t in range(max(budget)):
+                if t % UNIFORM_BLOCK == 0:
+                    for i in active:
+                        uniforms[i] = torch.rand(UNIFORM_BLOCK, generator=gens[i], dtype=torch.float64)
                 raw = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-                nxt = sample_next(logits, temps, top_k, top_p, uniforms[active, t])
+                nxt = sample_next(logits, temps, top_k, top_p, uniforms[active, t % UNIFORM_BLOCK])
                 keep = []
                 for j, i in enumerate(active):
                     tok = int(nxt[j])
