@@ -105,12 +105,7 @@ class HFGenerator:
         distinct: dict[tuple[int, ...], int] = {}
         owner = torch.tensor([distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows])
         prompts = list(distinct)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
+        ids, attn = left_pad(prompts, self.pad_id)
         budget = [min(r.params.max_new_tokens, self.context - len(r.prompt_ids)) for r in rows]
         temps = torch.tensor([r.params.temperature for r in rows])
         top_k = torch.tensor([r.params.top_k for r in rows])
@@ -188,6 +183,19 @@ class HFGenerator:
                 texts[i] = texts[i][: min(hits)]
                 return "stop"
         return "length" if len(toks) >= budget else None
+
+
+def left_pad(seqs: list, pad_id: int):
+    """``(ids, attention_mask)``: token id lists as one left-padded ``[len(seqs), longest]`` batch."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x):] = torch.tensor(x)
+        attn[i, width - len(x):] = 1
+    return ids, attn
 
 
 def sample_next(logits, temps, top_k, top_p, uniforms):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from refinery.generation.hf import left_pad
 from refinery.rl.losses import token_entropy
 
 
@@ -33,14 +34,8 @@ def make_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_i
     """Rows of (prompt, response) token ids; identical prompts are stored once."""
     distinct: dict[tuple[int, ...], int] = {}
     owner = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids], dtype=torch.long)
-    prompts = list(distinct)
-    P = max(len(p) for p in prompts)
+    ids, attn = left_pad(list(distinct), pad_id)
     T = max(1, max(len(r) for r in response_ids))
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        attn[i, P - len(p):] = 1
     resp = torch.full((len(response_ids), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(response_ids), T), dtype=torch.float32)
     for i, r in enumerate(response_ids):

@@ -39,30 +39,30 @@ def chunk_text(text: str, max_tokens: int, count=approx_tokens) -> list[str]:
         if count(p) <= max_tokens:
             pieces.append(p)
             continue
-        buf = ""
+        lines = []
         for line in p.splitlines():
             while count(line) > max_tokens:  # one enormous line: hard split
                 cut = max(1, int(len(line) * max_tokens / count(line)))
-                pieces.append(line[:cut])
+                lines.append(line[:cut])
                 line = line[cut:]
-            if buf and count(buf + "\n" + line) > max_tokens:
-                pieces.append(buf)
-                buf = line
-            else:
-                buf = f"{buf}\n{line}" if buf else line
-        if buf:
-            pieces.append(buf)
-    chunks: list[str] = []
+            lines.append(line)
+        pieces += _pack(lines, "\n", max_tokens, count)
+    return _pack(pieces, "\n\n", max_tokens, count)
+
+
+def _pack(parts: list[str], sep: str, max_tokens: int, count) -> list[str]:
+    """Greedily join consecutive ``parts`` with ``sep`` while the result stays within ``max_tokens``."""
+    out: list[str] = []
     cur = ""
-    for p in pieces:
-        if cur and count(cur + "\n\n" + p) > max_tokens:
-            chunks.append(cur)
-            cur = p
+    for part in parts:
+        if cur and count(cur + sep + part) > max_tokens:
+            out.append(cur)
+            cur = part
         else:
-            cur = f"{cur}\n\n{p}" if cur else p
+            cur = f"{cur}{sep}{part}" if cur else part
     if cur:
-        chunks.append(cur)
-    return chunks
+        out.append(cur)
+    return out
 
 
 def merge_chunks(outputs: list[str]) -> str | None:
