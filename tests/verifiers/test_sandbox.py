@@ -280,3 +280,13 @@ def test_random_is_seeded_once_per_server_not_per_run():
         assert float(seeded) == __import__("random").Random(7).random()
     finally:
         box.close()
+
+
+def test_programs_and_tests_run_with_their_own_compiler_flags(sb):
+    """Nothing leaks from the harness's own module (it uses `from __future__ import annotations`): annotations are
+    evaluated as in `python solution.py`. Tests are compiled once by the caller; a test that does not compile fails
+    on its own."""
+    res = sb.run("def f(x: int) -> int:\n    return x\nprint(f.__annotations__)",
+                 tests=["def g(y: int): pass\nassert g.__annotations__ == {'y': int}", "assert (", "assert f(2) == 2"])
+    assert res.stdout == "{'x': <class 'int'>, 'return': <class 'int'>}\n"
+    assert [t[:2] for t in res.tests] == [[0, True], [1, False], [2, True]] and "SyntaxError" in res.tests[1][2]

@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import time
+from types import CodeType
 from typing import Any
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x20000000, 0x08000000
@@ -31,10 +32,12 @@ SYS_CLONE = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "s390x": 120}.get(os.
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Framing: 4-byte length + JSON (shared with the client)
+# Framing between the client and the zygote: 4-byte length + marshal (both ends are the same trusted interpreter,
+# and requests carry the tests as code objects compiled by the client). Nothing a program writes is ever unmarshalled:
+# its report is JSON, parsed defensively.
 # ---------------------------------------------------------------------------------------------------------------
 def send(sock: socket.socket, obj: Any) -> None:
-    data = json.dumps(obj).encode()
+    data = marshal.dumps(obj)
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 
@@ -49,7 +52,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 
 
 def recv_raw(sock: socket.socket) -> bytes | None:
-    """One message's JSON bytes (None when the peer is gone)."""
+    """One message's bytes (None when the peer is gone)."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
@@ -58,7 +61,7 @@ def recv_raw(sock: socket.socket) -> bytes | None:
 
 def recv(sock: socket.socket) -> Any:
     body = recv_raw(sock)
-    return None if body is None else json.loads(body)
+    return None if body is None else marshal.loads(body)
 
 
 def result(status: str, reason: str = "", **fields) -> dict:
@@ -227,8 +230,8 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     sys.stdin, sys.stdout, sys.stderr = _STDIO
     sys.argv = ["solution.py"]
     _exec = exec
-    try:
-        compiled = compile(code, "solution.py", "exec")
+    try:  # dont_inherit: not this module's `from __future__ import annotations`
+        compiled = compile(code, "solution.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
         _report("compile", f"{type(e).__name__}: {e}")
         os._exit(1)
@@ -252,14 +255,14 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     if tests is not None:
         try:
             if setup:
-                _exec(setup, ns)
+                _exec(setup if type(setup) is CodeType else compile(setup, "<setup>", "exec", dont_inherit=True), ns)
         except BaseException as e:
             _report("runtime", f"setup failed: {type(e).__name__}: {str(e)[:300]}")
             os._exit(1)
         write = os.write
-        for i, test in enumerate(tests):
+        for i, test in enumerate(tests):  # code objects compiled by the client, or source
             try:
-                _exec(test, ns)
+                _exec(test if type(test) is CodeType else compile(test, "<test>", "exec", dont_inherit=True), ns)
                 write(3, b'["test",%d,true,""]\n' % i)
             except BaseException as e:  # SystemExit inside a test is a failure, not a pass
                 _report("test", i, False, f"{type(e).__name__}: {str(e)[:200]}")
@@ -276,7 +279,8 @@ def _rehearse(times: int = 10) -> None:
     module's), the reference counts of what it touches. Done here ten times, those caches are filled and that code is
     specialised before the template is forked, and a run copies ~30 fewer pages (of ~360). Keep in step with
     ``_program``; drifting apart costs speed, not safety."""
-    payload = marshal.dumps(("x = 1", ["assert x"], "", 10, 1024, 16, 64, 16))
+    payload = marshal.dumps(("x = 1", [compile("assert x", "<test>", "exec", dont_inherit=True)], "", 10, 1024, 16,
+                             64, 16))
     req_fd = _memfile(payload)
     r, w = os.pipe()
     try:
@@ -303,9 +307,9 @@ def _rehearse(times: int = 10) -> None:
             sys.stdin, sys.stdout, sys.stderr = _STDIO
             sys.argv = ["solution.py"]
             ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-            exec(compile(code, "solution.py", "exec"), ns)
+            exec(compile(code, "solution.py", "exec", dont_inherit=True), ns)
             for i, test in enumerate(tests):
-                exec(test, ns)
+                exec(test if type(test) is CodeType else compile(test, "<test>", "exec", dont_inherit=True), ns)
                 os.write(w, b'["test",%d,true,""]\n' % i)
             os.write(w, b'["done"]\n')
             sys.stdout.flush()
@@ -539,6 +543,8 @@ def _memfile(data: bytes) -> int:
 
         fd, path = tempfile.mkstemp(prefix="refinery-")
         os.unlink(path)
+    if not data:
+        return fd
     try:
         view = memoryview(data)
         while view:
@@ -728,7 +734,7 @@ except (AssertionError, ValueError) as e:
 def _warm_up() -> None:
     """Run once, here, what every program's process would otherwise set up for itself: compile() builds the ~120
     AST types on first use (about 1 ms per run when left to each child), and first uses fill method caches."""
-    exec(compile(WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm__"})
+    exec(compile(WARM_UP, "<warm-up>", "exec", dont_inherit=True), {"__name__": "__warm__"})
     json.loads(json.dumps(["test", 0, True, ""]))
 
 
@@ -826,7 +832,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
                         except ProcessLookupError:
                             pass
                     os._exit(0)
-                queue.append(json.loads(raw))
+                queue.append(marshal.loads(raw))
             elif what == "template":
                 for run, pid in forker.replies():
                     started(run, pid)
