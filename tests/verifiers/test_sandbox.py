@@ -290,3 +290,20 @@ def test_programs_and_tests_run_with_their_own_compiler_flags(sb):
                  tests=["def g(y: int): pass\nassert g.__annotations__ == {'y': int}", "assert (", "assert f(2) == 2"])
     assert res.stdout == "{'x': <class 'int'>, 'return': <class 'int'>}\n"
     assert [t[:2] for t in res.tests] == [[0, True], [1, False], [2, True]] and "SyntaxError" in res.tests[1][2]
+
+
+def test_a_run_held_ready_behind_busy_slots_keeps_the_limit_and_its_own_clock():
+    """With every slot busy the next run is started ahead and held before the user's code: programs still never
+    overlap beyond ``concurrency``, and the held run's timeout counts from when it gets its slot."""
+    box = Sandbox(concurrency=1, servers=1)
+    try:
+        stamp = "import time\nprint(time.time())\ntime.sleep({})\nprint(time.time())"
+        first = box.submit(stamp.format(1.0), limits=Limits(timeout=5))
+        queued = [box.submit(stamp.format(0.5), limits=Limits(timeout=0.9)) for _ in range(2)]
+        results = [first.result(timeout=30)] + [f.result(timeout=30) for f in queued]
+        assert all(r.status == "ok" for r in results), results  # 2.0 s after submission, within 0.9 s of starting
+        spans = sorted(tuple(map(float, r.stdout.split())) for r in results)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one at a time
+        assert all(r.wall < 0.9 for r in results[1:])
+    finally:
+        box.close()

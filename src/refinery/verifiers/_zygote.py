@@ -184,7 +184,8 @@ def _report(*item) -> None:
     os.write(3, (json.dumps(item) + "\n").encode())
 
 
-def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], new_session: bool) -> None:
+def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], new_session: bool,
+             held: bool) -> None:
     """The untrusted program's process (PID 1 of its namespace). Never returns.
 
     Every page this code writes is copied for the run (the zygote's memory is shared copy-on-write), so it keeps to
@@ -198,10 +199,10 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     os.chdir(workdir)
     # fds (report, request, stdin, stdout, stderr) are all >= 3 (0-2 are open in the template): fd 3 is the only one
     # that can be both a source and a target, and it is the last target
-    report_fd, _, stdin_fd, out_fd, err_fd = fds
-    for fd, target in ((stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3)):
+    report_fd, _, stdin_fd, out_fd, err_fd, go_fd = fds
+    for fd, target in ((stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4)):
         os.dup2(fd, target)
-    os.closerange(4, 65536)
+    os.closerange(5, 65536)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -229,6 +230,10 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     # file objects made once in the zygote over fds 0-2, which now are this run's files
     sys.stdin, sys.stdout, sys.stderr = _STDIO
     sys.argv = ["solution.py"]
+    if held:  # started ahead, while every slot was busy: wait for one (EOF: the zygote is gone or gave up on it)
+        if os.read(4, 1) != b"g":
+            os._exit(0)
+    os.close(4)
     _exec = exec
     try:  # dont_inherit: not this module's `from __future__ import annotations`
         compiled = compile(code, "solution.py", "exec", dont_inherit=True)
@@ -322,15 +327,29 @@ def _rehearse(times: int = 10) -> None:
 class _Run:
     """A program the zygote has started (``pid`` is None until the template answers)."""
 
-    __slots__ = ("req", "slot", "uid", "workdir", "fds", "pid", "pidfd", "start", "deadline", "timed_out")
+    __slots__ = ("req", "slot", "uid", "workdir", "fds", "pid", "pidfd", "start", "deadline", "timed_out", "go")
 
-    def __init__(self, req: dict, slot: int, uid: int | None, workdir: str, fds: tuple[int, int, int]):
+    def __init__(self, req: dict, slot: int, uid: int | None, workdir: str, fds: tuple[int, int, int], go: int):
         self.req, self.slot, self.uid, self.workdir = req, slot, uid, workdir
         self.fds = fds  # the zygote's ends of the run's report, stdout and stderr
+        self.go = go  # held: the write end of the pipe its process waits on before the user's code; else -1
         self.pid: int | None = None
         self.pidfd = -1
         self.start = time.monotonic()
-        self.deadline = self.start + req["limits"]["timeout"]
+        self.deadline = self.start + req["limits"]["timeout"] if go < 0 else float("inf")
+        self.timed_out = False
+
+    def admit(self) -> None:
+        """The run has a slot: its clock starts (a held run is let go)."""
+        if self.go >= 0:
+            try:
+                os.write(self.go, b"g")
+            except OSError:
+                pass
+            os.close(self.go)
+            self.go = -1
+        self.start = time.monotonic()
+        self.deadline = self.start + self.req["limits"]["timeout"]
         self.timed_out = False
 
     def started(self, pid: int) -> None:
@@ -339,6 +358,9 @@ class _Run:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+        if self.go >= 0:
+            os.close(self.go)
+            self.go = -1
         if self.pidfd >= 0:
             os.close(self.pidfd)
         _rmtree(self.workdir)
@@ -388,9 +410,11 @@ def _limit_hit(signum, frame) -> None:
         os._exit(128 + signum)
 
 
-def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, pid_ns: bool) -> None:
+def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, pid_ns: bool,
+               held: bool) -> None:
     """Entry of a run's process. ``fds``: its report, its request (a marshalled tuple the zygote wrote), its stdin,
-    stdout and stderr, all memory files (stdin may be /dev/null)."""
+    stdout and stderr, all memory files (stdin may be /dev/null), and the pipe on which a held run waits for its
+    slot (/dev/null otherwise)."""
     try:
         req_fd = fds[1]
         data = os.pread(req_fd, req_len, 0)
@@ -399,7 +423,7 @@ def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: i
             if not more:
                 break
             data += more
-        _program(marshal.loads(data), workdir, uid, fds, not pid_ns)
+        _program(marshal.loads(data), workdir, uid, fds, not pid_ns, held)
     finally:
         os._exit(70)
 
@@ -451,28 +475,29 @@ class _Forker:
         flags = CLONE_PARENT | (CLONE_NEWPID if pid_ns else 0)
         recvmsg, send, unpack, pack = chan.recvmsg, chan.send, struct.unpack, struct.pack
         close, clone = os.close, _clone
-        anc_size = socket.CMSG_SPACE(5 * 4)
+        anc_size = socket.CMSG_SPACE(6 * 4)
         while True:
             try:
                 msg, anc, _, _ = recvmsg(4096, anc_size)
             except OSError:
                 os._exit(0)
-            if len(msg) < 8 or len(anc) != 1 or len(anc[0][2]) != 20:
+            if len(msg) < 12 or len(anc) != 1 or len(anc[0][2]) != 24:
                 os._exit(0)
-            fds = unpack("5i", anc[0][2])
-            uid, req_len = unpack("2i", msg[:8])
+            fds = unpack("6i", anc[0][2])
+            uid, req_len, held = unpack("3i", msg[:12])
             try:
                 pid = clone(flags)
             except OSError:
                 pid = -1
             if pid == 0:
-                _run_child(msg[8:], uid if uid >= 0 else None, fds, req_len, pid_ns)
+                _run_child(msg[12:], uid if uid >= 0 else None, fds, req_len, pid_ns, held == 1)
             for fd in fds:
                 close(fd)
             send(pack("i", pid))
 
-    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int) -> int | None:
-        """Start the run prepared in ``workdir`` (``fds``: report, request, stdin, stdout, stderr). Normally it is
+    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int,
+              held: bool) -> int | None:
+        """Start the run prepared in ``workdir`` (``fds``: report, request, stdin, stdout, stderr, go). Normally it is
         sent to the template and its pid comes later from ``replies()`` (None here): the zygote does not wait for
         the clone. Without a template the run is forked here and its pid returned."""
         for _ in range(2):
@@ -481,7 +506,8 @@ class _Forker:
             if self.chan is None:
                 break
             try:
-                socket.send_fds(self.chan, [struct.pack("2i", -1 if uid is None else uid, req_len) + workdir], fds)
+                socket.send_fds(self.chan, [struct.pack("3i", -1 if uid is None else uid, req_len, int(held))
+                                            + workdir], fds)
             except OSError:  # the template is gone and never saw this run: replace it and send again
                 self._lost()
                 continue
@@ -489,7 +515,7 @@ class _Forker:
             return None
         pid = _clone(CLONE_NEWPID) if self.iso["pid_namespace"] else os.fork()
         if pid == 0:
-            _run_child(workdir, uid, tuple(fds), req_len, self.iso["pid_namespace"])
+            _run_child(workdir, uid, tuple(fds), req_len, self.iso["pid_namespace"], held)
         return pid
 
     def replies(self, block: bool = False) -> list[tuple[Any, int]]:
@@ -559,8 +585,9 @@ def _memfile(data: bytes) -> int:
 _DEVNULL = -1
 
 
-def _start_run(req: dict, slot: int, iso: dict, forker: _Forker) -> _Run:
-    """Prepare a run's directory and files and hand it to the forker (its pid may come later)."""
+def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = False) -> _Run:
+    """Prepare a run's directory and files and hand it to the forker (its pid may come later). A ``held`` run's
+    process gets ready and then waits for ``_Run.admit`` before the user's code."""
     global _DEVNULL
     uid = BASE_UID + slot if iso["uid_switch"] else None
     if iso["private_tmp"]:
@@ -588,9 +615,15 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker) -> _Run:
         stdin_fd = _memfile(req["stdin"].encode()) if req.get("stdin") else _DEVNULL
         if stdin_fd != _DEVNULL:
             sent_only.append(stdin_fd)
-        run = _Run(req, slot, uid, workdir, (kept[0], kept[1], kept[2]))
-        pid = forker.start(run, os.fsencode(workdir), uid, [kept[0], sent_only[0], stdin_fd, kept[1], kept[2]],
-                           len(payload))
+        go_r = go_w = -1
+        if held:
+            go_r, go_w = os.pipe()
+            sent_only.append(go_r)
+            kept.append(go_w)
+        run = _Run(req, slot, uid, workdir, (kept[0], kept[1], kept[2]), go_w)
+        pid = forker.start(run, os.fsencode(workdir), uid,
+                           [kept[0], sent_only[0], stdin_fd, kept[1], kept[2], go_r if held else _DEVNULL],
+                           len(payload), held)
     except OSError:
         for fd in kept:
             os.close(fd)
@@ -791,14 +824,30 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     poll.register(sock.fileno(), select.EPOLLIN)
     watched: dict[int, Any] = {sock.fileno(): None}  # fd -> what its readiness means (None: the caller)
     template_chan = None
-    free_slots = list(range(slot_base, slot_base + concurrency))
+    # One slot more than ``concurrency``: while every slot runs a program, the next run is started ahead and *held*
+    # (its process ready, waiting before the user's code), so a finishing run is followed at once.
+    free_slots = list(range(slot_base, slot_base + concurrency + 1))
     queue: collections.deque = collections.deque()
     runs: list[_Run] = []  # started, pid known (those sent to the template wait in forker.waiting)
+    active = 0  # admitted runs (running the user's code, or about to)
+    held: _Run | None = None
+
+    def release(run: _Run) -> None:
+        """``run`` is over (or never started): its slot is free, and a held run may go."""
+        nonlocal active, held
+        free_slots.append(run.slot)
+        if run is held:
+            held = None
+            return
+        active -= 1
+        if held is not None:
+            held.admit()
+            held, active = None, active + 1
 
     def started(run: _Run, pid: int) -> None:  # the template answered
         if pid < 0:
             run.close()
-            free_slots.append(run.slot)
+            release(run)
             why = "clone failed" if pid == -1 else "the sandbox template died while starting it"
             send(sock, {"id": run.req["id"], "result": result("error", f"could not start: {why}")})
             return
@@ -812,11 +861,12 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
         del watched[run.pidfd]
         runs.remove(run)
         result = _finish_run(run, iso)
-        free_slots.append(run.slot)
+        release(run)
         send(sock, {"id": run.req["id"], "result": result})
 
     while True:
-        timeout = max(0.0, min(r.deadline for r in runs) - time.monotonic()) if runs else -1
+        deadline = min((r.deadline for r in runs), default=float("inf"))  # a held run's is infinite
+        timeout = max(0.0, deadline - time.monotonic()) if deadline != float("inf") else -1
         for fd, _ in poll.poll(timeout):
             what = watched.get(fd, "gone")
             if what is None:
@@ -846,15 +896,20 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
                     os.kill(run.pid, signal.SIGKILL)  # PID 1 of its namespace: the kernel kills the rest
                 except ProcessLookupError:
                     pass
-        while queue and free_slots:
+        while queue and free_slots and (active < concurrency or held is None):
             req = queue.popleft()
             slot = free_slots.pop()
+            hold = active >= concurrency
             try:
-                run = _start_run(req, slot, iso, forker)
+                run = _start_run(req, slot, iso, forker, held=hold)
             except OSError as e:
                 free_slots.append(slot)
                 send(sock, {"id": req["id"], "result": result("error", f"could not start: {e}")})
                 continue
+            if hold:
+                held = run
+            else:
+                active += 1
             if run.pid is not None:  # forked here (no template)
                 runs.append(run)
                 watched[run.pidfd] = run
