@@ -284,8 +284,11 @@ def _rehearse(times: int = 10) -> None:
     module's), the reference counts of what it touches. Done here ten times, those caches are filled and that code is
     specialised before the template is forked, and a run copies ~30 fewer pages (of ~360). Keep in step with
     ``_program``; drifting apart costs speed, not safety."""
-    payload = marshal.dumps(("x = 1", [compile("assert x", "<test>", "exec", dont_inherit=True)], "", 10, 1024, 16,
-                             64, 16))
+    program = ("from typing import List, Optional, Dict, Tuple\nimport math\n"
+               "def f(numbers: List[int], k: int) -> Optional[Dict[str, Tuple[int, float]]]:\n"
+               "    return {str(k): (len(numbers), math.sqrt(k))} if numbers else None\n")
+    test = compile("assert f([1], 4) == {'4': (1, 2.0)}\nassert f([], 1) is None", "<test>", "exec", dont_inherit=True)
+    payload = marshal.dumps((program, [test], "", 10, 1024, 16, 64, 16))
     req_fd = _memfile(payload)
     r, w = os.pipe()
     try:
