@@ -197,10 +197,14 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
         except OSError:
             pass
     os.chdir(workdir)
-    # fds (report, request, stdin, stdout, stderr) are all >= 3 (0-2 are open in the template): fd 3 is the only one
-    # that can be both a source and a target, and it is the last target
     report_fd, _, stdin_fd, out_fd, err_fd, go_fd = fds
-    for fd, target in ((stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4)):
+    moves = [(stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4)]
+    targets = {target for _, target in moves}
+    for k, (fd, target) in enumerate(moves):  # a source that is another move's target would be overwritten first:
+        while fd in targets and fd != target:  # park it on a free fd outside the targets (closed just below)
+            fd = os.dup(fd)
+        moves[k] = (fd, target)
+    for fd, target in moves:
         os.dup2(fd, target)
     os.closerange(5, 65536)
     if uid is not None:
@@ -282,7 +286,7 @@ def _rehearse(times: int = 10) -> None:
     A run's first use of an operation writes to memory it shares with the zygote: the interpreter's type-attribute
     cache, the warm-up counters and inline caches of the Python code it runs (``os.environ``'s methods, this
     module's), the reference counts of what it touches. Done here ten times, those caches are filled and that code is
-    specialised before the template is forked, and a run copies ~30 fewer pages (of ~360). Keep in step with
+    specialised before the template is forked, and a run copies ~30 fewer pages (of ~330). Keep in step with
     ``_program``; drifting apart costs speed, not safety."""
     program = ("from typing import List, Optional, Dict, Tuple\nimport math\n"
                "def f(numbers: List[int], k: int) -> Optional[Dict[str, Tuple[int, float]]]:\n"
