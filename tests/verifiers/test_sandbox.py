@@ -307,3 +307,10 @@ def test_a_run_held_ready_behind_busy_slots_keeps_the_limit_and_its_own_clock():
         assert all(r.wall < 0.9 for r in results[1:])
     finally:
         box.close()
+
+
+def test_output_left_in_buffers_is_kept_as_python_would(sb):
+    res = sb.run("import sys\nsys.stderr.write('no newline')\nprint('out', end='')")
+    assert (res.stdout, res.stderr, res.exit_code) == ("out", "no newline", 0)
+    res = sb.run("import sys\nprint('partial', end='')\nsys.exit('bad input')")
+    assert (res.stdout, res.stderr, res.exit_code) == ("partial", "bad input\n", 1)

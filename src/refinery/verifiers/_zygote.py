@@ -179,6 +179,17 @@ def _parents_between(top: str, path: str) -> list[str]:
 _STDIO: tuple = ()
 
 
+def _exit(code: int) -> None:
+    """End the run as the interpreter would: whatever the program left in sys.stdout/sys.stderr's buffers is
+    written first (it may have replaced or closed them)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: S110 - a broken stream must not keep the run from ending
+            pass
+    os._exit(code)
+
+
 def _report(*item) -> None:
     """One line of the run's report (fd 3, a memory file the zygote reads after the run)."""
     os.write(3, (json.dumps(item) + "\n").encode())
@@ -231,9 +242,7 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     global _IN_RUN
     _IN_RUN = True  # SIGXCPU/SIGXFSZ handlers were installed in the zygote; they report from here on
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir.decode()  # the rest was scrubbed once, in the zygote
-    # file objects made once in the zygote over fds 0-2, which now are this run's files
-    sys.stdin, sys.stdout, sys.stderr = _STDIO
-    sys.argv = ["solution.py"]
+    # (sys.stdin/stdout/stderr, made once in the zygote over fds 0-2, now are this run's files; sys.argv is set too)
     if held:  # started ahead, while every slot was busy: wait for one (EOF: the zygote is gone or gave up on it)
         if os.read(4, 1) != b"g":
             os._exit(0)
@@ -249,25 +258,24 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
         _exec(compiled, ns)
     except SystemExit as e:
         if tests is None:
-            sys.stdout.flush()
-            os._exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)  # as `sys.exit("message")` does
+            _exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
         _report("runtime", "SystemExit before the tests ran")
-        os._exit(1)
+        _exit(1)
     except BaseException as e:
         import traceback
 
         traceback.print_exc()
-        sys.stderr.flush()
         _report("runtime", f"{type(e).__name__}: {str(e)[:300]}")
-        sys.stdout.flush()
-        os._exit(1)
+        _exit(1)
     if tests is not None:
         try:
             if setup:
                 _exec(setup if type(setup) is CodeType else compile(setup, "<setup>", "exec", dont_inherit=True), ns)
         except BaseException as e:
             _report("runtime", f"setup failed: {type(e).__name__}: {str(e)[:300]}")
-            os._exit(1)
+            _exit(1)
         write = os.write
         for i, test in enumerate(tests):  # code objects compiled by the client, or source
             try:
@@ -276,8 +284,7 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
             except BaseException as e:  # SystemExit inside a test is a failure, not a pass
                 _report("test", i, False, f"{type(e).__name__}: {str(e)[:200]}")
         write(3, b'["done"]\n')
-    sys.stdout.flush()
-    os._exit(0)
+    _exit(0)
 
 
 def _rehearse(times: int = 10) -> None:
@@ -316,8 +323,6 @@ def _rehearse(times: int = 10) -> None:
                         resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC):
                 resource.setrlimit(res, resource.getrlimit(res))
             os.environ["HOME"] = os.environ["TMPDIR"] = b"/tmp".decode()
-            sys.stdin, sys.stdout, sys.stderr = _STDIO
-            sys.argv = ["solution.py"]
             ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
             exec(compile(code, "solution.py", "exec", dont_inherit=True), ns)
             for i, test in enumerate(tests):
@@ -817,7 +822,9 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     # explicit encodings: text mode would otherwise import `locale` in every child
     _STDIO = (open(0, closefd=False, encoding="utf-8"), open(1, "w", closefd=False, encoding="utf-8"),
-              open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace"))
+              open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace", buffering=1))
+    sys.stdin, sys.stdout, sys.stderr = _STDIO  # what every run gets (the zygote itself never prints)
+    sys.argv = ["solution.py"]
     signal.signal(signal.SIGXFSZ, _limit_hit)
     signal.signal(signal.SIGXCPU, _limit_hit)
     _fork_api()
