@@ -858,6 +858,11 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
             held.admit()
             held, active = None, active + 1
 
+    def watch(run: _Run) -> None:  # its pid is known: wait for its exit
+        runs.append(run)
+        watched[run.pidfd] = run
+        poll.register(run.pidfd, select.EPOLLIN)
+
     def started(run: _Run, pid: int) -> None:  # the template answered
         if pid < 0:
             run.close()
@@ -866,9 +871,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
             send(sock, {"id": run.req["id"], "result": result("error", f"could not start: {why}")})
             return
         run.started(pid)
-        runs.append(run)
-        watched[run.pidfd] = run
-        poll.register(run.pidfd, select.EPOLLIN)
+        watch(run)
 
     def finish(run: _Run) -> None:
         poll.unregister(run.pidfd)
@@ -925,9 +928,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
             else:
                 active += 1
             if run.pid is not None:  # forked here (no template)
-                runs.append(run)
-                watched[run.pidfd] = run
-                poll.register(run.pidfd, select.EPOLLIN)
+                watch(run)
         if forker.answered:  # runs a template that died while we were sending had not answered
             for run, pid in forker.replies():
                 started(run, pid)

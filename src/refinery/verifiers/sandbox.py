@@ -214,6 +214,7 @@ class Sandbox:
         self._queue: collections.deque = collections.deque()
         self._qlock = threading.Lock()
         self._inflight = [0] * n
+        # per + 1 slot ids each: a zygote also holds one run ready behind its busy slots (see _zygote.serve)
         self._servers = [_Server(per, k * (per + 1), preimport, on_done=functools.partial(self._done, k))
                          for k in range(n)]
         self.isolation: dict[str, bool] = {key: all(s.isolation.get(key) for s in self._servers)
@@ -249,7 +250,7 @@ class Sandbox:
                 if not self._queue:
                     return
                 k = min(range(len(self._servers)), key=lambda i: self._inflight[i])
-                if self._inflight[k] > self._servers[k].concurrency + 1:
+                if self._inflight[k] > self._servers[k].concurrency + 1:  # slots, one held, one queued
                     return
                 self._inflight[k] += 1
                 rid, payload, fut = self._queue.popleft()
