@@ -149,3 +149,28 @@ def test_category_parsing_and_f1():
     assert parse_categories(["A"]) == ["A"] and parse_categories(None) == []
     assert category_f1([["A", "B"], ["C"]], [["A"], ["C", "D"]]) == pytest.approx(2 / 3)
     assert pair_text("hi", "hello").startswith("User: hi")
+
+
+def test_llm_stages_reject_failed_requests_and_judge_the_rest(monkeypatch):
+    """Every LLM stage of CultureGuard turns a failed request into an `llm_error` reject of that record only."""
+    from refinery.data.safety.cultureguard import CultureGuardConfig, Judge, LabelConsistency, Translate
+    from refinery.data.safety.filters import JUDGE_DIMENSIONS
+
+    cfg = CultureGuardConfig(input="in.jsonl", output="out.jsonl")
+    recs = [{"id": str(i), "lang": "de", "adapted": "How do I pick a lock?", "text": "Wie knacke ich ein Schloss?",
+             "label": "unsafe"} for i in range(4)]
+
+    def answers(stage, *texts):
+        monkeypatch.setattr(stage, "ask", lambda prompts, max_new_tokens=None: list(texts))
+        return stage.process(recs)
+
+    good = "\n".join(f"{d}: 5" for d in JUDGE_DIMENSIONS)
+    low = "\n".join(f"{d}: 1" for d in JUDGE_DIMENSIONS)
+    out = answers(Judge(cfg), RuntimeError("server down"), good, low, "no scores here")
+    assert [r.get("_reject") for r in out] == ["llm_error", None, "judge_low", "judge_unparseable"]
+    assert "server down" in out[0]["_detail"] and out[1]["judge"][JUDGE_DIMENSIONS[0]] == 5
+    out = answers(Translate(cfg), "Hallo", "", TimeoutError("slow"), "Servus")
+    assert [r.get("_reject") for r in out] == [None, "empty_translation", "llm_error", None]
+    assert out[0]["text"] == "Hallo"
+    out = answers(LabelConsistency(cfg), "unsafe", "safe", OSError("x"), "unsafe")
+    assert [r.get("_reject") for r in out] == [None, "label_changed", "llm_error", None]

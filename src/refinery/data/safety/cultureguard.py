@@ -97,6 +97,12 @@ class _LLMStage(LLMStage):
         return [r if isinstance(r, Exception) else r[0].text.strip()
                 for r in self.sample(prompts, max_new_tokens=max_new_tokens)]
 
+    def each(self, records: list[dict], prompts: list[str], keep, max_new_tokens: int | None = None) -> list[dict]:
+        """Ask one prompt per record; ``keep(record, answer)`` makes the record's result, and a failed request
+        rejects it as ``llm_error``."""
+        return [reject(r, "llm_error", str(a)) if isinstance(a, Exception) else keep(r, a)
+                for r, a in zip(records, self.ask(prompts, max_new_tokens))]
+
 
 class Segregate(_LLMStage):
     name, adds = "segregate", ("culture", "culture_reason")
@@ -150,10 +156,9 @@ class Translate(_LLMStage):
     name, adds = "translate", ("text",)
 
     def process(self, records):
-        answers = self.ask([TRANSLATE_PROMPT.format(language=LANGUAGES[r["lang"]], text=r["adapted"])
-                            for r in records])
-        return [reject(r, "llm_error", str(a)) if isinstance(a, Exception) else
-                ({**r, "text": a} if a else reject(r, "empty_translation")) for r, a in zip(records, answers)]
+        return self.each(records, [TRANSLATE_PROMPT.format(language=LANGUAGES[r["lang"]], text=r["adapted"])
+                                   for r in records],
+                         lambda r, a: {**r, "text": a} if a else reject(r, "empty_translation"))
 
 
 class LanguageFilter(Stage):
@@ -207,16 +212,12 @@ class BackTranslation(_LLMStage):
     def process(self, records):
         from refinery.data.safety.filters import chrf
 
-        answers = self.ask([BACK_PROMPT.format(text=r["text"]) for r in records])
-        out = []
-        for r, a in zip(records, answers):
-            if isinstance(a, Exception):
-                out.append(reject(r, "llm_error", str(a)))
-                continue
+        def keep(r, a):
             score = chrf(a, r["adapted"])
             new = {**r, "back_translation": a, "bt_chrf": round(score, 2)}
-            out.append(new if score >= self.cfg.min_bt_chrf else reject(new, "back_translation", f"chrF {score:.1f}"))
-        return out
+            return new if score >= self.cfg.min_bt_chrf else reject(new, "back_translation", f"chrF {score:.1f}")
+
+        return self.each(records, [BACK_PROMPT.format(text=r["text"]) for r in records], keep)
 
 
 class Judge(_LLMStage):
@@ -225,21 +226,15 @@ class Judge(_LLMStage):
     def process(self, records):
         from refinery.data.safety.filters import parse_judge
 
-        answers = self.ask([JUDGE_PROMPT.format(language=LANGUAGES[r["lang"]], source=r["adapted"],
-                                                translation=r["text"]) for r in records], 48)
-        out = []
-        for r, a in zip(records, answers):
-            if isinstance(a, Exception):
-                out.append(reject(r, "llm_error", str(a)))
-                continue
+        def keep(r, a):
             scores = parse_judge(a)
             if scores is None:
-                out.append(reject(r, "judge_unparseable", a[:200]))
-            elif min(scores.values()) < self.cfg.min_judge:
-                out.append(reject({**r, "judge": scores}, "judge_low"))
-            else:
-                out.append({**r, "judge": scores})
-        return out
+                return reject(r, "judge_unparseable", a[:200])
+            return reject({**r, "judge": scores}, "judge_low") if min(scores.values()) < self.cfg.min_judge \
+                else {**r, "judge": scores}
+
+        return self.each(records, [JUDGE_PROMPT.format(language=LANGUAGES[r["lang"]], source=r["adapted"],
+                                                       translation=r["text"]) for r in records], keep, 48)
 
 
 class LabelConsistency(_LLMStage):
@@ -248,17 +243,12 @@ class LabelConsistency(_LLMStage):
     def process(self, records):
         from refinery.data.safety.filters import parse_label
 
-        answers = self.ask([LABEL_PROMPT.format(text=r["text"]) for r in records], 4)
-        out = []
-        for r, a in zip(records, answers):
-            if isinstance(a, Exception):
-                out.append(reject(r, "llm_error", str(a)))
-                continue
-            got = parse_label(a)
-            want = str(r.get(self.cfg.label_field, "")).lower()
+        def keep(r, a):
+            got, want = parse_label(a), str(r.get(self.cfg.label_field, "")).lower()
             new = {**r, "label_rejudged": got}
-            out.append(new if got == want else reject(new, "label_changed", f"{want} -> {got}"))
-        return out
+            return new if got == want else reject(new, "label_changed", f"{want} -> {got}")
+
+        return self.each(records, [LABEL_PROMPT.format(text=r["text"]) for r in records], keep, 4)
 
 
 class Provenance(Stage):
