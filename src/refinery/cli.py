@@ -613,7 +613,10 @@ def verify_cmd(
     input: Path = typer.Option(..., "--input", help="JSONL: id, response, and reference (tests for code)."),
     output: Path = typer.Option(..., "--output", help="JSONL: id, score, extracted, reason; a summary line last."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel checks (default: all cores)."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per check (math) or per run (code)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per check (math); code: CPU seconds per run "
+                                  "(the program's own CPU time decides, not the machine's load)."),
+    wall_timeout: Optional[float] = typer.Option(None, "--wall-timeout", help="code: wall-clock backstop per run "
+                                                 "(default 2 x --timeout + 10 s) for programs that wait."),
     mode: str = typer.Option("all", "--mode", help="code: 'all' tests must pass (AceReason) or 'fraction' (ProRL)."),
     no_fallback: bool = typer.Option(False, "--no-fallback", help="math: do not fall back to the last number."),
     progress: bool = ProgressOpt,
@@ -633,7 +636,7 @@ def verify_cmd(
 
         if mode not in ("all", "fraction"):
             raise RefineryError(f"--mode must be 'all' or 'fraction', got {mode!r}")
-        kwargs = {"mode": mode, "limits": Limits(timeout=timeout), "concurrency": workers}
+        kwargs = {"mode": mode, "limits": Limits(cpu_seconds=timeout, timeout=wall_timeout), "concurrency": workers}
     verifier = get_verifier(kind, **kwargs)
     try:
         stats = verify_file(verifier, kind, input, output, workers=workers, timeout=timeout, progress=progress)

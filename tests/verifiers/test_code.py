@@ -117,3 +117,47 @@ def test_a_large_batch_with_large_messages_does_not_deadlock():
         assert verdicts[201].reason.startswith("bad tests")
     finally:
         v.close()
+
+
+def test_time_limit_counts_the_programs_cpu_not_the_machines_load():
+    """Under a CPU load that slows it to several times its CPU time in wall time, a correct program still passes
+    (the verdict reads its CPU time; the wall clock is only a generous backstop), and a program that needs more CPU
+    than its limit still fails, saying so."""
+    import subprocess
+    import sys
+    import time
+
+    from refinery.verifiers.sandbox import Sandbox
+
+    work = "def f(n):\n    s = 0\n    for i in range(n):\n        s += i * i\n    return s\n"
+    n = 5_000_000  # ~0.25-0.6 s of CPU on this kind of machine
+    tests = [f"assert f({n}) == {sum(i * i for i in range(n))}"]
+    box = Sandbox(concurrency=2, limits=Limits(cpu_seconds=2))
+    burners = []
+    try:
+        assert box.run(work, tests=tests).tests[0][1]  # the zygote is up before the load starts
+        # each in a session of its own, as the sandbox's zygote is (the scheduler shares CPU between sessions)
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+                   for _ in range(8)]
+        time.sleep(0.3)
+        res = box.run(work, tests=tests)
+        assert res.tests == [[0, True, ""]], res
+        assert res.wall > 2 * res.cpu > 0.2, res  # the load really slowed it: a wall limit would have punished it
+        slow = box.run("def f(n):\n    while True:\n        pass\n", tests=tests, limits=Limits(cpu_seconds=1))
+        assert slow.tests[0][1] is False and "CPU time limit exceeded" in slow.reason, slow
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    try:
+        verdict = CodeVerifier(sandbox=box, limits=Limits(cpu_seconds=1))("def f(n):\n    while True:\n        pass\n",
+                                                                         {"kind": "functional", "asserts": tests})
+        assert verdict.score == 0.0 and verdict.reason.endswith("CPU time limit exceeded"), verdict
+    finally:
+        box.close()
+
+
+def test_limits_default_to_a_cpu_verdict_with_a_generous_wall_backstop():
+    assert Limits().cpu_seconds == 10 and Limits().wall == 30.0
+    assert Limits(cpu_seconds=2).wall == 14.0 and Limits(timeout=3).wall == 3.0
+    assert Limits(cpu_seconds=1.5).to_request()["cpu_seconds"] == 2

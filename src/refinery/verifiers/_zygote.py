@@ -20,13 +20,21 @@ import socket
 import struct
 import sys
 import time
-from types import CodeType
+from types import ModuleType
 from typing import Any
+
+if __name__ == "__main__":  # the zygote itself: no package to import from; load the judge's module by path
+    _remote = ModuleType("_refinery_remote")
+    _path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_remote.py")
+    with open(_path, encoding="utf-8") as _f:
+        exec(compile(_f.read(), _path, "exec"), _remote.__dict__)
+else:
+    from refinery.verifiers import _remote
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x20000000, 0x08000000
 CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
-PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_NAME = 38, 1, 15
+PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_DUMPABLE = 38, 1, 15, 4
 BASE_UID = 61000
 SYS_CLONE = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "s390x": 120}.get(os.uname().machine)
 
@@ -195,29 +203,7 @@ def _report(*item) -> None:
     os.write(3, (json.dumps(item) + "\n").encode())
 
 
-def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], new_session: bool,
-             held: bool) -> None:
-    """The untrusted program's process (PID 1 of its namespace). Never returns.
-
-    Every page this code writes is copied for the run (the zygote's memory is shared copy-on-write), so it keeps to
-    a few builtins: the request came as a marshalled tuple, passing tests are reported with a preformatted line."""
-    code, tests, setup, cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes = req
-    if new_session:  # without a PID namespace the zygote kills the run's process group; with one, PID 1 is enough
-        try:  # (and setsid costs ~15 us: it makes a scheduler autogroup)
-            os.setsid()
-        except OSError:
-            pass
-    os.chdir(workdir)
-    report_fd, _, stdin_fd, out_fd, err_fd, go_fd = fds
-    moves = [(stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4)]
-    targets = {target for _, target in moves}
-    for k, (fd, target) in enumerate(moves):  # a source that is another move's target would be overwritten first:
-        while fd in targets and fd != target:  # park it on a free fd outside the targets (closed just below)
-            fd = os.dup(fd)
-        moves[k] = (fd, target)
-    for fd, target in moves:
-        os.dup2(fd, target)
-    os.closerange(5, 65536)
+def _drop_privileges(uid: int | None) -> None:
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -227,18 +213,49 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
             _libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         except OSError:
             pass
+
+
+def _set_limits(cpu_seconds: int, memory_mb: int, file_size_mb: int, max_open_files: int | None,
+                max_processes: int | None) -> None:
     mb = 1024 * 1024
     # CPU: soft limit sends SIGXCPU (a clear reason), the hard limit one second later SIGKILL.
-    for res, soft, hard in ((resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1),
-                            (resource.RLIMIT_AS, memory_mb * mb, memory_mb * mb),
-                            (resource.RLIMIT_FSIZE, file_size_mb * mb, file_size_mb * mb),
-                            (resource.RLIMIT_CORE, 0, 0),
-                            (resource.RLIMIT_NOFILE, max_open_files, max_open_files),
-                            (resource.RLIMIT_NPROC, max_processes, max_processes)):
+    limits = [(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1), (resource.RLIMIT_AS, memory_mb * mb, memory_mb * mb),
+              (resource.RLIMIT_FSIZE, file_size_mb * mb, file_size_mb * mb), (resource.RLIMIT_CORE, 0, 0)]
+    if max_open_files is not None:
+        limits.append((resource.RLIMIT_NOFILE, max_open_files, max_open_files))
+    if max_processes is not None:
+        limits.append((resource.RLIMIT_NPROC, max_processes, max_processes))
+    for res, soft, hard in limits:
         try:
             resource.setrlimit(res, (soft, hard))
         except (ValueError, OSError):
             pass
+
+
+def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], new_session: bool,
+             held: bool, req_len: int, judge_len: int) -> None:
+    """A run's process (PID 1 of its namespace). Never returns. With functional tests it becomes the *judge* and
+    forks the program (see ``_judged``); otherwise it is the program itself.
+
+    Every page this code writes is copied for the run (the zygote's memory is shared copy-on-write), so it keeps to
+    a few builtins: the request came as a marshalled tuple."""
+    code, setup, cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes, wall, functional = req
+    if new_session:  # without a PID namespace the zygote kills the run's process group; with one, PID 1 is enough
+        try:  # (and setsid costs ~15 us: it makes a scheduler autogroup)
+            os.setsid()
+        except OSError:
+            pass
+    os.chdir(workdir)
+    report_fd, req_fd, stdin_fd, out_fd, err_fd, go_fd = fds
+    moves = [(stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4), (req_fd, 5)]
+    targets = {target for _, target in moves}
+    for k, (fd, target) in enumerate(moves):  # a source that is another move's target would be overwritten first:
+        while fd in targets and fd != target:  # park it on a free fd outside the targets (closed just below)
+            fd = os.dup(fd)
+        moves[k] = (fd, target)
+    for fd, target in moves:
+        os.dup2(fd, target)
+    os.closerange(6, 65536)
     global _IN_RUN
     _IN_RUN = True  # SIGXCPU/SIGXFSZ handlers were installed in the zygote; they report from here on
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir.decode()  # the rest was scrubbed once, in the zygote
@@ -247,7 +264,12 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
         if os.read(4, 1) != b"g":
             os._exit(0)
     os.close(4)
-    _exec = exec
+    if functional:
+        _judged(code, setup, uid, (cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes), wall,
+                req_len, judge_len)
+    os.close(5)
+    _drop_privileges(uid)
+    _set_limits(cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes)
     try:  # dont_inherit: not this module's `from __future__ import annotations`
         compiled = compile(code, "solution.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
@@ -255,36 +277,98 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
         os._exit(1)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
-        _exec(compiled, ns)
+        exec(compiled, ns)
     except SystemExit as e:
-        if tests is None:
-            if e.code is not None and not isinstance(e.code, int):
-                print(e.code, file=sys.stderr)  # as `sys.exit("message")` does
-            _exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
-        _report("runtime", "SystemExit before the tests ran")
-        _exit(1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)  # as `sys.exit("message")` does
+        _exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
     except BaseException as e:
         import traceback
 
         traceback.print_exc()
         _report("runtime", f"{type(e).__name__}: {str(e)[:300]}")
         _exit(1)
-    if tests is not None:
-        try:
-            if setup:
-                _exec(setup if type(setup) is CodeType else compile(setup, "<setup>", "exec", dont_inherit=True), ns)
-        except BaseException as e:
-            _report("runtime", f"setup failed: {type(e).__name__}: {str(e)[:300]}")
-            _exit(1)
-        write = os.write
-        for i, test in enumerate(tests):  # code objects compiled by the client, or source
-            try:
-                _exec(test if type(test) is CodeType else compile(test, "<test>", "exec", dont_inherit=True), ns)
-                write(3, b'["test",%d,true,""]\n' % i)
-            except BaseException as e:  # SystemExit inside a test is a failure, not a pass
-                _report("test", i, False, f"{type(e).__name__}: {str(e)[:200]}")
-        write(3, b'["done"]\n')
     _exit(0)
+
+
+JUDGE_UID_OFFSET = 100_000  # the judge of the run in slot k runs as BASE_UID + JUDGE_UID_OFFSET + k
+
+
+def _judged(code: str, setup: Any, uid: int | None, limits: tuple, wall: float, req_len: int,
+            judge_len: int) -> None:
+    """Functional tests judged from outside the program's process (``_remote``). Never returns.
+
+    This process (PID 1 of the run's namespace) forks the program *before* it reads the tests, so expected values
+    never exist in the program's memory; then it drops to a uid of its own (the program cannot signal it, trace
+    it or open its /proc files; without uid switching it is at least non-dumpable), reads the tests from fd 5 and
+    runs them, calling into the program over a socket with plain data only. Only this process holds the report
+    (fd 3): a test passes only when the judge saw it pass."""
+    judge_sock, program_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cpu_seconds = limits[0]
+    pid = os.fork()
+    if pid == 0:  # the program: no report, no tests, its own uid and limits
+        try:
+            global _IN_RUN
+            _IN_RUN = False  # its limit signals just end it; the judge reads why from its exit status
+            judge_sock.close()
+            os.close(3)
+            os.close(5)
+            _drop_privileges(uid)
+            _set_limits(*limits)
+            _remote.serve_program(program_sock, code, setup, _exit)
+        finally:
+            os._exit(70)
+    program_sock.close()
+    try:
+        _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except OSError:
+        pass
+    _drop_privileges(None if uid is None else uid + JUDGE_UID_OFFSET)
+    _set_limits(int(wall) + 2, max(limits[1], 1024), 64, None, None)
+    data = os.pread(5, judge_len, req_len)
+    while len(data) < judge_len:
+        more = os.pread(5, judge_len - len(data), req_len + len(data))
+        if not more:
+            break
+        data += more
+    os.close(5)
+    tests = marshal.loads(data)
+    usage: list = []
+
+    def reap(grace: float) -> str:
+        """Wait up to ``grace`` s for the program to end; its exit reason (usage kept for the report)."""
+        if usage:
+            return usage[0]
+        try:
+            pidfd = os.pidfd_open(pid)
+            select.select([pidfd], [], [], grace)
+            os.close(pidfd)
+            done, status, ru = os.wait4(pid, os.WNOHANG)
+        except OSError:
+            done = 0
+        if not done:
+            return "program closed its channel"
+        cpu = ru.ru_utime + ru.ru_stime
+        usage.extend([_remote.exit_reason(status, cpu, cpu_seconds), cpu, ru.ru_maxrss / 1024,
+                      ru.ru_minflt + ru.ru_majflt])
+        return usage[0]
+
+    write = os.write
+
+    def report(kind: str, *item) -> None:
+        if kind == "test" and item[1]:
+            write(3, b'["test",%d,true,""]\n' % item[0])
+        elif kind == "runtime" and item[0].endswith("limit exceeded"):
+            _report("limit", item[0])
+        else:
+            _report(kind, *item)
+
+    _remote.judge(judge_sock, tests, setup, report, lambda: reap(1.0))
+    judge_sock.close()  # an honest program ends on "end" or EOF
+    reap(0.5)
+    if usage:
+        _report("usage", round(usage[1], 4), round(usage[2], 1), usage[3])
+    os._exit(0)
 
 
 def _rehearse(times: int = 10) -> None:
@@ -299,12 +383,14 @@ def _rehearse(times: int = 10) -> None:
                "def f(numbers: List[int], k: int) -> Optional[Dict[str, Tuple[int, float]]]:\n"
                "    return {str(k): (len(numbers), math.sqrt(k))} if numbers else None\n")
     test = compile("assert f([1], 4) == {'4': (1, 2.0)}\nassert f([], 1) is None", "<test>", "exec", dont_inherit=True)
-    payload = marshal.dumps((program, [test], "", 10, 1024, 16, 64, 16))
-    req_fd = _memfile(payload)
+    payload = marshal.dumps((program, "", 10, 1024, 16, 64, 16, 30.0, True))
+    judge_part = marshal.dumps([test])
+    req_fd = _memfile(payload + judge_part)
     r, w = os.pipe()
     try:
         for _ in range(times):
-            code, tests, setup, *_limits = marshal.loads(os.pread(req_fd, len(payload), 0))
+            code, setup, *_limits = marshal.loads(os.pread(req_fd, len(payload), 0))
+            tests = marshal.loads(os.pread(req_fd, len(judge_part), len(payload)))
             try:
                 os.setsid()  # the zygote already leads its session: EPERM
             except OSError:
@@ -325,8 +411,8 @@ def _rehearse(times: int = 10) -> None:
             os.environ["HOME"] = os.environ["TMPDIR"] = b"/tmp".decode()
             ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
             exec(compile(code, "solution.py", "exec", dont_inherit=True), ns)
-            for i, test in enumerate(tests):
-                exec(test if type(test) is CodeType else compile(test, "<test>", "exec", dont_inherit=True), ns)
+            _remote.rehearse(code, tests)
+            for i, _test in enumerate(tests):
                 os.write(w, b'["test",%d,true,""]\n' % i)
             os.write(w, b'["done"]\n')
             sys.stdout.flush()
@@ -422,11 +508,11 @@ def _limit_hit(signum, frame) -> None:
         os._exit(128 + signum)
 
 
-def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, pid_ns: bool,
+def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, judge_len: int, pid_ns: bool,
                held: bool) -> None:
-    """Entry of a run's process. ``fds``: its report, its request (a marshalled tuple the zygote wrote), its stdin,
-    stdout and stderr, all memory files (stdin may be /dev/null), and the pipe on which a held run waits for its
-    slot (/dev/null otherwise)."""
+    """Entry of a run's process. ``fds``: its report, its request (a marshalled tuple the zygote wrote, then the
+    judge's part: the tests, read only by the judge), its stdin, stdout and stderr, all memory files (stdin may be
+    /dev/null), and the pipe on which a held run waits for its slot (/dev/null otherwise)."""
     try:
         req_fd = fds[1]
         data = os.pread(req_fd, req_len, 0)
@@ -435,7 +521,7 @@ def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: i
             if not more:
                 break
             data += more
-        _program(marshal.loads(data), workdir, uid, fds, not pid_ns, held)
+        _program(marshal.loads(data), workdir, uid, fds, not pid_ns, held, req_len, judge_len)
     finally:
         os._exit(70)
 
@@ -493,21 +579,21 @@ class _Forker:
                 msg, anc, _, _ = recvmsg(4096, anc_size)
             except OSError:
                 os._exit(0)
-            if len(msg) < 12 or len(anc) != 1 or len(anc[0][2]) != 24:
+            if len(msg) < 16 or len(anc) != 1 or len(anc[0][2]) != 24:
                 os._exit(0)
             fds = unpack("6i", anc[0][2])
-            uid, req_len, held = unpack("3i", msg[:12])
+            uid, req_len, judge_len, held = unpack("4i", msg[:16])
             try:
                 pid = clone(flags)
             except OSError:
                 pid = -1
             if pid == 0:
-                _run_child(msg[12:], uid if uid >= 0 else None, fds, req_len, pid_ns, held == 1)
+                _run_child(msg[16:], uid if uid >= 0 else None, fds, req_len, judge_len, pid_ns, held == 1)
             for fd in fds:
                 close(fd)
             send(pack("i", pid))
 
-    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int,
+    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int, judge_len: int,
               held: bool) -> int | None:
         """Start the run prepared in ``workdir`` (``fds``: report, request, stdin, stdout, stderr, go). Normally it is
         sent to the template and its pid comes later from ``replies()`` (None here): the zygote does not wait for
@@ -518,7 +604,7 @@ class _Forker:
             if self.chan is None:
                 break
             try:
-                socket.send_fds(self.chan, [struct.pack("3i", -1 if uid is None else uid, req_len, int(held))
+                socket.send_fds(self.chan, [struct.pack("4i", -1 if uid is None else uid, req_len, judge_len, int(held))
                                             + workdir], fds)
             except OSError:  # the template is gone and never saw this run: replace it and send again
                 self._lost()
@@ -527,7 +613,7 @@ class _Forker:
             return None
         pid = _clone(CLONE_NEWPID) if self.iso["pid_namespace"] else os.fork()
         if pid == 0:
-            _run_child(workdir, uid, tuple(fds), req_len, self.iso["pid_namespace"], held)
+            _run_child(workdir, uid, tuple(fds), req_len, judge_len, self.iso["pid_namespace"], held)
         return pid
 
     def replies(self, block: bool = False) -> list[tuple[Any, int]]:
@@ -614,8 +700,11 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
     if uid is not None:
         os.chown(workdir, uid, uid)
     lim = req["limits"]
-    payload = marshal.dumps((req["code"], req.get("tests"), req.get("setup") or "", lim["cpu_seconds"],
-                             lim["memory_mb"], lim["file_size_mb"], lim["max_open_files"], lim["max_processes"]))
+    tests = req.get("tests")
+    payload = marshal.dumps((req["code"], req.get("setup") or "", lim["cpu_seconds"], lim["memory_mb"],
+                             lim["file_size_mb"], lim["max_open_files"], lim["max_processes"], lim["timeout"],
+                             tests is not None))
+    judge_part = marshal.dumps(tests) if tests is not None else b""  # after the program's part: the judge's alone
     if _DEVNULL < 0:
         _DEVNULL = os.open(os.devnull, os.O_RDONLY)
     kept: list[int] = []  # report, stdout, stderr: read by the zygote after the run
@@ -623,7 +712,7 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
     try:
         for _ in range(3):
             kept.append(_memfile(b""))
-        sent_only.append(_memfile(payload))
+        sent_only.append(_memfile(payload + judge_part))
         stdin_fd = _memfile(req["stdin"].encode()) if req.get("stdin") else _DEVNULL
         if stdin_fd != _DEVNULL:
             sent_only.append(stdin_fd)
@@ -635,7 +724,7 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
         run = _Run(req, slot, uid, workdir, (kept[0], kept[1], kept[2]), go_w)
         pid = forker.start(run, os.fsencode(workdir), uid,
                            [kept[0], sent_only[0], stdin_fd, kept[1], kept[2], go_r if held else _DEVNULL],
-                           len(payload), held)
+                           len(payload), len(judge_part), held)
     except OSError:
         for fd in kept:
             os.close(fd)
@@ -697,6 +786,8 @@ def _finish_run(run: _Run, iso: dict) -> dict:
         elif item[0] == "limit" and len(item) == 2:
             res["reason"] = item[1]
             res["status"] = "killed"
+        elif item[0] == "usage" and len(item) == 4 and run.req.get("tests") is not None:  # the judge's: the program's
+            res["cpu"], res["max_rss_mb"], res["page_faults"] = item[1:]
     if status == "timeout":
         res["reason"] = f"timeout after {lim['timeout']}s"
     elif str(res["reason"]).endswith("limit exceeded"):

@@ -119,20 +119,28 @@ class CodeVerifier(Verifier):
         return lambda: self._stdio(code, tests, [f.result() for f in futures])
 
     def _score(self, passed: int, total: int, first_failure: str, code: str) -> Verdict:
+        if not 0 <= passed <= total:  # unreachable: both counts are the trusted side's
+            raise AssertionError(f"passed {passed} of {total} tests")
         if passed == total:
             return Verdict(1.0, code, f"passed {passed}/{total}")
         score = passed / total if self.mode == "fraction" else 0.0
         return Verdict(score, code, f"passed {passed}/{total}; {first_failure}")
 
     def _functional(self, code: str, tests: dict, res: RunResult) -> Verdict:
-        asserts = tests["asserts"]
+        """Counted by construction: a test passes only if the judge reported it passed, each index at most once, so
+        the score is in [0, 1] whatever the program did."""
+        total = len(tests["asserts"])
         if res.reason and not res.tests:
             return Verdict(0.0, code, res.reason)
-        passed = sum(1 for _, ok, _ in res.tests if ok)
-        failures = [f"test {i}: {why}" for i, ok, why in res.tests if not ok]
-        if len(res.tests) < len(asserts):
-            failures.append(res.reason or f"stopped after {len(res.tests)} tests")
-        return self._score(passed, len(asserts), failures[0] if failures else "", code)
+        seen: dict[int, tuple[bool, str]] = {}
+        for item in res.tests:
+            if isinstance(item, (list, tuple)) and len(item) == 3 and type(item[0]) is int and 0 <= item[0] < total:
+                seen.setdefault(item[0], (item[1] is True, str(item[2])))
+        passed = sum(ok for ok, _ in seen.values())
+        failures = [f"test {i}: {why}" for i, (ok, why) in sorted(seen.items()) if not ok]
+        if len(seen) < total:
+            failures.append(res.reason or f"stopped after {len(seen)} tests")
+        return self._score(passed, total, failures[0] if failures else "", code)
 
     def _stdio(self, code: str, tests: dict, results: list[RunResult]) -> Verdict:
         cases = tests["cases"]

@@ -26,6 +26,7 @@ import collections
 import functools
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -71,15 +72,28 @@ def _site_paths() -> list[str]:
 
 @dataclass
 class Limits:
-    """Per-run resource limits (defaults sized for competitive-programming and HumanEval-style tests)."""
+    """Per-run resource limits (defaults sized for competitive-programming and HumanEval-style tests).
 
-    timeout: float = 10.0  # wall-clock seconds; the whole process tree is killed after it
-    cpu_seconds: int = 10  # RLIMIT_CPU
+    The verdict's time limit is CPU time: ``cpu_seconds`` of the program's own process (RLIMIT_CPU, whole seconds,
+    rounded up), so a correct program is not failed because the machine is busy. ``timeout`` is only a wall-clock
+    backstop for programs that wait instead of computing (sleep, blocking reads); by default it is generous."""
+
+    timeout: float | None = None  # wall-clock backstop (s); None: 2 x cpu_seconds + 10. The process tree is killed
+    cpu_seconds: float = 10  # the time limit that decides verdicts: CPU seconds of the program (RLIMIT_CPU)
     memory_mb: int = 1024  # RLIMIT_AS
     file_size_mb: int = 16  # RLIMIT_FSIZE: caps every file written, stdout included
     max_processes: int = 16  # RLIMIT_NPROC for the run's own uid
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output: int = 1 << 20  # bytes of stdout/stderr read back
+
+    @property
+    def wall(self) -> float:
+        """The wall-clock backstop in seconds."""
+        return float(self.timeout) if self.timeout is not None else 2.0 * self.cpu_seconds + 10.0
+
+    def to_request(self) -> dict:
+        """The limits as the zygote reads them (whole CPU seconds, the resolved wall clock)."""
+        return {**vars(self), "timeout": self.wall, "cpu_seconds": max(1, math.ceil(self.cpu_seconds))}
 
 
 @dataclass
@@ -89,7 +103,7 @@ class RunResult:
     signal: int | None = None
     stdout: str = ""
     stderr: str = ""
-    tests: list[list] = field(default_factory=list)  # functional: [index, passed, reason]
+    tests: list[list] = field(default_factory=list)  # functional: [index, passed, reason], written by the judge
     wall: float = 0.0
     reason: str = ""
     cpu: float = 0.0  # CPU seconds (user + system) of the program's process
@@ -230,8 +244,9 @@ class Sandbox:
 
     def submit(self, code: str, stdin: str = "", tests: list[str] | None = None, setup: str = "",
                limits: Limits | None = None) -> Future:
-        """Run ``code`` (stdin fed from ``stdin``); with ``tests``, run ``setup`` then each test statement block
-        in the program's namespace and report each pass/fail."""
+        """Run ``code`` (stdin fed from ``stdin``). With ``tests``, the run is judged from outside the program's
+        process: ``setup`` runs in both, then each test block runs in a judge process whose calls into the program
+        cross as plain data (``_remote``); the judge reports each pass/fail."""
         fut: Future = Future()
         if tests is not None:
             tests = [compile_test(t) for t in tests]
@@ -239,7 +254,7 @@ class Sandbox:
             setup = compile_test(setup)
         with self._qlock:
             self._queue.append((next(self._ids), {"code": code, "stdin": stdin, "tests": tests, "setup": setup,
-                                                  "limits": dict(vars(limits or self.limits))}, fut))
+                                                  "limits": (limits or self.limits).to_request()}, fut))
         self._pump()
         return fut
 
@@ -264,7 +279,7 @@ class Sandbox:
     def run(self, code: str, stdin: str = "", tests: list[str] | None = None, setup: str = "",
             limits: Limits | None = None) -> RunResult:
         lim = limits or self.limits
-        return self.submit(code, stdin, tests, setup, lim).result(timeout=lim.timeout * 3 + 30)
+        return self.submit(code, stdin, tests, setup, lim).result(timeout=lim.wall * 3 + 30)
 
     def close(self) -> None:
         for server in self._servers:
