@@ -2,11 +2,17 @@
 
     python benchmarks/bench_code_sandbox.py [--data ../shared/data] [--workers 2] [--repeat 3] [--record]
 
-All three run the same 328 programs (164 canonical solutions, which must pass, and 164 mutants returning a
-sentinel first, which must fail) with the same concurrency, and must reach identical verdicts:
-1. refinery: pre-forked zygote in its own namespaces; per run a fresh PID namespace, unprivileged uid, rlimits;
-2. subprocess: `subprocess.run([python, file])` per program, with a timeout (what most RL codebases do);
-3. human-eval style: `multiprocessing.Process` + `Manager` + `reliability_guard()` per program (OpenAI human-eval).
+All run the same 328 programs (164 canonical solutions, which must pass, and 164 mutants returning a sentinel
+first, which must fail) with the same concurrency, and must reach identical verdicts:
+1. refinery, remote-call judge (what `CodeVerifier` does): pre-forked zygote in its own namespaces; per run a fresh
+   PID namespace with a judge process that runs `check(candidate)` and a program process (its own unprivileged uid,
+   rlimits) that it calls with plain data only;
+2. refinery sandbox, program + check as one script: the same sandbox running `prompt + solution + check` as one
+   program, verdict = exit code (the test runs inside the program, so it can be gamed: the cost of the isolation
+   alone, for reference);
+3. subprocess: `subprocess.run([python, file])` per program, with a timeout (what most RL codebases do; gameable
+   the same way);
+4. human-eval style: `multiprocessing.Process` + `Manager` + `reliability_guard()` per program (OpenAI human-eval).
 
 Each (approach, subset) is timed ``--repeat`` times, the approaches interleaved so that drifts in machine speed hit
 all of them alike; the table shows medians. Refinery compiles each distinct test once in the caller: its cache is
@@ -145,11 +151,16 @@ def main() -> None:
         verdicts = verifier.batch([(code, {"kind": "functional", "asserts": [check]}) for code, check, _ in progs])
         return [v.score == 1.0 for v in verdicts]
 
+    def script_fn(progs):  # the same sandbox, the check appended to the program (as subprocess runs it)
+        futures = [verifier.sandbox.submit(code + "\n" + check + "\n") for code, check, _ in progs]
+        return [r.status == "ok" and r.exit_code == 0 for r in (f.result() for f in futures)]
+
     run_subprocess.per_program = run_humaneval_style.per_program = True
 
     subsets = {"all": list(range(len(progs))), "mutants": [i for i, p in enumerate(progs) if not p[2]],
                "canonical": [i for i, p in enumerate(progs) if p[2]]}
-    approaches = (("refinery sandbox (fork server, namespaces, uid, rlimits)", refinery_fn),
+    approaches = (("refinery remote-call judge (judge process + program process, plain-data calls)", refinery_fn),
+                  ("refinery sandbox, program + check as one script (exit code; gameable)", script_fn),
                   ("subprocess.run([python, file]) per program", run_subprocess),
                   ("human-eval style: multiprocessing.Process + Manager + reliability_guard", run_humaneval_style))
     times: dict[tuple[str, str], list[float]] = {}
@@ -169,10 +180,10 @@ def main() -> None:
     floor = cpu / min(cores, args.workers)
     ref = rows[0][1]
     lines = [f"HumanEval: {len(progs)} programs (164 canonical, must pass; 164 mutants returning a sentinel first, "
-             f"must fail), {args.workers} concurrent on {cores} cores; all three reach identical, correct verdicts "
+             f"must fail), {args.workers} concurrent on {cores} cores; all four reach identical, correct verdicts "
              f"on every subset. Median of {args.repeat} interleaved timings (all: "
              + ", ".join(f"{name.split(' (')[0].split(':')[0]} {r} s" for name, r in spread.items())
-             + "). Speed-up = that approach's wall time / Refinery's.", "",
+             + "). Speed-up = that approach's wall time / the remote-call judge's.", "",
              "| approach | all: wall s | executions/s | speed-up | mutants (start-up bound): wall s | speed-up | "
              "canonical: wall s | speed-up |", "|---|---|---|---|---|---|---|---|"]
     for name, w in rows:
@@ -190,7 +201,7 @@ def main() -> None:
     if args.record:
         from _common import record
 
-        record("Code sandbox vs naive execution on HumanEval (issue 4)", lines)
+        record("Code sandbox vs naive execution on HumanEval (issue 19: remote-call judge)", lines)
 
 
 if __name__ == "__main__":

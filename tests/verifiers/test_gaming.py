@@ -56,7 +56,6 @@ def test_rejections_say_why(verifiers):
     assert "message" in why["huge_result"] and "bytes" in why["huge_result"]
     assert "SystemExit before the tests ran" in why["sys_exit_at_import"]
     assert "program exited (code 0)" in why["os_exit_in_call"]
-    assert "SIGKILL" in why["sigkill_self"]
 
 
 def test_no_mode_can_score_outside_zero_one(verifiers):

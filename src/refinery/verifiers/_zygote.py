@@ -233,21 +233,21 @@ def _set_limits(cpu_seconds: int, memory_mb: int, file_size_mb: int, max_open_fi
 
 
 def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], new_session: bool,
-             held: bool, req_len: int, judge_len: int) -> None:
-    """A run's process (PID 1 of its namespace). Never returns. With functional tests it becomes the *judge* and
-    forks the program (see ``_judged``); otherwise it is the program itself.
+             held: bool) -> None:
+    """The untrusted program's process (PID 1 of its namespace). Never returns. With functional tests, fd 3 is not
+    a report but its call channel to the slot's judge (``_Judges``): it runs the program, then answers calls.
 
     Every page this code writes is copied for the run (the zygote's memory is shared copy-on-write), so it keeps to
     a few builtins: the request came as a marshalled tuple."""
-    code, setup, cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes, wall, functional = req
+    code, setup, cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes, functional = req
     if new_session:  # without a PID namespace the zygote kills the run's process group; with one, PID 1 is enough
         try:  # (and setsid costs ~15 us: it makes a scheduler autogroup)
             os.setsid()
         except OSError:
             pass
     os.chdir(workdir)
-    report_fd, req_fd, stdin_fd, out_fd, err_fd, go_fd = fds
-    moves = [(stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4), (req_fd, 5)]
+    report_fd, _, stdin_fd, out_fd, err_fd, go_fd = fds
+    moves = [(stdin_fd, 0), (out_fd, 1), (err_fd, 2), (report_fd, 3), (go_fd, 4)]
     targets = {target for _, target in moves}
     for k, (fd, target) in enumerate(moves):  # a source that is another move's target would be overwritten first:
         while fd in targets and fd != target:  # park it on a free fd outside the targets (closed just below)
@@ -255,9 +255,13 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
         moves[k] = (fd, target)
     for fd, target in moves:
         os.dup2(fd, target)
-    os.closerange(6, 65536)
+    os.closerange(5, 65536)
+    _drop_privileges(uid)
+    _set_limits(cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes)
     global _IN_RUN
-    _IN_RUN = True  # SIGXCPU/SIGXFSZ handlers were installed in the zygote; they report from here on
+    # SIGXCPU/SIGXFSZ handlers were installed in the zygote; from here on they report on fd 3 (a judged program's
+    # fd 3 is its channel: its limit signals just end it, and the zygote reads why from its exit status)
+    _IN_RUN = not functional
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir.decode()  # the rest was scrubbed once, in the zygote
     # (sys.stdin/stdout/stderr, made once in the zygote over fds 0-2, now are this run's files; sys.argv is set too)
     if held:  # started ahead, while every slot was busy: wait for one (EOF: the zygote is gone or gave up on it)
@@ -265,11 +269,7 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
             os._exit(0)
     os.close(4)
     if functional:
-        _judged(code, setup, uid, (cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes), wall,
-                req_len, judge_len)
-    os.close(5)
-    _drop_privileges(uid)
-    _set_limits(cpu_seconds, memory_mb, file_size_mb, max_open_files, max_processes)
+        _remote.serve_program(socket.socket(fileno=3), code, setup, _exit)
     try:  # dont_inherit: not this module's `from __future__ import annotations`
         compiled = compile(code, "solution.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
@@ -291,84 +291,136 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
     _exit(0)
 
 
-JUDGE_UID_OFFSET = 100_000  # the judge of the run in slot k runs as BASE_UID + JUDGE_UID_OFFSET + k
+JUDGE_UID_OFFSET = 100_000  # slot k's judge runs as BASE_UID + JUDGE_UID_OFFSET + k (its programs: BASE_UID + k)
 
 
-def _judged(code: str, setup: Any, uid: int | None, limits: tuple, wall: float, req_len: int,
-            judge_len: int) -> None:
-    """Functional tests judged from outside the program's process (``_remote``). Never returns.
+class _Judges:
+    """One long-lived judge process per slot, forked from the zygote on first use; it runs the functional tests
+    of every run in its slot, one at a time (``_remote.judge``), calling into the run's program over a socket.
 
-    This process (PID 1 of the run's namespace) forks the program *before* it reads the tests, so expected values
-    never exist in the program's memory; then it drops to a uid of its own (the program cannot signal it, trace
-    it or open its /proc files; without uid switching it is at least non-dumpable), reads the tests from fd 5 and
-    runs them, calling into the program over a socket with plain data only. Only this process holds the report
-    (fd 3): a test passes only when the judge saw it pass."""
-    judge_sock, program_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    cpu_seconds = limits[0]
-    pid = os.fork()
-    if pid == 0:  # the program: no report, no tests, its own uid and limits
+    A judge is never in a program's reach: it runs outside the runs' PID namespaces as a uid of its own (a program
+    cannot signal it, trace it or open its /proc files; without uid switching it is at least non-dumpable, so it
+    cannot be traced or read), and the tests reach it in a memory file the program never has. It writes the run's
+    report (which the program never has either: a test passes only when the judge saw it pass), then tells the
+    zygote it is done, then tells the program to end. A judge that does not finish in time is killed and replaced;
+    one process per slot instead of one per run keeps the cost of a judged run close to that of a plain one."""
+
+    def __init__(self, iso: dict):
+        self.iso = iso
+        self.by_slot: dict[int, tuple[int, socket.socket]] = {}
+
+    def submit(self, slot: int, rid: int, program_end: int, tests: bytes, report_fd: int) -> None:
+        """Give slot ``slot``'s judge the run ``rid``: its end of the program's channel, the marshalled
+        (tests, setup), and the run's report file."""
+        tests_fd = _memfile(tests)
         try:
-            global _IN_RUN
-            _IN_RUN = False  # its limit signals just end it; the judge reads why from its exit status
-            judge_sock.close()
-            os.close(3)
-            os.close(5)
-            _drop_privileges(uid)
-            _set_limits(*limits)
-            _remote.serve_program(program_sock, code, setup, _exit)
+            for _ in range(2):
+                if slot not in self.by_slot:
+                    self._spawn(slot)
+                try:
+                    socket.send_fds(self.by_slot[slot][1], [struct.pack("!qi", rid, len(tests))],
+                                    [program_end, tests_fd, report_fd])
+                    return
+                except OSError:
+                    self.kill(slot)
+            raise OSError("could not reach the judge")
         finally:
-            os._exit(70)
-    program_sock.close()
-    try:
-        _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except OSError:
-        pass
-    _drop_privileges(None if uid is None else uid + JUDGE_UID_OFFSET)
-    _set_limits(int(wall) + 2, max(limits[1], 1024), 64, None, None)
-    data = os.pread(5, judge_len, req_len)
-    while len(data) < judge_len:
-        more = os.pread(5, judge_len - len(data), req_len + len(data))
-        if not more:
-            break
-        data += more
-    os.close(5)
-    tests = marshal.loads(data)
-    usage: list = []
+            os.close(tests_fd)
 
-    def reap(grace: float) -> str:
-        """Wait up to ``grace`` s for the program to end; its exit reason (usage kept for the report)."""
-        if usage:
-            return usage[0]
+    def wait(self, slot: int, rid: int, timeout: float) -> str:
+        """Wait for the judge to finish run ``rid`` ("" when it did; else why not, and the judge is replaced)."""
+        entry = self.by_slot.get(slot)
+        if entry is None:
+            return "the judge died"
+        chan = entry[1]
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([chan], [], [], left)[0]:
+                self.kill(slot)
+                return "the tests did not finish in time"
+            try:
+                msg = chan.recv(16)
+            except OSError:
+                msg = b""
+            if len(msg) != 8:
+                self.kill(slot)
+                return "the judge died"
+            if struct.unpack("!q", msg)[0] == rid:  # (an earlier run that never started may have left its answer)
+                return ""
+
+    def kill(self, slot: int) -> None:
+        pid, chan = self.by_slot.pop(slot)
+        chan.close()
         try:
-            pidfd = os.pidfd_open(pid)
-            select.select([pidfd], [], [], grace)
-            os.close(pidfd)
-            done, status, ru = os.wait4(pid, os.WNOHANG)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _spawn(self, slot: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        uid = BASE_UID + JUDGE_UID_OFFSET + slot if self.iso["uid_switch"] else None
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(theirs.fileno(), 3)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # a test's prints go nowhere (the caller's stderr pipe must never fill)
+                    os.dup2(null, fd)
+                os.closerange(4, 65536)  # the client's socket, the template's, other judges'
+                _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
+                _drop_privileges(uid)
+                _set_limits(1 << 20, 4096, 64, None, None)
+                _judge_loop(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=3))
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.by_slot[slot] = (pid, ours)
+
+
+def _judge_loop(chan: socket.socket) -> None:
+    """A judge's life: take a run, judge it, say done, tell the program to end; until the zygote goes."""
+    import random
+
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(chan, 64, 3)
         except OSError:
-            done = 0
-        if not done:
-            return "program closed its channel"
-        cpu = ru.ru_utime + ru.ru_stime
-        usage.extend([_remote.exit_reason(status, cpu, cpu_seconds), cpu, ru.ru_maxrss / 1024,
-                      ru.ru_minflt + ru.ru_majflt])
-        return usage[0]
+            return
+        if len(msg) != 12 or len(fds) != 3:
+            return
+        rid, size = struct.unpack("!qi", msg)
+        program_end, tests_fd, report_fd = fds
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=program_end)
 
-    write = os.write
+        def report(kind: str, *item, _fd=report_fd) -> None:
+            if kind == "test" and item[1]:
+                os.write(_fd, b'["test",%d,true,""]\n' % item[0])
+            else:
+                os.write(_fd, (json.dumps([kind, *item]) + "\n").encode())
 
-    def report(kind: str, *item) -> None:
-        if kind == "test" and item[1]:
-            write(3, b'["test",%d,true,""]\n' % item[0])
-        elif kind == "runtime" and item[0].endswith("limit exceeded"):
-            _report("limit", item[0])
-        else:
-            _report(kind, *item)
-
-    _remote.judge(judge_sock, tests, setup, report, lambda: reap(1.0))
-    judge_sock.close()  # an honest program ends on "end" or EOF
-    reap(0.5)
-    if usage:
-        _report("usage", round(usage[1], 4), round(usage[2], 1), usage[3])
-    os._exit(0)
+        try:
+            tests, setup = marshal.loads(os.pread(tests_fd, size, 0))
+            os.close(tests_fd)
+            random.seed(0)  # every run's tests see the same random stream, as in a fresh process
+            _remote.judge(sock, tests, setup, report, lambda: "the program ended")
+        except BaseException as e:  # noqa: BLE001 - one run's failure must not end the judge
+            try:
+                report("runtime", f"judge error: {type(e).__name__}: {str(e)[:200]}")
+            except BaseException:  # noqa: S110
+                pass
+        os.close(report_fd)
+        try:
+            chan.send(struct.pack("!q", rid))
+        except OSError:
+            return
+        _remote.end(sock)
+        sock.close()
 
 
 def _rehearse(times: int = 10) -> None:
@@ -383,7 +435,7 @@ def _rehearse(times: int = 10) -> None:
                "def f(numbers: List[int], k: int) -> Optional[Dict[str, Tuple[int, float]]]:\n"
                "    return {str(k): (len(numbers), math.sqrt(k))} if numbers else None\n")
     test = compile("assert f([1], 4) == {'4': (1, 2.0)}\nassert f([], 1) is None", "<test>", "exec", dont_inherit=True)
-    payload = marshal.dumps((program, "", 10, 1024, 16, 64, 16, 30.0, True))
+    payload = marshal.dumps((program, "", 10, 1024, 16, 64, 16, True))
     judge_part = marshal.dumps([test])
     req_fd = _memfile(payload + judge_part)
     r, w = os.pipe()
@@ -508,11 +560,11 @@ def _limit_hit(signum, frame) -> None:
         os._exit(128 + signum)
 
 
-def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, judge_len: int, pid_ns: bool,
+def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: int, pid_ns: bool,
                held: bool) -> None:
-    """Entry of a run's process. ``fds``: its report, its request (a marshalled tuple the zygote wrote, then the
-    judge's part: the tests, read only by the judge), its stdin, stdout and stderr, all memory files (stdin may be
-    /dev/null), and the pipe on which a held run waits for its slot (/dev/null otherwise)."""
+    """Entry of a run's process. ``fds``: its report (with functional tests: its channel to the judge), its request
+    (a marshalled tuple the zygote wrote; never the tests), its stdin, stdout and stderr, all memory files (stdin may
+    be /dev/null), and the pipe on which a held run waits for its slot (/dev/null otherwise)."""
     try:
         req_fd = fds[1]
         data = os.pread(req_fd, req_len, 0)
@@ -521,7 +573,7 @@ def _run_child(workdir: bytes, uid: int | None, fds: tuple[int, ...], req_len: i
             if not more:
                 break
             data += more
-        _program(marshal.loads(data), workdir, uid, fds, not pid_ns, held, req_len, judge_len)
+        _program(marshal.loads(data), workdir, uid, fds, not pid_ns, held)
     finally:
         os._exit(70)
 
@@ -579,21 +631,21 @@ class _Forker:
                 msg, anc, _, _ = recvmsg(4096, anc_size)
             except OSError:
                 os._exit(0)
-            if len(msg) < 16 or len(anc) != 1 or len(anc[0][2]) != 24:
+            if len(msg) < 12 or len(anc) != 1 or len(anc[0][2]) != 24:
                 os._exit(0)
             fds = unpack("6i", anc[0][2])
-            uid, req_len, judge_len, held = unpack("4i", msg[:16])
+            uid, req_len, held = unpack("3i", msg[:12])
             try:
                 pid = clone(flags)
             except OSError:
                 pid = -1
             if pid == 0:
-                _run_child(msg[16:], uid if uid >= 0 else None, fds, req_len, judge_len, pid_ns, held == 1)
+                _run_child(msg[12:], uid if uid >= 0 else None, fds, req_len, pid_ns, held == 1)
             for fd in fds:
                 close(fd)
             send(pack("i", pid))
 
-    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int, judge_len: int,
+    def start(self, token: Any, workdir: bytes, uid: int | None, fds: list[int], req_len: int,
               held: bool) -> int | None:
         """Start the run prepared in ``workdir`` (``fds``: report, request, stdin, stdout, stderr, go). Normally it is
         sent to the template and its pid comes later from ``replies()`` (None here): the zygote does not wait for
@@ -604,7 +656,7 @@ class _Forker:
             if self.chan is None:
                 break
             try:
-                socket.send_fds(self.chan, [struct.pack("4i", -1 if uid is None else uid, req_len, judge_len, int(held))
+                socket.send_fds(self.chan, [struct.pack("3i", -1 if uid is None else uid, req_len, int(held))
                                             + workdir], fds)
             except OSError:  # the template is gone and never saw this run: replace it and send again
                 self._lost()
@@ -613,7 +665,7 @@ class _Forker:
             return None
         pid = _clone(CLONE_NEWPID) if self.iso["pid_namespace"] else os.fork()
         if pid == 0:
-            _run_child(workdir, uid, tuple(fds), req_len, judge_len, self.iso["pid_namespace"], held)
+            _run_child(workdir, uid, tuple(fds), req_len, self.iso["pid_namespace"], held)
         return pid
 
     def replies(self, block: bool = False) -> list[tuple[Any, int]]:
@@ -683,7 +735,7 @@ def _memfile(data: bytes) -> int:
 _DEVNULL = -1
 
 
-def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = False) -> _Run:
+def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, judges: _Judges, held: bool = False) -> _Run:
     """Prepare a run's directory and files and hand it to the forker (its pid may come later). A ``held`` run's
     process gets ready and then waits for ``_Run.admit`` before the user's code."""
     global _DEVNULL
@@ -702,9 +754,7 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
     lim = req["limits"]
     tests = req.get("tests")
     payload = marshal.dumps((req["code"], req.get("setup") or "", lim["cpu_seconds"], lim["memory_mb"],
-                             lim["file_size_mb"], lim["max_open_files"], lim["max_processes"], lim["timeout"],
-                             tests is not None))
-    judge_part = marshal.dumps(tests) if tests is not None else b""  # after the program's part: the judge's alone
+                             lim["file_size_mb"], lim["max_open_files"], lim["max_processes"], tests is not None))
     if _DEVNULL < 0:
         _DEVNULL = os.open(os.devnull, os.O_RDONLY)
     kept: list[int] = []  # report, stdout, stderr: read by the zygote after the run
@@ -712,7 +762,17 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
     try:
         for _ in range(3):
             kept.append(_memfile(b""))
-        sent_only.append(_memfile(payload + judge_part))
+        sent_only.append(_memfile(payload))
+        fd3 = kept[0]  # the run's report
+        if tests is not None:  # the program's fd 3 is its channel to the judge, who alone holds the report
+            judge_end, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                judges.submit(slot, req["id"], judge_end.fileno(), marshal.dumps((tests, req.get("setup") or "")),
+                              kept[0])
+            finally:
+                judge_end.close()
+            fd3 = program_end.detach()
+            sent_only.append(fd3)
         stdin_fd = _memfile(req["stdin"].encode()) if req.get("stdin") else _DEVNULL
         if stdin_fd != _DEVNULL:
             sent_only.append(stdin_fd)
@@ -723,8 +783,8 @@ def _start_run(req: dict, slot: int, iso: dict, forker: _Forker, held: bool = Fa
             kept.append(go_w)
         run = _Run(req, slot, uid, workdir, (kept[0], kept[1], kept[2]), go_w)
         pid = forker.start(run, os.fsencode(workdir), uid,
-                           [kept[0], sent_only[0], stdin_fd, kept[1], kept[2], go_r if held else _DEVNULL],
-                           len(payload), len(judge_part), held)
+                           [fd3, sent_only[0], stdin_fd, kept[1], kept[2], go_r if held else _DEVNULL],
+                           len(payload), held)
     except OSError:
         for fd in kept:
             os.close(fd)
@@ -751,7 +811,7 @@ def _read_fd(fd: int, cap: int) -> tuple[bytes, int]:
     return b"".join(chunks), size
 
 
-def _finish_run(run: _Run, iso: dict) -> dict:
+def _finish_run(run: _Run, iso: dict, judges: _Judges) -> dict:
     """Reap the program, read its outputs and report, clean up; the result as a dict."""
     lim = run.req["limits"]
     _, wstatus, usage = os.wait4(run.pid, 0)
@@ -766,6 +826,8 @@ def _finish_run(run: _Run, iso: dict) -> dict:
         rc = os.WEXITSTATUS(wstatus)
     if run.timed_out:
         status = "timeout"
+    judged = run.req.get("tests") is not None
+    judge_problem = judges.wait(run.slot, run.req["id"], 2.0) if judged else ""
     report_fd, out_fd, err_fd = run.fds
     out, out_size = _read_fd(out_fd, lim["max_output"])
     res = result(status, exit_code=rc, signal=sig, stdout=out.decode("utf-8", errors="replace"),
@@ -786,8 +848,17 @@ def _finish_run(run: _Run, iso: dict) -> dict:
         elif item[0] == "limit" and len(item) == 2:
             res["reason"] = item[1]
             res["status"] = "killed"
-        elif item[0] == "usage" and len(item) == 4 and run.req.get("tests") is not None:  # the judge's: the program's
-            res["cpu"], res["max_rss_mb"], res["page_faults"] = item[1:]
+    if judged and status != "timeout" and (judge_problem or len(res["tests"]) < len(run.req["tests"])
+                                           or "the program ended" in str(res["reason"])):
+        # the program ended before the tests did: why, from its exit (the judge only saw its channel close)
+        why = _remote.exit_reason(wstatus, res["cpu"], lim["cpu_seconds"])
+        res["reason"] = judge_problem or (res["reason"] if res["reason"] and "the program ended" not in
+                                          str(res["reason"]) else why)
+        if why.endswith("limit exceeded"):
+            res["status"], res["reason"] = "killed", why
+        for t in res["tests"]:
+            if "the program ended" in t[2]:
+                t[2] = why
     if status == "timeout":
         res["reason"] = f"timeout after {lim['timeout']}s"
     elif str(res["reason"]).endswith("limit exceeded"):
@@ -924,6 +995,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     gc.collect()
     gc.freeze()  # forked programs then do not dirty every page through GC bookkeeping
     forker = _Forker(iso, close_in_template=[sock])
+    judges = _Judges(iso)
     send(sock, {"isolation": iso, "template": forker.pid if forker.chan is not None else None})
     poll = select.epoll()
     poll.register(sock.fileno(), select.EPOLLIN)
@@ -968,7 +1040,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
         poll.unregister(run.pidfd)
         del watched[run.pidfd]
         runs.remove(run)
-        result = _finish_run(run, iso)
+        result = _finish_run(run, iso, judges)
         release(run)
         send(sock, {"id": run.req["id"], "result": result})
 
@@ -1009,7 +1081,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
             slot = free_slots.pop()
             hold = active >= concurrency
             try:
-                run = _start_run(req, slot, iso, forker, held=hold)
+                run = _start_run(req, slot, iso, forker, judges, held=hold)
             except OSError as e:
                 free_slots.append(slot)
                 send(sock, {"id": req["id"], "result": result("error", f"could not start: {e}")})
