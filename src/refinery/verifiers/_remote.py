@@ -143,31 +143,41 @@ def send_msg(sock: socket.socket, obj: Any) -> None:
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+class Wire:
+    """One end of a channel: framed messages out, and a read buffer in, so a message usually costs one recv."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf = sock, bytearray()
+
+    def send(self, obj: Any) -> None:
+        send_msg(self.sock, obj)
+
+    def recv(self) -> Any:
+        """The next message (None: the peer closed the channel). A malformed one raises ``NotPlain``."""
+        buf = self.buf
+        while True:
+            if len(buf) >= 4:
+                size = struct.unpack_from("!I", buf)[0]
+                if size > MAX_MESSAGE:
+                    raise NotPlain(f"message of {size} bytes (limit {MAX_MESSAGE})")
+                if len(buf) >= 4 + size:
+                    body = bytes(buf[4:4 + size])
+                    del buf[:4 + size]
+                    try:
+                        return json.loads(body)
+                    except (ValueError, RecursionError) as e:
+                        raise NotPlain(f"unreadable message: {type(e).__name__}") from None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
 
 
 def recv_msg(sock: socket.socket) -> Any:
-    """The next message (None: the peer closed the channel). A malformed one raises ``NotPlain``."""
-    head = _recv_exact(sock, 4)
-    if head is None:
-        return None
-    size = struct.unpack("!I", head)[0]
-    if size > MAX_MESSAGE:
-        raise NotPlain(f"message of {size} bytes (limit {MAX_MESSAGE})")
-    body = _recv_exact(sock, size)
-    if body is None:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise NotPlain(f"unreadable message: {type(e).__name__}") from None
+    """The next message on an unbuffered socket (see ``Wire``)."""
+    return Wire(sock).recv()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,8 +230,9 @@ def serve_program(sock: socket.socket, code: str, setup: Any, exit_fn: Callable[
     handles: dict[int, Any] = {}
     send_msg(sock, ["ready", _describe(ns, handles)])
     answer = answerer(ns, handles)
+    wire = Wire(sock)
     while True:
-        msg = recv_msg(sock)
+        msg = wire.recv()
         if msg is None or msg[0] == "end":
             exit_fn(0)
         reply = answer(msg)
@@ -328,13 +339,14 @@ class _Channel:
 
     def __init__(self, sock: socket.socket, on_death: Callable[[], str]):
         self.sock, self.on_death, self.broken = sock, on_death, ""
+        self.wire = Wire(sock)
 
     def request(self, msg: list) -> list:
         if self.broken:
             raise JudgeAbort(self.broken)
         try:
             send_msg(self.sock, msg)
-            reply = recv_msg(self.sock)
+            reply = self.wire.recv()
         except NotPlain as e:
             self.broken = f"protocol error: {e}"
             raise JudgeAbort(self.broken) from None
@@ -534,7 +546,7 @@ def judge(sock: socket.socket, tests: list, setup: Any, report: Callable[..., No
     per test, in order. ``on_death()`` says why the program's channel closed. The caller then sends ``end``."""
     chan = _Channel(sock, on_death)
     try:
-        first = recv_msg(sock)
+        first = chan.wire.recv()
     except NotPlain as e:
         report("runtime", f"protocol error before the tests ran: {e}")
         return

@@ -269,7 +269,7 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
             os._exit(0)
     os.close(4)
     if functional:
-        _remote.serve_program(socket.socket(fileno=3), code, setup, _exit)
+        _remote.serve_program(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=3), code, setup, _exit)
     try:  # dont_inherit: not this module's `from __future__ import annotations`
         compiled = compile(code, "solution.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
@@ -292,6 +292,7 @@ def _program(req: tuple, workdir: bytes, uid: int | None, fds: tuple[int, ...], 
 
 
 JUDGE_UID_OFFSET = 100_000  # slot k's judge runs as BASE_UID + JUDGE_UID_OFFSET + k (its programs: BASE_UID + k)
+_INLINE_TESTS = 48 * 1024  # bytes of marshalled tests sent to a judge inside its message
 
 
 class _Judges:
@@ -312,20 +313,22 @@ class _Judges:
     def submit(self, slot: int, rid: int, program_end: int, tests: bytes, report_fd: int) -> None:
         """Give slot ``slot``'s judge the run ``rid``: its end of the program's channel, the marshalled
         (tests, setup), and the run's report file."""
-        tests_fd = _memfile(tests)
+        inline = len(tests) <= _INLINE_TESTS  # small tests travel in the message itself, larger in a memory file
+        tests_fd = _DEVNULL if inline else _memfile(tests)
+        head = struct.pack("!qi", rid, len(tests)) + (tests if inline else b"")
         try:
             for _ in range(2):
                 if slot not in self.by_slot:
                     self._spawn(slot)
                 try:
-                    socket.send_fds(self.by_slot[slot][1], [struct.pack("!qi", rid, len(tests))],
-                                    [program_end, tests_fd, report_fd])
+                    socket.send_fds(self.by_slot[slot][1], [head], [program_end, tests_fd, report_fd])
                     return
                 except OSError:
                     self.kill(slot)
             raise OSError("could not reach the judge")
         finally:
-            os.close(tests_fd)
+            if not inline:
+                os.close(tests_fd)
 
     def wait(self, slot: int, rid: int, timeout: float) -> str:
         """Wait for the judge to finish run ``rid`` ("" when it did; else why not, and the judge is replaced)."""
@@ -389,14 +392,14 @@ def _judge_loop(chan: socket.socket) -> None:
 
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(chan, 64, 3)
+            msg, fds, _, _ = socket.recv_fds(chan, 12 + _INLINE_TESTS, 3)
         except OSError:
             return
-        if len(msg) != 12 or len(fds) != 3:
+        if len(msg) < 12 or len(fds) != 3:
             return
-        rid, size = struct.unpack("!qi", msg)
+        rid, size = struct.unpack("!qi", msg[:12])
         program_end, tests_fd, report_fd = fds
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=program_end)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=program_end)
 
         def report(kind: str, *item, _fd=report_fd) -> None:
             if kind == "test" and item[1]:
@@ -405,7 +408,7 @@ def _judge_loop(chan: socket.socket) -> None:
                 os.write(_fd, (json.dumps([kind, *item]) + "\n").encode())
 
         try:
-            tests, setup = marshal.loads(os.pread(tests_fd, size, 0))
+            tests, setup = marshal.loads(msg[12:] if len(msg) == 12 + size else os.pread(tests_fd, size, 0))
             os.close(tests_fd)
             random.seed(0)  # every run's tests see the same random stream, as in a fresh process
             _remote.judge(sock, tests, setup, report, lambda: "the program ended")
