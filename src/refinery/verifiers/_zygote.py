@@ -979,6 +979,9 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     try:
         _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the caller
         _libc_call("prctl", PR_SET_NAME, b"refinery-sbx", 0, 0, 0)  # how it shows in ps/top (programs too)
+        # nobody of the same uid may trace it or open its /proc files (without uid switching, programs run as the
+        # zygote's own uid): inherited by the template, the judges and every run
+        _libc_call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
     except OSError:
         pass
     global _STDIO

@@ -4,6 +4,11 @@
 ``{"kind": "stdio", "cases": [{"input": "...", "output": "..."}, ...]}``. The reward is 1 only if every test passes
 (``mode="all"``, AceReason) or the fraction passed (``mode="fraction"``, ProRL). Compile errors, crashes and
 timeouts score 0 with their reason.
+
+Functional asserts run in a judge process that never executes the program's code; calls into the program (the
+function under test, a class and its methods via handles) cross as plain data, so a result whose comparison, hash or
+truth value is overridden fails with ``result is not plain data: <type>``. Passes are counted here, from the judge's
+report, as distinct test indices out of the tests given: a score is in [0, 1] by construction.
 """
 
 from __future__ import annotations

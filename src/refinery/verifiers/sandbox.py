@@ -16,8 +16,14 @@ as a child of the zygote, which times, kills and reaps it; the *program* is PID 
 
 Where namespaces or uid switching are not permitted (not root, no user namespaces), the sandbox still runs with
 rlimits, process groups and timeouts, and ``Sandbox.isolation`` says which protections are missing (a warning is
-logged once). Known limit: a functional test's pass/fail is reported from inside the program's process, so code that
-introspects the harness could forge it; stdio verdicts are computed outside the sandbox.
+logged once).
+
+Functional tests are judged from outside the program's process (``_remote``): each slot has a long-lived *judge*
+process, outside the runs' PID namespaces and under a uid of its own, that runs the dataset's test code with its own
+untouched modules and calls into the program over a socket with plain data only (exact builtin types, size- and
+depth-capped, never pickle). The tests and their expected values never enter the program's process, the run's
+report is the judge's alone, and a test passes only when the judge saw it pass. stdio verdicts are computed by the
+caller from the program's output. Time limits that decide verdicts are CPU time (``Limits``).
 """
 
 from __future__ import annotations
