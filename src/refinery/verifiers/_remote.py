@@ -35,6 +35,7 @@ MAX_MESSAGE = 32 << 20  # bytes of one message, either way
 MAX_DEPTH = 64  # nesting of plain data
 MAX_NAMES = 10_000  # top-level names a program may declare
 MAX_TEXT = 300  # characters of a reason taken from the program
+PROGRAM_ENDED = "the program ended"  # what the judge knows when the channel closes (the zygote says why)
 _BIG = 1 << 62  # ints beyond this travel as hex strings (JSON's decimal ints are capped at 4,300 digits)
 
 # Modules a program imported are the judge's own copies in its namespace: those already imported, or these.
@@ -173,11 +174,6 @@ class Wire:
             if not chunk:
                 return None
             buf += chunk
-
-
-def recv_msg(sock: socket.socket) -> Any:
-    """The next message on an unbuffered socket (see ``Wire``)."""
-    return Wire(sock).recv()
 
 
 # ---------------------------------------------------------------------------------------------------------------

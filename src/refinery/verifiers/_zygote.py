@@ -411,7 +411,7 @@ def _judge_loop(chan: socket.socket) -> None:
             tests, setup = marshal.loads(msg[12:] if len(msg) == 12 + size else os.pread(tests_fd, size, 0))
             os.close(tests_fd)
             random.seed(0)  # every run's tests see the same random stream, as in a fresh process
-            _remote.judge(sock, tests, setup, report, lambda: "the program ended")
+            _remote.judge(sock, tests, setup, report, lambda: _remote.PROGRAM_ENDED)
         except BaseException as e:  # noqa: BLE001 - one run's failure must not end the judge
             try:
                 report("runtime", f"judge error: {type(e).__name__}: {str(e)[:200]}")
@@ -852,16 +852,18 @@ def _finish_run(run: _Run, iso: dict, judges: _Judges) -> dict:
             res["reason"] = item[1]
             res["status"] = "killed"
     if judged and status != "timeout" and (judge_problem or len(res["tests"]) < len(run.req["tests"])
-                                           or "the program ended" in str(res["reason"])):
-        # the program ended before the tests did: why, from its exit (the judge only saw its channel close)
+                                           or _remote.PROGRAM_ENDED in str(res["reason"])):
+        # the tests stopped early: why, from the program's exit (the judge only saw its channel close)
         why = _remote.exit_reason(wstatus, res["cpu"], lim["cpu_seconds"])
-        res["reason"] = judge_problem or (res["reason"] if res["reason"] and "the program ended" not in
-                                          str(res["reason"]) else why)
-        if why.endswith("limit exceeded"):
-            res["status"], res["reason"] = "killed", why
         for t in res["tests"]:
-            if "the program ended" in t[2]:
+            if _remote.PROGRAM_ENDED in t[2]:
                 t[2] = why
+        if judge_problem:
+            res["reason"] = judge_problem
+        elif why.endswith("limit exceeded"):
+            res["status"], res["reason"] = "killed", why
+        elif not res["reason"] or _remote.PROGRAM_ENDED in str(res["reason"]):
+            res["reason"] = why
     if status == "timeout":
         res["reason"] = f"timeout after {lim['timeout']}s"
     elif str(res["reason"]).endswith("limit exceeded"):
