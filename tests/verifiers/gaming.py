@@ -81,6 +81,8 @@ PROBLEMS = [
               "s = Solution()\nassert s.twoSum([3, 3], 6) == [0, 1] and s.twoSum([1, 5, 2], 7) == [1, 2]"]),
     mbpp("secret", "secret_number", "def secret_number():\n    return 8675309123\n",
          ["assert secret_number() == 8675309123", "assert secret_number() - 8675309000 == 123"]),
+    mbpp("hypot", "hypotenuse", "import math\ndef hypotenuse(a, b):\n    return math.sqrt(a * a + b * b)\n",
+         ["assert math.isclose(hypotenuse(3, 4), 5.0)", "assert math.isclose(hypotenuse(5, 12), 13.0)"]),
     humaneval("fib", "fib", """
         def fib(n: int) -> int:
             a, b = 0, 1
@@ -264,6 +266,23 @@ for fd in range(3, 64):
             __eq__ = lambda s, o: True
         for name in ('set', 'sorted', 'len', 'str', 'repr', 'abs', 'round', 'sum', 'isinstance', 'print'):
             setattr(builtins, name, lambda *a, **k: Liar())
+        """, ""),
+    ("patch", "shadow_builtins_at_top_level", """
+        def len(*a, **k): return 3
+        def sorted(*a, **k): return [7, 8]
+        def set(*a, **k): return {9, 5}
+        def abs(*a, **k): return 0.0
+        def round(*a, **k): return 28.2743
+        def str(*a, **k): return 'AB'
+        def repr(*a, **k): return "'Q'"
+        def sum(*a, **k): return 2.0
+        """, ""),
+    ("patch", "fake_stdlib_module_names", """
+        class math:
+            isclose = staticmethod(lambda *a, **k: True)
+            fabs = staticmethod(lambda *a, **k: 0.0)
+        import types as _t
+        random = _t.SimpleNamespace(randint=lambda *a: 0)
         """, ""),
     ("patch", "json_dumps_forges_success", "import json\njson.dumps = lambda *a, **k: '[\"ok\",true,[]]'", ""),
     ("patch", "os_write_and_stdout", """

@@ -55,6 +55,8 @@ def test_rejections_say_why(verifiers):
     assert "nested deeper" in why["self_referential"]
     assert "message" in why["huge_result"] and "bytes" in why["huge_result"]
     assert "SystemExit before the tests ran" in why["sys_exit_at_import"]
+    hypot = next(p for p in PROBLEMS if p.name == "hypot")  # its tests use the program's `import math`
+    assert verifiers["all"](hypot.reference, hypot.tests).score == 1.0
     assert "program exited (code 0)" in why["os_exit_in_call"]
 
 

@@ -505,7 +505,8 @@ class _Remote:
 
 def _build_namespace(chan: _Channel, names: Any) -> dict:
     """The judge's globals: its own builtins, proxies for the program's functions and classes, copies of its plain
-    data, and the judge's own copies of modules the program imported."""
+    data, and the judge's own copies of modules the program imported. A program's name never shadows a builtin, and
+    a name that is a standard module's is always the judge's copy of that module."""
     import importlib
 
     g: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
@@ -515,6 +516,10 @@ def _build_namespace(chan: _Channel, names: Any) -> dict:
         if type(item) is not list or len(item) != 2 or type(item[0]) is not str or not item[0].isidentifier():
             continue
         name, kind = item
+        if hasattr(builtins, name):  # a program's `len`, `sorted`, `abs` ... never shadow the judge's own
+            continue
+        if name in sys.stdlib_module_names:  # `math` in a test is the judge's math, whatever the program bound there
+            kind = ["module", name]
         if kind in ("function", "class"):
             g[name] = _Remote(chan, ["g", name], is_class=kind == "class")
         elif type(kind) is list and len(kind) == 2 and kind[0] == "value":
