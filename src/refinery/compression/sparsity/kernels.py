@@ -14,20 +14,29 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def to_semi_structured(model) -> int:
-    """Replace every 2:4 block Linear weight by a ``SparseSemiStructuredTensor`` (fp16/bf16 on CUDA); returns
-    how many were converted."""
+def to_semi_structured(model, dtype=torch.float16) -> int:
+    """Replace every block Linear weight by a ``SparseSemiStructuredTensor`` (fp16/bf16 on CUDA); returns how many
+    were converted. A weight with at most 2 non-zeros per group of 4 is 2:4 (extra zeros are fine); a layer that is
+    not, or that the kernels cannot take, raises ``SparsityPatternError`` naming it: nothing is skipped silently."""
     if not cuda_available():
         raise RefineryError("semi-structured 2:4 kernels need CUDA; on CPU the pruned checkpoint runs dense")
     from torch.sparse import to_sparse_semi_structured
 
-    from refinery.compression.sparsity.nm import is_nm, prunable_linears
+    from refinery.compression.sparsity.nm import SparsityPatternError, check_nm, prunable_linears
 
+    check_nm(model, 2, 4)
     done = 0
-    for lin in prunable_linears(model).values():
-        if is_nm(lin.weight != 0):
-            lin.weight = torch.nn.Parameter(to_sparse_semi_structured(lin.weight.detach()), requires_grad=False)
-            done += 1
+    for name, lin in prunable_linears(model).items():
+        w = lin.weight.detach().to(device="cuda", dtype=dtype)
+        try:
+            sparse = to_sparse_semi_structured(w)
+        except (RuntimeError, ValueError) as e:  # e.g. a shape the CUTLASS / cuSPARSELt kernels do not support
+            raise SparsityPatternError(f"layer {name} ({tuple(w.shape)}, {dtype}) cannot be converted to "
+                                       f"semi-structured 2:4: {str(e).splitlines()[0]}") from None
+        lin.weight = torch.nn.Parameter(sparse, requires_grad=False)
+        if lin.bias is not None:
+            lin.bias = torch.nn.Parameter(lin.bias.detach().to(device="cuda", dtype=dtype), requires_grad=False)
+        done += 1
     return done
 
 

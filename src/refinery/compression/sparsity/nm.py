@@ -8,6 +8,12 @@ import itertools
 import torch
 from torch import nn
 
+from refinery.errors import RefineryError
+
+
+class SparsityPatternError(RefineryError):
+    """A layer's weight is not N:M compatible (some group of M holds more than N non-zeros)."""
+
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Boolean mask keeping the ``n`` highest scores in each group of ``m`` consecutive input columns."""
@@ -26,6 +32,32 @@ def is_nm(mask: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     if in_f % m:
         return False
     return bool((mask.reshape(out_f, in_f // m, m).sum(-1) == n).all())
+
+
+def is_nm_compatible(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """True when every group of ``m`` consecutive input columns holds *at most* ``n`` non-zeros: a 2:4 weight may
+    have extra zeros (dead input channels after SparseGPT, zero weights) and still runs on 2:4 kernels."""
+    out_f, in_f = weight.shape
+    if in_f % m:
+        return False
+    return bool(((weight != 0).reshape(out_f, in_f // m, m).sum(-1) <= n).all())
+
+
+def check_nm(model, n: int = 2, m: int = 4) -> None:
+    """Raise ``SparsityPatternError`` naming the first prunable Linear that is not N:M compatible."""
+    for name, lin in prunable_linears(model).items():
+        w = lin.weight.detach()
+        if w.shape[1] % m:
+            raise SparsityPatternError(f"layer {name}: input dimension {w.shape[1]} is not divisible by M={m}")
+        over = int(((w != 0).reshape(w.shape[0], -1, m).sum(-1) > n).sum())
+        if over:
+            raise SparsityPatternError(f"layer {name}: {over} groups of {m} hold more than {n} non-zeros, so it is "
+                                       f"not {n}:{m} sparse (prune it first, e.g. refinery compress sparsify)")
+
+
+def keep_mask_of(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """An exact N:M keep-mask covering every non-zero of an N:M-compatible weight (extra zeros fill the slots)."""
+    return nm_mask(weight.detach().abs().float(), n, m)  # top-n |w| of a group includes all its (<= n) non-zeros
 
 
 def candidates(n: int = 2, m: int = 4) -> torch.Tensor:
