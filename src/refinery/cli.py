@@ -375,15 +375,23 @@ def compress_sparsify(
     method: str = typer.Option(..., "--method", help="magnitude, wanda, sparsegpt or maskllm."),
     model: Path = typer.Option(..., "--model", help="HF model directory."),
     calib: Path = typer.Option(..., "--calib", help="Calibration / training text file."),
-    out: Path = typer.Option(..., "--out", help="Output directory (HF checkpoint + masks + report)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (checkpoint + masks + report)."),
     n_calib: int = typer.Option(128, "--n-calib", min=1, help="Calibration windows (paper: 128)."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="Window length (default: context)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="Window length (default: min(context, "
+                                          "2048), as SparseGPT / Wanda calibrate LLaMA)."),
     steps: int = typer.Option(200, "--steps", min=0, help="maskllm: training steps."),
-    lr: float = typer.Option(1e-3, "--lr", help="maskllm: base LR (mask logits train at 10x)."),
+    lr: float = typer.Option(5e-5, "--lr", help="maskllm: base LR, mask logits at 10x, cosine to 1/10 (NVlabs/"
+                             "MaskLLM scripts/learnable_sparsity: LR=5e-5, --lr-mult 10)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     prior: str = typer.Option("sparsegpt", "--prior", help="maskllm: one-shot prior (or none)."),
-    init_logits: Optional[Path] = typer.Option(None, "--init-logits", help="maskllm: mask_logits.safetensors of "
-                                               "an earlier run to keep learning from (mask transfer)."),
+    init_logits: Optional[Path] = typer.Option(None, "--init-logits", help="maskllm transfer: the mask of an "
+                                               "earlier run (mask_logits.safetensors or masks.safetensors) "
+                                               "becomes the prior of new logits (paper: transfer learning)."),
+    fmt: str = typer.Option("dense", "--format", help="dense (HF, zeros in place), compressed-tensors "
+                            "(sparse-24-bitmask, vLLM) or semi-structured (values + 2-bit indices for "
+                            "torch.sparse.to_sparse_semi_structured on CUDA)."),
+    device: Optional[str] = typer.Option(None, "--device", help="wanda/sparsegpt: device of the layer being "
+                                         "calibrated (e.g. cuda); the rest of the model stays on CPU."),
     seed: int = typer.Option(0, "--seed"),
     progress: bool = ProgressOpt,
 ) -> None:
@@ -392,9 +400,10 @@ def compress_sparsify(
 
     _quiet_hf()
     rep = sparsify(model, method, calib, out, n_calib=n_calib, seq_len=seq_len, steps=steps, lr=lr,
-                   batch_size=batch_size, prior=prior, init_logits=init_logits, seed=seed, progress=progress)
-    console.print(f"{method}: {rep['sparsity']['overall']:.1%} of block weights zero ({rep['pattern']}), "
-                  f"{rep['seconds']:.1f}s -> {out}", highlight=False)
+                   batch_size=batch_size, prior=prior, init_logits=init_logits, seed=seed, progress=progress,
+                   fmt=fmt, device=device)
+    console.print(f"{method}: {rep['sparsity']['overall']:.1%} of block weights zero ({rep['pattern']}, "
+                  f"{rep['format']}), {rep['seconds']:.1f}s -> {out}", highlight=False)
 
 
 @compress_app.command("puzzle")
