@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from refinery.compression.sparsity.maskllm import MaskLLMSchedule, maskllm, prior_logits
+from refinery.compression.sparsity.maskllm import (
+    MaskedLinear,
+    MaskLLMSchedule,
+    cosine_lr,
+    maskllm,
+    masks_from_logits,
+    prior_logits,
+)
 from refinery.compression.sparsity.nm import (
     candidates,
     is_nm,
@@ -119,10 +126,60 @@ def test_maskllm_learns_a_better_mask_than_its_prior(alphabet_model):
     assert all(is_nm(m) for m in masks.values())
     assert sparsity_report(model)["overall"] >= 0.5
     assert _loss(model, held) < prior_loss  # learned mask beats its one-shot prior at equal sparsity
-    # transfer: the saved logits restart learning where it stopped (argmax unchanged with zero steps)
+    # the saved logits' argmax is the learned mask
+    assert all(torch.equal(masks_from_logits(logits)[k], masks[k]) for k in masks)
+    # transfer (paper: the learned mask is the prior of fresh logits), not a continuation of the saved logits
     again = load_model(alphabet_model)
-    masks2, _ = maskllm(again, calib, init_logits=logits, steps=0)
-    assert all(torch.equal(masks2[k], masks[k]) for k in masks)
+    masks2, logits2 = maskllm(again, calib, priors=masks_from_logits(logits), steps=0)
+    agree = sum(int((masks2[k] == masks[k]).all(-1).sum()) for k in masks) / sum(m.shape[0] for m in masks.values())
+    for k in logits:  # fresh N(0, 0.01) logits shifted by ±3 std, not the trained ones
+        assert not torch.allclose(logits2[k], logits[k]) and float(logits2[k].abs().max()) < 0.2
+    assert agree > 0.2  # whole rows agree often even though each group keeps a small chance to flip
+
+
+def test_regulariser_reuses_the_forward_mask(monkeypatch):
+    import refinery.compression.sparsity.maskllm as ml
+
+    calls = {"n": 0}
+    real = ml.F.gumbel_softmax
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(ml.F, "gumbel_softmax", counting)
+    lin = torch.nn.Linear(8, 3, bias=False)
+    wrapped = MaskedLinear(lin, torch.randn(3, 2, 6) * 0.01)
+    wrapped.train()
+    torch.manual_seed(0)
+    mask_seen = {}
+    orig_mask = wrapped.mask
+    wrapped.mask = lambda: mask_seen.setdefault("m", orig_mask())
+    wrapped(torch.randn(2, 8))
+    assert calls["n"] == 1
+    assert torch.allclose(wrapped.sparse_weight_norm, (lin.weight.detach() * mask_seen["m"]).pow(2).sum())
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
+    calls["n"] = 0
+    maskllm(model, torch.randint(0, 64, (4, 12)), steps=3, batch_size=2)
+    assert calls["n"] == 3 * 14  # one Gumbel sample per layer per step (the old regulariser drew a second one)
+
+
+def test_maskllm_lr_defaults_follow_the_reference():
+    import inspect
+
+    from refinery.compression.sparsity.runner import sparsify
+
+    assert inspect.signature(maskllm).parameters["lr"].default == 5e-5  # LR=5e-5 (NVlabs/MaskLLM scripts)
+    assert inspect.signature(maskllm).parameters["lr_mult"].default == 10.0  # --lr-mult 10
+    assert inspect.signature(sparsify).parameters["lr"].default == 5e-5
+    assert cosine_lr(0, 11, 5e-4, 5e-5) == pytest.approx(5e-4)
+    assert cosine_lr(5, 11, 5e-4, 5e-5) == pytest.approx(2.75e-4)
+    assert cosine_lr(10, 11, 5e-4, 5e-5) == pytest.approx(5e-5)
 
 
 def test_sparsify_cli_writes_checkpoint_masks_and_report(alphabet_model, tmp_path, capsys):
@@ -143,13 +200,25 @@ def test_sparsify_cli_writes_checkpoint_masks_and_report(alphabet_model, tmp_pat
     for name, lin in prunable_linears(model).items():
         assert is_nm(masks[name]) and bool((lin.weight[~masks[name]] == 0).all())
     rep = json.loads((tmp_path / "sg" / "sparsity.json").read_text())
-    assert rep["method"] == "sparsegpt" and rep["sparsity"]["overall"] >= 0.5
+    assert rep["method"] == "sparsegpt" and rep["sparsity"]["overall"] >= 0.5 and rep["format"] == "dense"
 
     assert main(["compress", "sparsify", "--method", "maskllm", "--steps", "3", "--prior", "magnitude",
                  "--out", str(tmp_path / "ml"), *common]) == 0
     assert (tmp_path / "ml" / "mask_logits.safetensors").exists()
     assert main(["compress", "sparsify", "--method", "maskllm", "--steps", "2", "--out", str(tmp_path / "ml2"),
                  "--init-logits", str(tmp_path / "ml" / "mask_logits.safetensors"), *common]) == 0  # transfer
+    assert json.loads((tmp_path / "ml2" / "sparsity.json").read_text())["prior"].startswith("transfer:")
+    assert main(["compress", "sparsify", "--method", "wanda", "--format", "compressed-tensors",
+                 "--out", str(tmp_path / "ct"), *common]) == 0
+    from refinery.compression.sparsity.export import checkpoint_format, load_sparse_model
+
+    assert checkpoint_format(tmp_path / "ct") == "compressed-tensors"
+    back = load_sparse_model(tmp_path / "ct")
+    masks_ct = unpack_masks(load_file(str(tmp_path / "ct" / "masks.safetensors")))
+    for name, lin in prunable_linears(back).items():
+        assert bool((lin.weight[~masks_ct[name]] == 0).all()) and bool((lin.weight[masks_ct[name]] != 0).any())
+    assert main(["compress", "sparsify", "--method", "wanda", "--format", "bogus", "--out", str(tmp_path / "b"),
+                 *common]) == 2
     assert main(["compress", "sparsify", "--method", "bogus", "--out", str(tmp_path / "x"), *common]) == 2
 
     capsys.readouterr()
@@ -172,3 +241,34 @@ def test_perplexity_matches_a_hand_computation(alphabet_model):
         logp = torch.log_softmax(model(input_ids=w).logits[:, :-1], -1)
         nll = -logp.gather(-1, w[:, 1:].unsqueeze(-1)).mean()
     assert perplexity(model, w, batch_size=3) == pytest.approx(math.exp(float(nll)), rel=1e-4)
+
+
+def test_maskllm_prior_uses_one_model_copy_and_default_seq_len(alphabet_model, tmp_path, monkeypatch):
+    import json
+
+    import refinery.models.io as io
+    from refinery.compression.sparsity.runner import sparsify
+
+    loads = {"n": 0}
+    real = io.load_model
+
+    def counting(*a, **k):
+        loads["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(io, "load_model", counting)
+    text = tmp_path / "abc.txt"
+    text.write_text(" ".join("abcdefghijklmnopqrstuvwxyz") * 30)
+    rep = sparsify(alphabet_model, "maskllm", text, tmp_path / "ml", n_calib=4, steps=0, prior="magnitude",
+                   progress=False)
+    assert loads["n"] == 1  # the prior is computed on the same model, whose dense weights come back from disk
+    assert rep["seq_len"] == 128  # min(max_position_embeddings=128, 2048)
+    # the mask is applied to the ORIGINAL weights (restored after the prior pruned them)
+    from safetensors.torch import load_file
+
+    dense, pruned = real(alphabet_model), real(tmp_path / "ml")
+    masks = unpack_masks(load_file(str(tmp_path / "ml" / "masks.safetensors")))
+    for name, lin in prunable_linears(dense).items():  # had the prior's pruning stayed, more would be zero
+        assert torch.equal(pruned.get_submodule(name).weight, lin.weight * masks[name])
+        assert torch.equal(pruned.get_submodule(name).weight != 0, masks[name])
+    assert json.loads((tmp_path / "ml" / "sparsity.json").read_text())["prior"] == "magnitude"

@@ -4,7 +4,12 @@ Each group of M weights has one logit per candidate pattern (6 for 2:4). The tra
 ``gumbel_softmax(κ·logits, τ) @ candidates``; τ decays linearly 4 → 0.05 and κ grows 1e2 → 5e2 over training;
 logits start from a prior one-shot mask, ``logits += (overlap(prior, candidate) − N/2)·std(logits)·α`` (α = 3); the
 loss adds ``−λ(t)·Σ‖W⊙M‖²`` with λ decaying 1e-5 → 0; the logits train with AdamW at 10× the base LR; the final
-mask is the argmax candidate. Logits are saved so a mask learned on general text can keep learning downstream.
+mask is the argmax candidate. Transfer (the paper's Sec. 4 "transfer learning" of a general mask to a downstream
+domain): a learned mask initialises new logits as a prior, with the same prior strength, it does not continue the
+saved logits. Defaults follow NVlabs/MaskLLM scripts/learnable_sparsity/llama2_7b_mask_only_tp8_c4.sh
+(``--gumbel-scale-range 1e2 5e2 --gumbel-temperature-range 4 0.05 --prior-strength 3.0 --lr-mult 10
+--weight-reg 1e-5``, LR 5e-5 with cosine decay to 5e-6) and learnable_sparsity/differentiable_mask.py (logits
+initialised N(0, 0.01); the regulariser ``(W.detach() ⊙ M)²`` uses the mask sampled by that forward).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ def linear_schedule(step: int, total: int, start: float, end: float) -> float:
 
 @dataclass
 class MaskLLMSchedule:
-    tau: tuple[float, float] = (4.0, 0.05)  # Gumbel temperature, decays
-    kappa: tuple[float, float] = (1e2, 5e2)  # logit scaling, grows
-    reg: tuple[float, float] = (1e-5, 0.0)  # weight-magnitude regulariser, decays
+    tau: tuple[float, float] = (4.0, 0.05)  # Gumbel temperature, decays (reference: --gumbel-temperature-range 4 0.05)
+    kappa: tuple[float, float] = (1e2, 5e2)  # logit scaling, grows (reference: --gumbel-scale-range 1e2 5e2)
+    reg: tuple[float, float] = (1e-5, 0.0)  # weight regulariser, decays linearly to 0 (reference: --weight-reg 1e-5,
+    # pretrain_maskllm.py: weight_reg * (1 - iteration / train_iters))
 
     def at(self, step: int, total: int) -> tuple[float, float, float]:
         return (linear_schedule(step, total, *self.tau), linear_schedule(step, total, *self.kappa),
@@ -60,6 +66,7 @@ class MaskedLinear(nn.Module):
         self.register_buffer("cands", candidates(n, m))
         self.n, self.m = n, m
         self.tau, self.kappa, self.hard = 4.0, 100.0, False
+        self.sparse_weight_norm: torch.Tensor | None = None  # Σ (W ⊙ M)² of the last forward's mask
 
     def mask(self) -> torch.Tensor:
         out_f, in_f = self.linear.weight.shape
@@ -70,7 +77,25 @@ class MaskedLinear(nn.Module):
         return (probs @ self.cands).reshape(out_f, in_f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.linear.weight * self.mask(), self.linear.bias)
+        mask = self.mask()  # one Gumbel sample per forward, shared by the output and the regulariser
+        if self.training:
+            self.sparse_weight_norm = (self.linear.weight.detach() * mask).pow(2).sum()
+        return F.linear(x, self.linear.weight * mask, self.linear.bias)
+
+
+def masks_from_logits(logits: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> dict[str, torch.Tensor]:
+    """The argmax (hard) keep-mask ``[out, in]`` of each layer's saved logits ``[out, in/M, C]``."""
+    cands = candidates(n, m).bool()
+    return {k: cands[v.argmax(-1)].reshape(v.shape[0], -1) for k, v in logits.items()}
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    """Cosine decay from ``lr`` to ``min_lr`` (the reference: --lr-decay-style cosine, --min-lr = LR / 10)."""
+    import math
+
+    if total <= 1:
+        return lr
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(step, total - 1) / (total - 1)))
 
 
 def _swap(model, name: str, new: nn.Module) -> None:
@@ -79,15 +104,19 @@ def _swap(model, name: str, new: nn.Module) -> None:
 
 
 def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None = None,
-            init_logits: dict[str, torch.Tensor] | None = None, steps: int = 200, lr: float = 1e-3,
-            batch_size: int = 8, n: int = 2, m: int = 4, alpha: float = 3.0,
+            init_logits: dict[str, torch.Tensor] | None = None, steps: int = 200, lr: float = 5e-5,
+            batch_size: int = 8, n: int = 2, m: int = 4, alpha: float = 3.0, lr_mult: float = 10.0,
+            min_lr_ratio: float = 0.1,
             schedule: MaskLLMSchedule | None = None, seed: int = 0,
             log: Callable[[int, dict[str, float]], None] | None = None,
             calib_mask: torch.Tensor | None = None) -> tuple[dict, dict]:
     """Learn N:M masks for every prunable Linear of ``model`` on ``calib`` token windows ``[N, L]``; prune the
-    model in place with the final (argmax) masks. ``priors`` (keep-masks, e.g. SparseGPT's) initialise the logits;
-    ``init_logits`` (from an earlier run) continue learning instead. ``calib_mask`` ``[N, L]`` marks real tokens
-    when the rows are padded examples (right padding; the loss skips pads). Returns ``(masks, logits)``."""
+    model in place with the final (argmax) masks. ``priors`` (keep-masks: SparseGPT's, or a learned mask for
+    transfer, see ``masks_from_logits``) initialise the logits with prior strength ``alpha``; ``init_logits`` resume
+    an interrupted run's logits exactly (not transfer). ``lr`` is the base LR (reference 5e-5); the logits train at
+    ``lr_mult`` x it (reference --lr-mult 10), cosine-decayed to ``min_lr_ratio`` x. ``calib_mask`` ``[N, L]``
+    marks real tokens when the rows are padded examples (right padding; the loss skips pads).
+    Returns ``(masks, logits)``."""
     schedule = schedule or MaskLLMSchedule()
     gen = torch.Generator().manual_seed(seed)
     linears = prunable_linears(model)
@@ -106,13 +135,15 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
     params = [w.logits for w in wrapped.values()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=10 * lr, weight_decay=0.0)  # mask logits at 10x the base LR
+    opt = torch.optim.AdamW(params, lr=lr_mult * lr, weight_decay=0.0)
     model.train()
     try:
         for step in range(steps):
             tau, kappa, lam = schedule.at(step, steps)
             for w in wrapped.values():
                 w.tau, w.kappa = tau, kappa
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, steps, lr_mult * lr, lr_mult * lr * min_lr_ratio)
             idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
             x = calib[idx]
             target = x[:, 1:].clone()
@@ -120,7 +151,8 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
                 target[~calib_mask[idx][:, 1:]] = -100
             logits = model(input_ids=x).logits[:, :-1]
             lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-            reg = sum(((w.linear.weight * w.mask()) ** 2).sum() for w in wrapped.values()) if lam else 0.0
+            # maximise the kept weights' magnitude under the masks this forward sampled (no second Gumbel draw)
+            reg = sum(w.sparse_weight_norm for w in wrapped.values()) if lam else 0.0
             loss = lm - lam * reg
             opt.zero_grad(set_to_none=True)
             loss.backward()

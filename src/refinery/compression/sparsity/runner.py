@@ -1,5 +1,6 @@
-"""``refinery compress sparsify``: prune a model to N:M with one method and write an HF checkpoint (zeros in
-place, loads anywhere), a bit-packed mask file and a per-layer sparsity report."""
+"""``refinery compress sparsify``: prune a model to N:M with one method and write a checkpoint (``--format``: dense HF
+with the zeros in place, compressed-tensors ``sparse-24-bitmask`` for vLLM, or semi-structured values + 2-bit
+indices for PyTorch's CUDA 2:4 kernels), a bit-packed mask file and a per-layer sparsity report."""
 
 from __future__ import annotations
 
@@ -13,26 +14,71 @@ import torch
 from refinery.errors import ConfigError
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "maskllm")
+# Calibration window length when --seq-len is not given: SparseGPT (IST-DASLab/sparsegpt llama.py, model.seqlen) and
+# Wanda (locuslab/wanda, LLaMA: max_position_embeddings = 2048) calibrate on 2048-token windows; MaskLLM trains at
+# 4096 (scripts/learnable_sparsity/*.sh SEQ_LENGTH). Never the full context (131,072 for Llama-3.1).
+DEFAULT_SEQ_LEN = 2048
+
+
+@torch.no_grad()
+def restore_weights(model, model_dir: str | Path, names: list[str]) -> None:
+    """Reload the original ``<name>.weight`` tensors from the checkpoint's safetensors, one tensor at a time: the
+    MaskLLM prior is computed by pruning the loaded model in place, then its dense weights come back from disk
+    (no second copy of the model in memory)."""
+    from safetensors import safe_open
+
+    from refinery.compression.sparsity.nm import prunable_linears
+    from refinery.errors import CheckpointError
+
+    linears = prunable_linears(model)
+    wanted = {f"{n}.weight": linears[n] for n in names}
+    for shard in sorted(Path(model_dir).glob("model*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                if key in wanted:
+                    lin = wanted.pop(key)
+                    lin.weight.copy_(f.get_tensor(key).to(lin.weight.dtype))
+    if wanted:
+        raise CheckpointError(f"{model_dir}: cannot reload the dense weights of {sorted(wanted)[:3]} (not a "
+                              "safetensors checkpoint?); MaskLLM needs them after computing its prior")
+
+
+def load_transfer_masks(path: str | Path, n: int = 2, m: int = 4) -> dict[str, torch.Tensor]:
+    """Keep-masks to transfer: a ``masks.safetensors`` (bit-packed) or a ``mask_logits.safetensors`` (argmax)."""
+    from safetensors.torch import load_file
+
+    from refinery.compression.sparsity.maskllm import masks_from_logits
+    from refinery.compression.sparsity.nm import unpack_masks
+
+    data = load_file(str(path))
+    if any(k.endswith("::shape") for k in data):
+        return unpack_masks(data)
+    return masks_from_logits(data, n, m)
 
 
 def calibration_windows(tokenizer, text: str, n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     """``n`` random windows of ``seq_len`` tokens from the text (MaskLLM/SparseGPT: 128 windows of the context)."""
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
     if len(ids) <= seq_len:
-        raise ConfigError(f"calibration text has {len(ids)} tokens: not enough for windows of {seq_len}")
+        raise ConfigError(f"calibration text has {len(ids)} tokens: not enough for windows of {seq_len} "
+                          "(give more text or a smaller --seq-len)")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - seq_len, (n,), generator=g)
     return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
 
 
 def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: str | Path, n_calib: int = 128,
-             seq_len: int | None = None, n: int = 2, m: int = 4, steps: int = 200, lr: float = 1e-3,
+             seq_len: int | None = None, n: int = 2, m: int = 4, steps: int = 200, lr: float = 5e-5,
              batch_size: int = 8, prior: str = "sparsegpt", init_logits: str | Path | None = None, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
-    from safetensors.torch import load_file, save_file
+             progress: bool = True, fmt: str = "dense", device: str | None = None) -> dict[str, Any]:
+    """``lr``: MaskLLM base LR, logits at 10x (NVlabs/MaskLLM llama2_7b_mask_only_tp8_c4.sh: LR=5e-5, --lr-mult 10).
+    ``init_logits``: a mask_logits.safetensors or masks.safetensors whose mask becomes the prior (transfer).
+    ``device``: where Wanda/SparseGPT run the layer being calibrated (e.g. cuda), the rest stays on CPU."""
+    from safetensors.torch import save_file
 
+    from refinery.compression.sparsity.export import FORMATS, save_sparse
     from refinery.compression.sparsity.maskllm import maskllm
-    from refinery.compression.sparsity.nm import is_nm, pack_masks, sparsity_report
+    from refinery.compression.sparsity.nm import is_nm, pack_masks, prunable_linears, sparsity_report
     from refinery.compression.sparsity.oneshot import sequential_prune
     from refinery.eval.perplexity import read_text
     from refinery.models.io import load_model, load_tokenizer
@@ -41,32 +87,36 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
         raise ConfigError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
     if method == "maskllm" and prior not in ("magnitude", "wanda", "sparsegpt", "none"):
         raise ConfigError(f"unknown prior {prior!r} (magnitude, wanda, sparsegpt or none)")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r} (choose {', '.join(FORMATS)})")
+    if fmt != "dense" and (n, m) != (2, 4):
+        raise ConfigError(f"--format {fmt} stores 2:4 only (got {n}:{m}); use --format dense")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty")
     torch.manual_seed(seed)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
-    L = seq_len or model.config.max_position_embeddings
+    L = seq_len or min(model.config.max_position_embeddings, DEFAULT_SEQ_LEN)
     calib = calibration_windows(tok, read_text(calib_file), n_calib, L, seed)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if method == "maskllm":
         priors = None
-        if init_logits is None and prior != "none":
-            prior_model = load_model(model_dir)
-            priors = sequential_prune(prior_model, calib, prior, n, m)
-            del prior_model
-        logits0 = load_file(str(init_logits)) if init_logits else None
+        if init_logits is not None:  # transfer: the learned mask is the prior (paper Sec. 4), not a warm start
+            priors = load_transfer_masks(init_logits, n, m)
+        elif prior != "none":
+            priors = sequential_prune(model, calib, prior, n, m, batch_size=batch_size, device=device)
+            restore_weights(model, model_dir, list(prunable_linears(model)))
         bar = _bar(progress, steps, "maskllm")
-        masks, logits = maskllm(model, calib, priors=priors, init_logits=logits0, steps=steps, lr=lr,
+        masks, logits = maskllm(model, calib, priors=priors, steps=steps, lr=lr,
                                 batch_size=batch_size, n=n, m=m, seed=seed,
                                 log=lambda s, row: bar(s, row.get("loss")))
         bar(None, None)
-        extra = {"prior": prior if init_logits is None else f"logits:{init_logits}", "steps": steps, "lr": lr}
+        extra = {"prior": prior if init_logits is None else f"transfer:{init_logits}", "steps": steps, "lr": lr}
     else:
         bar = _bar(progress, model.config.num_hidden_layers, method)
         masks = sequential_prune(model, calib, method, n, m, batch_size=batch_size,
-                                 progress=lambda d, t: bar(d, None))
+                                 progress=lambda d, t: bar(d, None), device=device)
         bar(None, None)
         logits = None
     seconds = time.perf_counter() - t0
@@ -74,12 +124,12 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
     if bad:
         raise RuntimeError(f"internal error: masks of {bad} are not {n}:{m}")
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_sparse(model, tok, out, fmt, n, m)  # a layer that is not N:M raises, naming it
     save_file({k: v.contiguous() for k, v in pack_masks(masks).items()}, str(out / "masks.safetensors"))
     if logits is not None:
         save_file({k: v.contiguous() for k, v in logits.items()}, str(out / "mask_logits.safetensors"))
-    report = {"method": method, "pattern": f"{n}:{m}", "calibration_windows": int(calib.shape[0]), "seq_len": L,
+    report = {"method": method, "pattern": f"{n}:{m}", "format": fmt, "calibration_windows": int(calib.shape[0]),
+              "seq_len": L,
               "seconds": round(seconds, 2), "sparsity": sparsity_report(model), **extra}
     (out / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
