@@ -50,6 +50,7 @@ def sparsify_policy(cfg: PolicySparsityConfig, policy_dir: Path, run: RunDir, it
     from refinery.compression.sparsity.maskllm import maskllm
     from refinery.compression.sparsity.nm import sparsity_report
     from refinery.compression.sparsity.oneshot import sequential_prune
+    from refinery.compression.sparsity.runner import restore_weights
     from refinery.eval.perplexity import perplexity
     from refinery.generation import SamplingParams
     from refinery.generation.hf import HFGenerator
@@ -76,10 +77,10 @@ def sparsify_policy(cfg: PolicySparsityConfig, policy_dir: Path, run: RunDir, it
 
     acc_dense, ppl_dense = accuracy(dense_held), perplexity(dense, held, mask=held_mask)
     t0 = time.perf_counter()
-    prior_model = load_model(policy_dir)
-    priors = sequential_prune(prior_model, calib, cfg.prior, calib_mask=calib_mask)
-    acc_prior, ppl_prior = measure(prior_model)
-    del prior_model
+    model = dense  # one copy: prune it for the prior, measure, then reload its dense block weights from disk
+    priors = sequential_prune(model, calib, cfg.prior, calib_mask=calib_mask)
+    acc_prior, ppl_prior = measure(model)
+    restore_weights(model, policy_dir, list(priors))
     from refinery.progress import StepBar
 
     bar = StepBar(progress, cfg.steps, 0, "maskllm", ("loss",))
@@ -89,7 +90,6 @@ def sparsify_policy(cfg: PolicySparsityConfig, policy_dir: Path, run: RunDir, it
         if step % 10 == 0 or step == cfg.steps:
             run.log_metrics(step, **row)
 
-    model = load_model(policy_dir)
     maskllm(model, calib, priors=priors, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
             log=log, calib_mask=calib_mask)
     bar.close()
