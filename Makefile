@@ -22,7 +22,7 @@ $(BIN)/python:
 # torch first and pinned, so nothing later can pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,sparse]"
 	@touch $(STAMP)
 
 install: $(STAMP) lynx

@@ -30,3 +30,24 @@ def test_length_correlation():
     assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
     with pytest.raises(ValueError):
         rewardbench_scores(pairs, [1.0], [0.0, 1.0, 2.0])
+
+
+def test_reasoning_uses_rewardbench_fixed_counts_not_file_sizes():
+    # 4 math-prm pairs (3 right) and 2 hep-python pairs (1 right); RewardBench weighs math-prm 984 and each hep
+    # language 164 whatever the file holds: (0.75*984 + 0.5*164) / (984 + 164), not (3 + 1) / 6
+    pairs = [{"subset": "math-prm"}] * 4 + [{"subset": "hep-python"}] * 2
+    chosen = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    rejected = [0.0] * 6
+    out = rewardbench_scores(pairs, chosen, rejected)
+    assert out["subsets"]["math-prm"]["weight"] == 984 and out["subsets"]["hep-python"]["weight"] == 164
+    assert out["sections"]["reasoning"] == pytest.approx((0.75 * 984 + 0.5 * 164) / 1148)
+    assert out["sections"]["reasoning"] != pytest.approx(4 / 6)
+
+
+def test_overall_is_the_mean_of_sections_with_fixed_safety_weights():
+    # safety: xstest-should-respond (250) all right, donotanswer (136) all wrong -> 250/386; chat: alpacaeval-easy
+    # right -> 1.0; overall = (1.0 + 250/386) / 2
+    pairs = [{"subset": "xstest-should-respond"}, {"subset": "donotanswer"}, {"subset": "alpacaeval-easy"}]
+    out = rewardbench_scores(pairs, [1.0, 0.0, 1.0], [0.0, 1.0, 0.0])
+    assert out["sections"]["safety"] == pytest.approx(250 / 386)
+    assert out["overall"] == pytest.approx((1.0 + 250 / 386) / 2)
