@@ -148,13 +148,13 @@ class ArmoHead(nn.Module):
 def features(model, tok, prompts: list[Any], responses: list[str], max_length: int,
              batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features: last-token and prompt-end final hidden states, ``([N, H], [N, H])``."""
-    from refinery.reward_models.model import encode, hidden_states, length_batches
+    from refinery.reward_models.model import encode, hidden_states, length_batches, pad_id_of
 
     model.eval()
     enc = [encode(tok, p, r, max_length) for p, r in zip(prompts, responses)]
     H = model.config.hidden_size
     last, prompt_end = torch.zeros(len(enc), H), torch.zeros(len(enc), H)
-    for idx, batch in length_batches(enc, batch_size, tok.pad_token_id or 0):
+    for idx, batch in length_batches(enc, batch_size, pad_id_of(model)):
         a, b = hidden_states(model, batch)
         last[idx], prompt_end[idx] = a.float(), b.float()
     return last, prompt_end

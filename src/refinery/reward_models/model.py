@@ -2,8 +2,15 @@
 
 ``AutoModelForSequenceClassification`` is exactly that (Llama/Qwen/Mistral ``score`` head, no bias) and loads a
 user's real checkpoint with the same code, so a reward model directory is a plain HF directory plus
-``refinery_rm.json`` (objective names, which output is the reward, max length). Sequences are right-padded so
-RoPE positions do not depend on batch-mates; the last and prompt-end token indices are computed here.
+``refinery_rm.json`` (objective names, which output is the reward, max length).
+
+One pooling rule, the exported model's own: a transformers sequence classifier reads the **rightmost token that is
+not ``config.pad_token_id``**. Training, ``rm score``, ``rm eval`` and a plain HF forward of the saved directory
+therefore all read the same position because (1) batches are padded with ``config.pad_token_id`` and the tokenizer
+saved beside the model pads with that same id (a tokenizer without a pad token gets EOS, as TRL does), (2) trailing
+pad-id tokens are stripped from an encoding (a chat template that ends in EOS = pad would otherwise be scored at
+the token before it by HF and at EOS by a last-token reader such as vLLM), and (3) rewards are the model's own
+``forward().logits``. Sequences are right-padded so RoPE positions do not depend on batch-mates.
 """
 
 from __future__ import annotations
@@ -29,31 +36,68 @@ def messages_of(prompt: Any) -> list[dict[str, str]]:
 
 
 def _texts(tokenizer, prompt: Any, response: str) -> tuple[str, str]:
+    """``(the prompt without the generation prompt, the whole conversation)`` as text."""
     msgs = messages_of(prompt)
     if getattr(tokenizer, "chat_template", None):
-        head = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        turns = tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
-        return head, full
-    head = "".join(f"{'User' if m['role'] == 'user' else m['role'].title()}: {m['content']}\n\n" for m in msgs)
-    head += "Assistant: "
-    return head, head + response + (tokenizer.eos_token or "")
+        return turns, full
+    turns = "".join(f"{'User' if m['role'] == 'user' else m['role'].title()}: {m['content']}\n\n" for m in msgs)
+    return turns, turns + "Assistant: " + response + (tokenizer.eos_token or "")
 
 
 @dataclass
 class Encoded:
-    """Token ids of prompt+response, and the index of the prompt's last token (ArmoRM's gating input)."""
+    """Token ids of prompt+response (no trailing pad-id token: the last id is the one the head reads), and the
+    index of the prompt's end-of-turn token (ArmoRM's gating input)."""
 
     ids: list[int]
     prompt_end: int
 
 
+def _last_content(tokenizer, ids: list[int], end: int) -> int:
+    """The last index ``< end`` whose token is not whitespace (Gemma's ``<end_of_turn>`` before its ``\n``)."""
+    j = min(end, len(ids)) - 1
+    while j > 0 and not tokenizer.decode([ids[j]]).strip():
+        j -= 1
+    return max(j, 0)
+
+
 def encode(tokenizer, prompt: Any, response: str, max_length: int) -> Encoded:
-    """Chat-formatted ids, left-truncated to ``max_length`` (the response end is what the head reads)."""
-    head, full = _texts(tokenizer, prompt, response)
+    """Chat-formatted ids, left-truncated to ``max_length`` (the response end is what the head reads).
+
+    ``prompt_end`` is ArmoRM's gating position: the token that closes the last user turn, just before the
+    assistant header (RLHFlow armo-rm ``find_token_for_gating`` returns the start of
+    ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n``, i.e. the user turn's ``<|eot_id|>``), not
+    the last token of the generation prompt. Trailing tokens equal to the tokenizer's pad id are dropped, so the
+    last id is the position every reader scores (see the module docstring)."""
+    turns, full = _texts(tokenizer, prompt, response)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    n_head = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    pad = tokenizer.pad_token_id
+    while pad is not None and len(ids) > 1 and ids[-1] == pad:
+        ids = ids[:-1]
+    n_turns = len(tokenizer(turns, add_special_tokens=False)["input_ids"])
+    gate = _last_content(tokenizer, ids, n_turns)
     cut = max(0, len(ids) - max_length)
-    return Encoded(ids[cut:], max(0, min(n_head - 1 - cut, len(ids) - cut - 1)))
+    return Encoded(ids[cut:], max(0, min(gate - cut, len(ids) - cut - 1)))
+
+
+def pad_id_of(model) -> int:
+    """The pad id the model's own pooling skips (set by :func:`load_backbone`)."""
+    pad = model.config.pad_token_id
+    if pad is None:
+        raise CheckpointError(f"{type(model).__name__} has no config.pad_token_id; load it with load_backbone")
+    return int(pad)
+
+
+def pooled_index(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """transformers' sequence-classification pooling: the rightmost token that is not ``pad_id`` (works for left
+    and right padding; the last position when a row holds only pad ids)."""
+    T = input_ids.shape[-1]
+    pos = torch.arange(T, device=input_ids.device)
+    non_pad = input_ids != pad_id
+    idx = (pos * non_pad).argmax(-1)
+    return torch.where(non_pad.any(-1), idx, torch.full_like(idx, T - 1))
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -78,11 +122,12 @@ def length_batches(encs: list[Encoded], batch_size: int, pad: int):
 
 
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states at the last token and at the prompt's last token: ``([N, H], [N, H])``."""
+    """Final hidden states at the pooled token (the position the model's own head reads) and at the prompt's
+    end-of-turn token: ``([N, H], [N, H])``."""
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     h = out.last_hidden_state
     rows = torch.arange(h.shape[0])
-    return h[rows, batch["last"]], h[rows, batch["prompt_end"]]
+    return h[rows, pooled_index(batch["input_ids"], pad_id_of(model))], h[rows, batch["prompt_end"]]
 
 
 def head_of(model) -> torch.nn.Linear:
@@ -94,9 +139,9 @@ def head_of(model) -> torch.nn.Linear:
 
 
 def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[N, k]`` head outputs at the last token."""
-    h_last, _ = hidden_states(model, batch)
-    return head_of(model)(h_last)
+    """``[N, k]``: the model's own forward (``AutoModelForSequenceClassification`` pooling), nothing re-implemented,
+    so what is trained is what RewardBench, TRL or vLLM read from the saved directory."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def load_backbone(path: str | Path, num_labels: int | None = None, dtype=None):
@@ -119,12 +164,28 @@ def load_backbone(path: str | Path, num_labels: int | None = None, dtype=None):
             if is_rm:
                 kwargs["ignore_mismatched_sizes"] = True
         if config.pad_token_id is None:
-            kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            if pad is None:
+                raise CheckpointError(f"{path}: neither the config nor the tokenizer has a pad or EOS token; "
+                                      "the reward's pooled position is undefined")
+            kwargs["pad_token_id"] = pad
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except CheckpointError:
+        raise
     except Exception as e:  # transformers raises many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load a reward-model backbone from {path}: {msg}") from None
+    _align_pad(model, tok)
     return model, tok
+
+
+def _align_pad(model, tok) -> None:
+    """The tokenizer saved beside the model pads with the id the model's pooling skips."""
+    pad = model.config.pad_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = model.config.pad_token_id = int(pad[0])
+    if tok.pad_token_id != pad:
+        tok.pad_token = tok.convert_ids_to_tokens(int(pad))
 
 
 def save_reward_model(model, tokenizer, out: Path, meta: dict[str, Any]) -> None:
@@ -165,7 +226,7 @@ class RewardScorer:
             self.armo = None
             self.reward_index = int(meta.get("reward_index", 0))
         self.model.eval()
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pad = pad_id_of(self.model)
 
     @torch.no_grad()
     def score(self, prompts: list[Any], responses: list[str]) -> dict[str, list | None]:
@@ -174,15 +235,14 @@ class RewardScorer:
         objs: list[list[float] | None] = [None] * len(enc)
         gates: list[list[float] | None] = [None] * len(enc)
         for idx, batch in length_batches(enc, self.batch_size, self.pad):
-            h_last, h_prompt = hidden_states(self.model, batch)
             if self.armo is not None:
-                out = self.armo(h_last, h_prompt)
+                out = self.armo(*hidden_states(self.model, batch))
                 for j, i in enumerate(idx):
                     scores[i] = float(out["score"][j])
                     objs[i] = out["objectives"][j].tolist()
                     gates[i] = out["gates"][j].tolist()
             else:
-                r = head_of(self.model)(h_last)
+                r = rewards(self.model, batch)
                 for j, i in enumerate(idx):
                     scores[i] = float(r[j, self.reward_index])
                     if r.shape[1] > 1:

@@ -30,6 +30,7 @@ from refinery.reward_models.model import (
     head_of,
     length_batches,
     load_backbone,
+    pad_id_of,
     read_meta,
     rewards,
     save_reward_model,
@@ -241,7 +242,7 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
                           "pipeline")
     torch.manual_seed(cfg.seed)
     model, tok = load_backbone(start, num_labels=len(objectives))
-    pad, L = tok.pad_token_id or 0, cfg.trainer.max_length
+    pad, L = pad_id_of(model), cfg.trainer.max_length
     enc = [encode(tok, r["prompt"], r["response"], L) for r in rows]
     # targets are standardised per objective (mean 0, std 1 over the labelled rows): the head then starts at the
     # right scale instead of spending its first steps learning each attribute's mean
@@ -287,7 +288,7 @@ def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: li
     torch.manual_seed(cfg.seed)
     model, tok = load_backbone(start, num_labels=None if from_rm else 1)
     objectives = meta.get("objectives", ["reward"]) if from_rm else ["reward"]
-    pad, L = tok.pad_token_id or 0, cfg.trainer.max_length
+    pad, L = pad_id_of(model), cfg.trainer.max_length
     # ties carry no ordering: the loss gives them weight 0, so they are not fed at all
     pairs = encode_pairs(tok, [p for p in train if int(p.get("strength", 1)) != 0], L)
     if not pairs:
@@ -330,7 +331,7 @@ def run_expo(cfg: RMConfig, run: RunDir, valid: list[dict], offset: int) -> Path
     init = torch.load(run.path / "stages" / "bt-init.pt", weights_only=True)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     vpairs = encode_pairs(tok, valid, cfg.trainer.max_length)
-    pad = tok.pad_token_id or 0
+    pad = pad_id_of(model)
     results = []
     for alpha in cfg.expo.alphas:
         model.load_state_dict(expo_state(init, trained, alpha))
