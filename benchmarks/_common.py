@@ -26,6 +26,19 @@ def record(title: str, lines: list[str]) -> None:
         f.write("\n".join(block) + "\n")
 
 
+def t95(xs: list[float], fmt: str = ".3f") -> str:
+    """``mean ± half-width`` of the 95% Student-t interval of the mean (just the mean for one value)."""
+    import statistics
+
+    from scipy import stats
+
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return f"{m:{fmt}}"
+    h = stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+    return f"{m:{fmt}} ± {h:{fmt}}"
+
+
 def shared_data() -> Path:
     """The public data folder ($REFINERY_DATA, default ../shared/data next to the repository)."""
     return Path(os.environ.get("REFINERY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

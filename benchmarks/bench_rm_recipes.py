@@ -1,11 +1,16 @@
 """The reward-model recipes on the synthetic truth-known task, over several seeds, in one run.
 
-    python benchmarks/bench_rm_recipes.py [--seeds 0 1 2] [--record]
+    python benchmarks/bench_rm_recipes.py [--seeds 0 1 2 3 4] [--vary head|data] [--record]
 
 Four arms on the same data per seed (tiny profile settings): plain BT; scaled BT; HelpSteer2-Preference's pipeline
 (helpfulness regression → scaled BT → ExPO); ArmoRM (scaled-BT backbone → ridge heads → verbosity decorrelation
 → gating). Test pairs have no label noise and no length bias, so test accuracy measures
 correctness and corr(score, length) measures the length preference each model picked up from the biased train set.
+
+The three sources of variance are separate: the backbone is always ``--backbone-seed`` (one bootstrap model), and
+``--vary head`` changes only the head initialisation and data order (``seed``) on fixed pairs (``data.seed =
+--data-seed``), while ``--vary data`` also draws new training/validation/test pairs per seed. Means with 95%
+t-intervals over the seeds.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ ARMS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--vary", choices=["head", "data"], default="head",
+                    help="head: head init + data order only; data: also new pairs per seed")
+    ap.add_argument("--backbone-seed", type=int, default=0)
+    ap.add_argument("--data-seed", type=int, default=0, help="--vary head: the fixed data seed")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), help="subset of the arms")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
@@ -49,7 +58,9 @@ def main() -> None:
             for arm in args.arms:
                 recipe, extra = ARMS[arm]
                 cfg = load_config(RMConfig, ROOT / "recipes" / f"{recipe}.yaml",
-                                  ["profile=tiny", f"seed={seed}", "trainer.threads=2", *extra])
+                                  ["profile=tiny", f"seed={seed}", f"backbone.seed={args.backbone_seed}",
+                                   f"data.seed={seed if args.vary == 'data' else args.data_seed}",
+                                   "trainer.threads=2", *extra])
                 run = RunDir.create(cfg, "b", out=Path(tmp) / f"{arm}-{seed}".replace(" ", "_"))
                 t0 = time.perf_counter()
                 s = train_rm(cfg, run, progress=False)
@@ -60,12 +71,14 @@ def main() -> None:
                       f"(first stage {s[first + '.accuracy']:.3f} / {s[first + '.length_corr']:+.3f}) "
                       f"{s['seconds']:.0f}s", flush=True)
 
-    def ms(xs):
-        return f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+    from _common import t95 as ms
 
-    lines = [f"Seeds {args.seeds}; synthetic task (train: 2000 pairs, length bias 0.6 towards the correct response, "
-             "label noise 30%/10%/0% on strength 1/2/3; test: 600 clean, unbiased pairs).", "",
-             "| recipe | test accuracy (mean ± sd) | per seed | corr(score, length) | minutes/run |",
+    varied = ("head initialisation and data order (backbone seed {b}, data seed {d} fixed)" if args.vary == "head"
+              else "head initialisation, data order and the pairs (backbone seed {b} fixed)").format(
+                  b=args.backbone_seed, d=args.data_seed)
+    lines = [f"Seeds {args.seeds} vary the {varied}; synthetic task (train: 2000 pairs, length bias 0.6 towards the "
+             "correct response, label noise 30%/10%/0% on strength 1/2/3; test: 600 clean, unbiased pairs).", "",
+             "| recipe | test accuracy (mean ± 95% CI) | per seed | corr(score, length) | minutes/run |",
              "|---|---|---|---|---|"]
     for arm, rs in results.items():
         accs = [r["rm.accuracy"] for r in rs]
@@ -88,7 +101,7 @@ def main() -> None:
     if args.record:
         from _common import record
 
-        record("Reward-model recipes on the synthetic truth-known task", lines)
+        record(f"Reward-model recipes on the synthetic truth-known task (seeds vary the {args.vary})", lines)
 
 
 if __name__ == "__main__":

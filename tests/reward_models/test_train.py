@@ -157,3 +157,32 @@ def test_rm_train_cli_with_a_recipe_profile_leaves_an_evaluable_model(alphabet_m
     data = tmp_path / "pairs.jsonl"
     write_pairs(synthetic_pairs(8, seed=5, split="test"), data)
     assert main(["rm", "eval", "--model", str(out / "model"), "--data", str(data)]) == 0
+
+
+def test_backbone_data_and_head_seeds_are_separate(monkeypatch):
+    """A benchmark that varies the head seed must keep the backbone and the pairs fixed (and vice versa)."""
+    import refinery.models.pretrain as pretrain
+    from refinery.reward_models.train import load_data, resolve_backbone
+
+    def cfg(*o):
+        return load_config(RMConfig, None, ["data.n_train=20", "data.n_valid=4", "data.n_test=6", *o])
+
+    same = [load_data(cfg(f"seed={s}", "data.seed=7")) for s in (0, 1)]
+    assert same[0] == same[1]
+    assert load_data(cfg("seed=0")) != load_data(cfg("seed=1"))  # unset: the run's seed drives the data too
+    seen = []
+    monkeypatch.setattr(pretrain, "cached_pretrain", lambda boot, seed, progress: seen.append(seed) or Path("x"))
+    resolve_backbone(cfg("seed=3", "backbone.seed=0"), False)
+    resolve_backbone(cfg("seed=3"), False)
+    assert seen == [0, 3]
+
+
+def test_lr_schedules():
+    from refinery.reward_models.config import RMTrainer
+    from refinery.reward_models.train import _lr
+
+    cos = RMTrainer(warmup_ratio=0.1, min_lr_ratio=0.1)
+    const = RMTrainer(warmup_ratio=0.1, schedule="constant")
+    assert _lr(0, 100, 1.0, cos) == _lr(0, 100, 1.0, const) == pytest.approx(0.1)  # same linear warm-up
+    assert _lr(99, 100, 1.0, const) == 1.0 and _lr(50, 100, 1.0, const) == 1.0
+    assert _lr(100, 100, 1.0, cos) == pytest.approx(0.1)  # cosine ends at the floor

@@ -16,6 +16,8 @@ class RMBackbone(Section):
     path: str | None = Field(None, description="causal-LM or reward-model directory (e.g. a Llama-3.1 instruct "
                                                 "checkpoint); None: the bootstrap SFT policy below (cached)")
     bootstrap: PretrainConfig = Field(default_factory=default_bootstrap, description="used when path is None")
+    seed: int | None = Field(None, description="seed of the bootstrap backbone (default: the run's seed); fix it to "
+                                               "vary the head and data seeds on one backbone")
 
 
 class RMData(Section):
@@ -29,6 +31,8 @@ class RMData(Section):
                                                           "helpfulness, ...} joined onto the pairs (regression, "
                                                           "ArmoRM)")
     format: str = Field("auto", description="auto, helpsteer2, hh-rlhf, pandalm or generic")
+    seed: int | None = Field(None, description="seed of the synthetic pairs and of the prompt-hash split (default: "
+                                               "the run's seed); fix it to vary the head seed on the same data")
     split: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1],
                                description="train/valid/test fractions by prompt hash when only train_file is given")
     limit: int | None = Field(None, description="read at most this many pairs per file")
@@ -49,6 +53,8 @@ class RMTrainer(Section):
     batch_pairs: int = Field(16, gt=0, description="pairs per step (both responses go in one forward)")
     lr: float = Field(1e-4, gt=0, description="peak LR (HelpSteer2-Pref 70B: 2e-6; tiny models take more)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warm-up as a fraction of steps")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine decay to "
+                                                    "min_lr_ratio·lr, or constant (HelpSteer2-Preference)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor (fraction of lr)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices")
     grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 disables")
@@ -105,7 +111,8 @@ class RMEval(Section):
 
 class RMConfig(Section):
     name: str = Field("rm", description="run name (directory prefix)")
-    seed: int = Field(0, description="seed for data order, head init and the synthetic task")
+    seed: int = Field(0, description="seed of the head initialisation and data order; also of the backbone and "
+                                     "the data unless backbone.seed / data.seed are set")
     profile: str | None = Field(None, description="which of the recipe's profiles was applied (e.g. tiny)")
     pipeline: list[str] = Field(default_factory=lambda: ["bt"],
                                 description=f"stages in order, of {STAGES}: HelpSteer2-Pref's best is "

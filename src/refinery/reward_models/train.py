@@ -43,13 +43,14 @@ from refinery.runs import RunDir
 def load_data(cfg: RMConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """Train / validation / test pairs. Files without their own valid/test are split by prompt hash."""
     d = cfg.data
+    dseed = cfg.seed if d.seed is None else d.seed
     if d.source == "synthetic":
         from refinery.reward_models.synthetic import synthetic_pairs
 
         kw = dict(tasks=tuple(d.tasks), difficulty=d.difficulty, missing=d.missing)
-        train = synthetic_pairs(d.n_train, cfg.seed, "train", length_bias=d.length_bias, noise=d.noise, **kw)
+        train = synthetic_pairs(d.n_train, dseed, "train", length_bias=d.length_bias, noise=d.noise, **kw)
         # validation and test both come from the task's test split (prompts never seen in training)
-        held = synthetic_pairs(d.n_valid + d.n_test, cfg.seed, "test", **kw)
+        held = synthetic_pairs(d.n_valid + d.n_test, dseed, "test", **kw)
         return train, held[: d.n_valid], held[d.n_valid:]
     pairs = load_pairs(d.train_file, d.format, d.limit)
     if d.valid_file and d.test_file:
@@ -58,7 +59,7 @@ def load_data(cfg: RMConfig) -> tuple[list[dict], list[dict], list[dict]]:
         return _with_attributes(d, train, valid, test)
     if len(d.split) != 3:
         raise ConfigError(f"data.split must have 3 fractions (train, valid, test), got {d.split}")
-    train, valid, test = split_pairs(pairs, tuple(d.split), salt=str(cfg.seed))
+    train, valid, test = split_pairs(pairs, tuple(d.split), salt=str(dseed))
     if d.valid_file:
         train, valid = train + valid, load_pairs(d.valid_file, d.format, d.limit)
     if d.test_file:
@@ -84,7 +85,8 @@ def resolve_backbone(cfg: RMConfig, progress: bool) -> Path:
         return Path(cfg.backbone.path)
     from refinery.models.pretrain import cached_pretrain
 
-    return cached_pretrain(cfg.backbone.bootstrap, cfg.seed, progress)
+    seed = cfg.seed if cfg.backbone.seed is None else cfg.backbone.seed
+    return cached_pretrain(cfg.backbone.bootstrap, seed, progress)
 
 
 EncodedPair = tuple[Encoded, Encoded, int]
@@ -141,6 +143,8 @@ def _lr(step: int, total: int, peak: float, t: RMTrainer) -> float:
     warm = int(t.warmup_ratio * total)
     if warm and step < warm:
         return peak * (step + 1) / warm
+    if t.schedule == "constant":
+        return peak
     progress = min(1.0, (step - warm) / max(1, total - warm))
     floor = peak * t.min_lr_ratio
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
