@@ -4,8 +4,11 @@
 
 Same backbone (the cached bootstrap SFT nano model with a fresh 1-output head), the same training pairs (pairs
 longer than --max-length are dropped up front, because TRL drops rather than truncates them), plain BT, batch 16
-pairs, AdamW lr with 5% warm-up and cosine decay, grad-clip 1, fp32, 2 threads. Reports training throughput
-(pairs/s, wall time of the training loop only) and test accuracy of both models scored by the same code.
+pairs, AdamW lr with 5% warm-up and cosine decay, grad-clip 1, 2 threads, and fp32 on both sides: TRL's
+RewardConfig turns bf16 autocast on by default, so it is switched off here (``bf16=False``), or the comparison
+would be of precisions. Reports training throughput (pairs/s, wall time of the training loop only), test accuracy
+and corr(score, length) of both models scored by the same code. The backbone and the pairs are fixed; seeds vary
+the head initialisation and data order only. Means with 95% t-intervals.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="training pairs used (default: all)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
 
@@ -44,7 +47,7 @@ def main() -> None:
     from refinery.config import load_config
     from refinery.models.pretrain import cached_pretrain, default_bootstrap
     from refinery.reward_models.config import RMConfig
-    from refinery.reward_models.eval import score_pairs
+    from refinery.reward_models.eval import length_correlation, score_pairs
     from refinery.reward_models.model import RewardScorer, encode, load_backbone, save_reward_model
     from refinery.reward_models.train import load_data, train_rm
     from refinery.runs import RunDir
@@ -60,7 +63,7 @@ def main() -> None:
               f"trainer.batch_pairs={args.batch_pairs}", f"trainer.lr={args.lr}", "trainer.warmup_ratio=0.05",
               f"trainer.max_length={args.max_length}", "trainer.threads=2", "trainer.eval_every=100000",
               "trainer.checkpoint_every=100000"]
-    cfg = load_config(RMConfig, None, base + common)
+    cfg = load_config(RMConfig, None, base + common + ["data.seed=0", "backbone.seed=0"])
     train, valid, test = load_data(cfg)
     _, tok = load_backbone(backbone, num_labels=1)
     fits = [p for p in train if all(len(encode(tok, p["prompt"], p[s], 10**6).ids) <= args.max_length
@@ -94,7 +97,8 @@ def main() -> None:
             scfg = cfg.model_copy(update={"seed": seed})
             run = RunDir.create(scfg, "bench", out=tmp / "ours")
             train_rm(scfg, run, progress=False)
-            ours.append((timing["fit"], run.summary()["rm.accuracy"]))
+            summ = run.summary()
+            ours.append((timing["fit"], summ["rm.accuracy"], summ["rm.length_corr"]))
 
             torch.manual_seed(seed)
             model, tok = load_backbone(backbone, num_labels=1)
@@ -103,7 +107,8 @@ def main() -> None:
                                  warmup_steps=int(0.05 * math.ceil(len(fits) / args.batch_pairs) * args.epochs),
                                  max_length=args.max_length, logging_steps=1000, save_strategy="no",
                                  report_to=[], use_cpu=True, seed=seed, dataloader_num_workers=0,
-                                 disable_dropout=True, center_rewards_coefficient=None)
+                                 disable_dropout=True, center_rewards_coefficient=None, bf16=False, fp16=False)
+            assert not (targs.bf16 or targs.fp16), "TRL must train in fp32 like Refinery here"
             trainer = RewardTrainer(model=model, args=targs, train_dataset=ds, processing_class=tok)
             kept = len(trainer.train_dataset)
             t0 = time.perf_counter()
@@ -112,22 +117,25 @@ def main() -> None:
             save_reward_model(trainer.model, tok, tmp / "trl-model", {"kind": "sequence_classification",
                                                                      "max_length": args.max_length})
             c, r = score_pairs(RewardScorer(tmp / "trl-model"), test)
-            trl.append((trl_s, sum(x > y for x, y in zip(c, r)) / len(test)))
-            print(f"seed {seed}: Refinery {ours[-1][0]:.1f}s acc {ours[-1][1]:.3f} | TRL {trl_s:.1f}s "
-                  f"acc {trl[-1][1]:.3f}", flush=True)
+            trl.append((trl_s, sum(x > y for x, y in zip(c, r)) / len(test), length_correlation(test, c, r)))
+            print(f"seed {seed}: Refinery {ours[-1][0]:.1f}s acc {ours[-1][1]:.3f} len_corr {ours[-1][2]:+.3f} | "
+                  f"TRL {trl_s:.1f}s acc {trl[-1][1]:.3f} len_corr {trl[-1][2]:+.3f}", flush=True)
+
+    from _common import t95
 
     def row(name, results, n_pairs):
-        secs = statistics.median(t for t, _ in results)
-        accs = [a for _, a in results]
-        return (f"| {name} | {n_pairs} | {secs:.1f} | {n_pairs * args.epochs / secs:.1f} | "
-                f"{statistics.mean(accs):.3f} ({' / '.join(f'{a:.3f}' for a in accs)}) |")
+        secs = statistics.median(t for t, _, _ in results)
+        accs = [a for _, a, _ in results]
+        return (f"| {name} | {n_pairs} | {secs:.1f} | {n_pairs * args.epochs / secs:.1f} | {t95(accs)} | "
+                f"{' / '.join(f'{a:.3f}' for a in accs)} | {t95([c for _, _, c in results], '+.3f')} |")
 
-    ratio = statistics.median(t for t, _ in trl) / statistics.median(t for t, _ in ours)
-    lines = [f"Data: {args.data}; backbone: bootstrap nano SFT policy; {args.epochs} epoch(s), batch "
-             f"{args.batch_pairs} pairs, lr {args.lr}, max length {args.max_length}; test {len(test)} pairs; seeds "
-             f"{args.seeds} (head init and data order).", "",
-             "| trainer | train pairs | train s (median) | pairs/s | test accuracy, mean (per seed) |",
-             "|---|---|---|---|---|", row("Refinery `rm train` (bt)", ours, len(fits)),
+    ratio = statistics.median(t for t, _, _ in trl) / statistics.median(t for t, _, _ in ours)
+    lines = [f"Data: {args.data}; backbone: bootstrap nano SFT policy (seed 0); {args.epochs} epoch(s), batch "
+             f"{args.batch_pairs} pairs, lr {args.lr}, max length {args.max_length}, fp32 both; test {len(test)} "
+             f"pairs; seeds {args.seeds} vary head init and data order only (same pairs).", "",
+             "| trainer | train pairs | train s (median) | pairs/s | test accuracy (mean ± 95% CI) | per seed | "
+             "corr(score, length) |",
+             "|---|---|---|---|---|---|---|", row("Refinery `rm train` (bt)", ours, len(fits)),
              row("TRL RewardTrainer", trl, kept), "",
              f"Throughput ratio Refinery / TRL: **{ratio:.2f}x**."]
     print("\n".join(lines))

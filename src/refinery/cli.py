@@ -221,9 +221,32 @@ def rl_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
                 lambda cfg, run: train_rl(cfg, run, progress=progress))
 
 
+def _eval_refusals(model: str, data: Optional[str], out: Optional[Path]) -> None:
+    """A guard's false refusals on benign prompts that look unsafe (the packaged XSTest-style set by default)."""
+    from rich.table import Table
+
+    from refinery.data.safety.over_refusal import evaluate_over_refusal
+
+    _quiet_hf()
+    res = evaluate_over_refusal(model, data)
+    pct = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    for key, title in (("by_language", "language"), ("by_type", "type")):
+        table = Table(title=f"{model}: false refusals by {title}")
+        for col in (title, "safe", "false-refusal rate", "contrast", "contrast flagged"):
+            table.add_column(col)
+        for name, m in [*res[key].items(), ("all", res["all"])]:
+            table.add_row(name, str(m["safe"]), pct(m["false_refusal_rate"]), str(m["contrast"]),
+                          pct(m["contrast_recall"]))
+        console.print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "refusals.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+
+
 @app.command("eval")
 def eval_cmd(
-    kind: str = typer.Argument(..., help="math, code, choice, or ppl (perplexity)."),
+    kind: str = typer.Argument(..., help="math, code, choice, ppl (perplexity), safety (a guard on labelled "
+                               "data) or refusals (a guard's false refusals on benign look-alike prompts)."),
     data: Optional[str] = typer.Option(None, "--data", help="gsm8k/math500/aime/humaneval file, a JSONL of {id, "
                                        "prompt, answer|tests}, or tasks:NAME for a procedural task's test split."),
     text: Optional[Path] = typer.Option(None, "--text", help="ppl: a UTF-8 text file (e.g. WikiText-2 test)."),
@@ -243,8 +266,9 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for results.json, report.md and the plot."),
 ) -> None:
-    """Unbiased pass@k and avg@n of one or more models on a benchmark; perplexity (``ppl``); or a guard model's
-    per-language accuracy / F1 / false-refusal rate (``safety``, --data JSONL {text, label safe|unsafe, lang})."""
+    """Unbiased pass@k and avg@n of one or more models on a benchmark; perplexity (``ppl``); a guard model's
+    per-language accuracy / F1 / false-refusal rate (``safety``, --data JSONL {text, label safe|unsafe, lang}); or
+    its false refusals on benign prompts that look unsafe, per language and type (``refusals``; --data optional)."""
     from refinery.eval.passk import run_eval
 
     if kind == "safety":
@@ -267,6 +291,9 @@ def eval_cmd(
         if out:
             out.mkdir(parents=True, exist_ok=True)
             (out / "safety.json").write_text(json.dumps(res, indent=1))
+        return
+    if kind == "refusals":
+        _eval_refusals(model[0], data, out)
         return
     if kind == "ppl":
         from refinery.eval.perplexity import eval_ppl
