@@ -25,9 +25,9 @@ CHILD = r"""
 import json, resource, sys, time
 from refinery.compression.sparsity.runner import sparsify
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model, method, calib, out, steps = sys.argv[1:6]
+model, method, calib, out, steps, lr = sys.argv[1:7]
 t0 = time.perf_counter()
-rep = sparsify(model, method, calib, out, n_calib=128, seq_len=256, steps=int(steps), progress=False)
+rep = sparsify(model, method, calib, out, n_calib=128, seq_len=256, steps=int(steps), lr=float(lr), progress=False)
 rep["wall"] = time.perf_counter() - t0
 rep["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 rep["base_rss_mb"] = before / 1024
@@ -130,6 +130,9 @@ def calibration_bench(record: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--maskllm-steps", type=int, default=300)
+    ap.add_argument("--maskllm-lr", type=float, nargs="+", default=[5e-5, 1e-3],
+                    help="MaskLLM base LRs, one arm each: 5e-5 is the reference (7B, 2000 steps); 1e-3 a departure "
+                         "for a 1M-parameter model and a few hundred steps")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--calibration", action="store_true", help="only the O(L) vs O(L²) calibration timing")
     ap.add_argument("--record", action="store_true")
@@ -146,20 +149,23 @@ def main() -> None:
     print(f"dense: ppl {dense['ppl']:.2f} on {dense['windows']} held-out windows")
     rows = [("dense", dense["ppl"], None, None)]
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("magnitude", "wanda", "sparsegpt", "maskllm"):
-            out = Path(tmp) / method
+        arms = [(m, m, 0.0) for m in ("magnitude", "wanda", "sparsegpt")]
+        arms += [(f"maskllm (lr {lr:g})", "maskllm", lr) for lr in args.maskllm_lr]
+        for name, method, lr in arms:
+            out = Path(tmp) / name.replace(" ", "_")
             proc = subprocess.run([sys.executable, "-c", CHILD, str(model), method, str(train), str(out),
-                                   str(args.maskllm_steps)], capture_output=True, text=True)
+                                   str(args.maskllm_steps), str(lr)], capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
             if proc.returncode or not line:
-                sys.exit(f"{method} failed:\n{proc.stderr[-2000:]}")
+                sys.exit(f"{name} failed:\n{proc.stderr[-2000:]}")
             rep = json.loads(line[0][6:])
             ppl = eval_ppl(out, held, 256)["ppl"]
-            print(f"{method}: ppl {ppl:.2f}, {rep['wall']:.1f}s, peak RSS {rep['peak_rss_mb']:.0f} MB", flush=True)
-            rows.append((method, ppl, rep["wall"], rep["peak_rss_mb"]))
+            print(f"{name}: ppl {ppl:.2f}, {rep['wall']:.1f}s, peak RSS {rep['peak_rss_mb']:.0f} MB", flush=True)
+            rows.append((name, ppl, rep["wall"], rep["peak_rss_mb"]))
     lines = [f"nano Llama (1.1M params) pretrained {args.pretrain_steps} steps on 90% of WikiText-2; 2:4 on every "
              f"block Linear; calibration 128 x 256 tokens; MaskLLM {args.maskllm_steps} steps from the SparseGPT "
-             f"prior; held-out perplexity on the last 10% ({dense['windows']} windows of 256).", "",
+             f"prior (logits at 10x the base LR, cosine to 1/10); held-out perplexity on the last 10% "
+             f"({dense['windows']} windows of 256).", "",
              "| model | held-out ppl | vs dense | wall s (incl. load + calibration) | peak RSS MB |",
              "|---|---|---|---|---|"]
     for name, ppl, wall, mem in rows:
