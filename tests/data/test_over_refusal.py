@@ -90,3 +90,11 @@ def test_cli_reports_a_trained_guards_false_refusals(tmp_path):
     assert got == json.loads(json.dumps(want))
     assert got["all"]["safe"] == 96 + 4 * 16 and got["all"]["contrast"] == 40 + 4 * 8
     assert set(got["by_language"]) == {"en", "de", "es", "fr", "zh"} and len(got["by_type"]) == 8
+
+
+def test_missing_guard_directory_is_one_clear_error(tmp_path, capsys):
+    from refinery.cli import main
+
+    assert main(["eval", "refusals", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err

@@ -147,6 +147,9 @@ def predict(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_l
     """(safe|unsafe, predicted categories) per text."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from refinery.models.io import _check_dir
+
+    model_dir = _check_dir(model_dir)  # one clear line for a missing or non-HF directory, not a hub traceback
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "right"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
