@@ -67,3 +67,12 @@ def test_head_save_load_roundtrip(tmp_path):
     again = ArmoHead.load(tmp_path)
     h = torch.randn(3, 4)
     assert torch.allclose(head(h, h)["score"], again(h, h)["score"])
+
+
+def test_gate_lr_cosine_to_zero_without_warmup():
+    from refinery.reward_models.armo import gate_lr
+
+    assert gate_lr(0, 2000, 1e-3, "cosine") == pytest.approx(1e-3)  # no warm-up: starts at the peak
+    assert gate_lr(1000, 2000, 1e-3, "cosine") == pytest.approx(5e-4)
+    assert gate_lr(1999, 2000, 1e-3, "cosine") < 1e-8
+    assert gate_lr(1999, 2000, 1e-3, "constant") == 1e-3

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from refinery.cli import main
@@ -175,6 +176,34 @@ def test_backbone_data_and_head_seeds_are_separate(monkeypatch):
     resolve_backbone(cfg("seed=3", "backbone.seed=0"), False)
     resolve_backbone(cfg("seed=3"), False)
     assert seen == [0, 3]
+
+
+def test_warmup_steps_override_ratio_and_betas_reach_adamw():
+    from refinery.reward_models.config import RMTrainer
+    from refinery.reward_models.train import _lr
+
+    t = RMTrainer(warmup_ratio=0.5, warmup_steps=10, schedule="constant")  # HelpSteer2-Preference: 10 steps
+    assert _lr(0, 105, 1.0, t) == pytest.approx(0.1) and _lr(9, 105, 1.0, t) == pytest.approx(1.0)
+    assert _lr(10, 105, 1.0, t) == 1.0 and _lr(104, 105, 1.0, t) == 1.0
+    assert _lr(0, 4, 1.0, t) == pytest.approx(0.25)  # a warm-up longer than the run is capped at the run
+    with pytest.raises(pydantic.ValidationError):
+        RMTrainer(betas=(0.9,))
+
+
+def test_recipes_carry_the_papers_numbers_and_tiny_names_its_departures():
+    from refinery.config import load_config
+    from refinery.reward_models.config import RMConfig
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    hs = load_config(RMConfig, root / "helpsteer2_pref.yaml", [])
+    assert (hs.regression.lr, hs.trainer.lr) == (2e-6, 1e-6) and hs.regression.epochs == 2 and hs.trainer.epochs == 1
+    assert (hs.trainer.schedule, hs.trainer.warmup_steps, hs.trainer.weight_decay) == ("constant", 10, 0.1)
+    assert hs.trainer.betas == (0.9, 0.98) and hs.trainer.batch_pairs == 64
+    tiny = load_config(RMConfig, root / "helpsteer2_pref.yaml", ["profile=tiny"])
+    assert tiny.trainer.schedule == "cosine" and tiny.trainer.warmup_steps is None and tiny.trainer.weight_decay == 0
+    armo = load_config(RMConfig, root / "armorm.yaml", [])
+    assert (armo.armo.batch_pairs, armo.armo.steps, armo.armo.schedule) == (1024, 2000, "cosine")
+    assert min(armo.armo.ridge_alphas) == 1e-4 and max(armo.armo.ridge_alphas) == 1e4
 
 
 def test_lr_schedules():

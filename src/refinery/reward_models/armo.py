@@ -22,6 +22,15 @@ from torch import nn
 
 from refinery.errors import CheckpointError
 
+
+def gate_lr(step: int, steps: int, lr: float, schedule: str) -> float:
+    """The gate's LR at ``step`` of ``steps``: RLHFlow stage-2 decays it by a cosine from ``lr`` to 0 without
+    warm-up; ``constant`` keeps ``lr``."""
+    if schedule == "constant":
+        return lr
+    return 0.5 * lr * (1 + math.cos(math.pi * step / steps))
+
+
 # ---- stage 1: ridge heads -------------------------------------------------------------------------------------
 
 
@@ -234,6 +243,8 @@ def run_armo(cfg, run, start: Path, train: list[dict], valid: list[dict], offset
         bar = StepBar(progress and log, a.steps, 0, "rm armo", ("loss", "valid_accuracy"))
         head.train()
         for step in range(a.steps):
+            for group in opt.param_groups:
+                group["lr"] = gate_lr(step, a.steps, a.lr, a.schedule)
             idx = order_for(len(train), step, a.batch_pairs, cfg.seed, "armo")
             g = head.gates(hp[idx])  # one gate per prompt, shared by its two responses
             sc = head.beta * (g * head.decorrelate(head.raw(hc[idx]))).sum(-1)

@@ -53,10 +53,14 @@ class RMTrainer(Section):
     batch_pairs: int = Field(16, gt=0, description="pairs per step (both responses go in one forward)")
     lr: float = Field(1e-4, gt=0, description="peak LR (HelpSteer2-Pref 70B: 2e-6; tiny models take more)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warm-up as a fraction of steps")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up in steps; overrides warmup_ratio "
+                                     "(HelpSteer2-Preference: 10)")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine decay to "
                                                     "min_lr_ratio·lr, or constant (HelpSteer2-Preference)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor (fraction of lr)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2); HelpSteer2-Preference "
+                                       "(NeMo-Aligner): (0.9, 0.98)")
     grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 disables")
     max_length: int = Field(256, ge=8, description="tokens per prompt+response (left-truncated)")
     eval_every: int = Field(50, gt=0, description="steps between validation accuracy measurements")
@@ -103,6 +107,8 @@ class ArmoConfig(Section):
     batch_pairs: int = Field(64, gt=0, description="pairs per gating step")
     lr: float = Field(1e-3, gt=0, description="gating AdamW LR")
     weight_decay: float = Field(0.0, ge=0, description="gating AdamW weight decay")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="gating LR after no warm-up: cosine "
+                                                    "decay to 0 (RLHFlow stage-2) or constant")
 
 
 class RMEval(Section):

@@ -140,7 +140,8 @@ def pair_accuracy(model, pairs: list[EncodedPair], pad: int, batch_size: int, in
 
 
 def _lr(step: int, total: int, peak: float, t: RMTrainer) -> float:
-    warm = int(t.warmup_ratio * total)
+    warm = t.warmup_steps if t.warmup_steps is not None else int(t.warmup_ratio * total)
+    warm = min(warm, total)
     if warm and step < warm:
         return peak * (step + 1) / warm
     if t.schedule == "constant":
@@ -161,7 +162,8 @@ def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str
     t = cfg.trainer
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr)
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr,
+                            betas=tuple(t.betas))
     start = 0
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
