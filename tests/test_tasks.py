@@ -3,7 +3,7 @@ import pytest
 from refinery.errors import ConfigError
 from refinery.tasks import TASKS, get_task, make_splits, normalise_prompt, sample, split_of
 from refinery.tasks.arithmetic import LEVELS
-from refinery.tasks.base import final_answer
+from refinery.tasks.base import canonical_key, final_answer
 from refinery.tasks.countdown import evaluate, is_solution, parse_prompt
 
 
@@ -32,14 +32,66 @@ def test_no_duplicate_prompts(name):
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_train_and_test_never_share_a_prompt(name):
+def test_train_valid_and_test_never_share_a_problem(name):
     train, test = make_splits(name, 2000, 200, seed=3)
-    assert len(train) == 2000 and len(test) == 200
-    assert not {normalise_prompt(i["prompt"]) for i in train} & {normalise_prompt(i["prompt"]) for i in test}
-    # the split is a property of the prompt: samples with other seeds or sizes stay disjoint too
-    other_test = sample(name, 300, seed=99, split="test")
-    assert not {normalise_prompt(i["prompt"]) for i in train} & {normalise_prompt(i["prompt"]) for i in other_test}
-    assert all(split_of(i["prompt"]) == "test" for i in other_test)
+    valid = sample(name, 50, seed=3, split="valid")
+    assert len(train) == 2000 and len(test) == 200 and len(valid) == 50
+    keys = {sp: {canonical_key(name, i["prompt"], i["answer"]) for i in items}
+            for sp, items in (("train", train), ("test", test), ("valid", valid))}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["valid"] and not keys["test"] & keys["valid"]
+    assert len(keys["test"]) == 200 and len(keys["valid"]) == 50  # held-out items are distinct problems
+    # the split is a property of the problem: samples with other seeds or sizes stay disjoint too
+    other_test = sample(name, 150, seed=99, split="test")
+    assert all(split_of(canonical_key(name, i["prompt"], i["answer"])) == "test" for i in other_test)
+    assert not {canonical_key(name, i["prompt"], i["answer"]) for i in other_test} & keys["train"]
+
+
+def _twin(name: str, item: dict) -> tuple:
+    """The problem up to reordering, computed here independently of the library's canonical forms."""
+    import re
+
+    if name == "countdown":
+        numbers, target = parse_prompt(item["prompt"])
+        return tuple(sorted(numbers)), target
+    stem = item["prompt"].split(". Options: ")[0]
+    if name == "word_problems":
+        from refinery.tasks.word_problems import NAMES, THINGS
+
+        for w in NAMES + THINGS:
+            stem = re.sub(rf"\b{w}\b", "_", stem)
+        return stem, item["answer"]
+    expr = stem.removeprefix("Compute ")
+    return tuple(sorted(re.findall(r"\d+", expr))), "".join(sorted(re.findall(r"(?<=[\d)])[-+*]", expr))), eval(expr)  # noqa: S307
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_no_heldout_problem_has_a_twin_in_training(name):
+    """Same numbers in another order (countdown, sums), other names (word problems), another option order or the
+    open-ended version (MCQ): none of a held-out problem's twins is in RL or SFT training."""
+    train = sample(name, 3000, seed=0, split="train")
+    sft = sample(name, 3000, seed=11, split="train")  # the SFT data draws from the same split with its own seed
+    test = sample(name, 150, seed=0, split="test")
+    held = {_twin(name, i) for i in test}
+    assert len(held) == len(test)  # twin-free among themselves too
+    assert not held & {_twin(name, i) for i in train + sft}
+    if name == "arithmetic_mcq":  # the MCQ version of a held-out question is never the open question in training
+        open_train = sample("arithmetic", 3000, seed=0, split="train")
+        assert not held & {_twin("arithmetic", i) for i in open_train}
+
+
+def test_canonical_forms_merge_twins_only():
+    key = canonical_key
+    cd = "Using the numbers {}, each at most once, write an expression equal to {}."
+    assert key("countdown", cd.format("3, 5, 9", 24), "3*5+9") == key("countdown", cd.format("9, 3, 5", 24), "9+5*3")
+    assert key("countdown", cd.format("3, 5, 9", 24), "x") != key("countdown", cd.format("3, 5, 9", 25), "x")
+    assert key("arithmetic", "Compute 3+5", "8") == key("arithmetic", "Compute 5+3", "8")
+    assert key("arithmetic", "Compute 3-5", "-2") != key("arithmetic", "Compute 5-3", "2")
+    assert key("arithmetic_mcq", "Compute 5+3. Options: (A) 9 (B) 8 (C) 7 (D) 18", "B") == \
+        key("arithmetic", "Compute 3+5", "8")
+    a = "Jo has 10 books. Jo buys 2 bags with 5 books each. How many books does Jo have now?"
+    b = "Mia has 10 pens. Mia buys 5 bags with 2 pens each. How many pens does Mia have now?"
+    c = "Mia walks 10 km each day for 2 days, then 5 km more on the last day. How many km does Mia walk in total?"
+    assert key("word_problems", a, "20") == key("word_problems", b, "20") != key("word_problems", c, "25")
 
 
 def test_arithmetic_answers_are_the_expression_value():

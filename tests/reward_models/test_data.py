@@ -105,7 +105,7 @@ def test_synthetic_truth_noise_and_length_trap():
         return sum((len(p["chosen"]) < len(p["rejected"])) - (len(p["chosen"]) > len(p["rejected"]))
                    for p in pairs) / len(pairs)
 
-    big_train, big_test = synthetic_pairs(3000, seed=2, split="train"), synthetic_pairs(1200, seed=2, split="test")
+    big_train, big_test = synthetic_pairs(3000, seed=2, split="train"), synthetic_pairs(1000, seed=2, split="test")
     assert shorter_minus_longer(big_train) < -0.05  # the trap: in train, longer is usually better
     assert abs(shorter_minus_longer(big_test)) < 0.04  # test: length says nothing
     rows = responses_with_attributes(train, ["helpfulness", "verbosity"])

@@ -460,9 +460,12 @@ def cached_pretrain(cfg: PretrainConfig, seed: int, progress: bool = True) -> Pa
     """Train ``cfg`` once and reuse it: cached under ``cache_dir()/policies`` by its config hash (name excluded);
     an interrupted build resumes from its last checkpoint. Returns the model directory."""
     from refinery.models.zoo import cache_dir, config_hash
+    from refinery.tasks.base import SPLIT_VERSION
 
     boot = cfg.model_copy(update={"seed": seed})
-    target = cache_dir() / "policies" / f"sft-{config_hash(boot.model_dump(mode='json', exclude={'name'}))}"
+    # the split version is in the key: a policy trained on an older split could have seen today's held-out problems
+    key = config_hash(boot.model_dump(mode="json", exclude={"name"}), f"split-v{SPLIT_VERSION}")
+    target = cache_dir() / "policies" / f"sft-{key}"
     if (target / "model" / "config.json").exists():
         return target / "model"
     run = RunDir.create(boot, boot.name, out=target, resume=(target / "config.yaml").exists(), seed=boot.seed)

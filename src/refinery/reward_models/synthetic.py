@@ -51,7 +51,7 @@ def _pad(rng: random.Random, text: str, verbose: bool) -> tuple[str, int]:
 def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[str, ...] = ("arithmetic",),
                     difficulty: list[int] | None = None, length_bias: float | None = None,
                     noise: dict[int, float] | None = None, missing: float = 0.1) -> list[dict[str, Any]]:
-    """``n`` pairs from the task's ``split`` (train and test never share a prompt). ``length_bias`` is the
+    """``n`` pairs from the task's ``split`` (train and test never share a problem). ``length_bias`` is the
     probability that the correct answer (and 1 - it that the wrong one) is padded: default 0.6 for train and 0.5
     (no bias) for test; ``noise`` maps strength to flip probability (default train {1: .3, 2: .1}, test none)."""
     from refinery.tasks import sample
@@ -63,7 +63,9 @@ def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[st
     per_task = -(-n // len(tasks))
     items = []
     for t in tasks:
-        items += sample(t, per_task, seed=seed, difficulty=difficulty or [1, 2], split=split)
+        # distinct prompts are enough for pair sets; the split itself is the problem's, so train and test pairs
+        # never share a problem
+        items += sample(t, per_task, seed=seed, difficulty=difficulty or [1, 2], split=split, unique="prompt")
     rng.shuffle(items)
     pairs = []
     for it in items[:n]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from refinery.tasks.base import Task, final_answer, register
+from refinery.tasks.base import Task, final_answer, numbers_form, register
 
 # difficulty -> (max digits per operand, number of operations, allowed operators)
 LEVELS: dict[int, tuple[int, int, str]] = {
@@ -58,6 +58,7 @@ TASK = register(
         name="arithmetic",
         domain="math",
         difficulties=tuple(LEVELS),
+        canonical=lambda prompt, answer: "math " + numbers_form(prompt, answer),
         generate=generate,
         check=check,
         description="integer +, -, * with parentheses; difficulty 1-5 = digits x operations",

@@ -34,6 +34,7 @@ class Task:
     generate: Callable[[random.Random, int], tuple[str, str, str]]
     check: Callable[[str, str], bool]
     description: str
+    canonical: Callable[[str, str], str] | None = None  # (prompt, answer) -> the problem's canonical form
 
 
 TASKS: dict[str, Task] = {}
@@ -59,25 +60,54 @@ def get_task(name: str) -> Task:
 
 
 _WS = re.compile(r"\s+")
+_INT = re.compile(r"\d+")
+_OPS = re.compile(r"(?<=[\d)])\s*([-+*/])")
+
+# Bump when the canonical forms or the split change: cached policies trained on an older split are not reused.
+SPLIT_VERSION = 2
 
 
 def normalise_prompt(prompt: str) -> str:
-    """Case- and whitespace-insensitive form used to detect the same problem twice."""
+    """Case- and whitespace-insensitive form of a prompt text."""
     return _WS.sub(" ", prompt.strip().lower())
 
 
-TEST_FRACTION = 0.1  # share of each task's prompt space reserved for the test split
+def numbers_form(text: str, answer: str, *, ops: bool = True) -> str:
+    """A canonical form of a numeric problem up to reordering: its integers and operators as multisets, and its
+    answer. ``3+5`` and ``5+3`` share it (so do the same word problem told with other names); ``3-5`` and ``5-3``
+    do not (different answers). Coarser than the problem itself, never finer: two problems it merges always land
+    in the same split, which costs a little prompt space and can never leak."""
+    ints = sorted(int(x) for x in _INT.findall(text))
+    parts = ["n:" + ",".join(map(str, ints))]
+    if ops:
+        parts.append("o:" + "".join(sorted(_OPS.findall(text))))
+    return " ".join([*parts, f"a:{answer.strip()}"])
 
 
-def split_of(prompt: str) -> str:
-    """'test' or 'train', decided by a hash of the normalised prompt: a property of the problem itself,
-    so any train sample and any test sample are disjoint, whatever their sizes, seeds or order."""
-    h = int.from_bytes(hashlib.sha256(normalise_prompt(prompt).encode()).digest()[:8], "big")
-    return "test" if h / 2**64 < TEST_FRACTION else "train"
+def canonical_key(name: str, prompt: str, answer: str) -> str:
+    """The problem's identity for splits and dedup: the task's own canonical form when it has one (shared across
+    tasks that pose the same problem, e.g. an arithmetic question and its multiple-choice version), else the
+    normalised prompt."""
+    task = TASKS.get(name)
+    if task is not None and task.canonical is not None:
+        return task.canonical(prompt, answer)
+    return f"{name}:{normalise_prompt(prompt)}"
 
 
-def _item_id(name: str, prompt: str) -> str:
-    return f"{name}-{hashlib.sha1(normalise_prompt(prompt).encode()).hexdigest()[:12]}"
+TEST_FRACTION = 0.1  # share of each task's problem space reserved for the reported test split
+VALID_FRACTION = 0.1  # ... and for the validation split that controllers (patience, plateau) read
+
+
+def split_of(key: str) -> str:
+    """'test', 'valid' or 'train', decided by a hash of the problem's canonical key (see :func:`canonical_key`):
+    a property of the problem itself, so the three splits never share a problem, up to reordering, whatever
+    their sizes, seeds or order."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < TEST_FRACTION else "valid" if h < TEST_FRACTION + VALID_FRACTION else "train"
+
+
+def _item_id(name: str, key: str) -> str:
+    return f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def _check_difficulty(task: Task, difficulty: int | list[int] | None) -> list[int]:
@@ -100,18 +130,27 @@ def sample(
     split: str | None = None,
     exclude: set[str] | None = None,
     exhausted_after: int = 50,
+    unique: str | None = None,
 ) -> list[Item]:
-    """``n`` distinct items of task ``name`` (no two share a normalised prompt), none in ``exclude``.
+    """``n`` distinct items of task ``name``, none in ``exclude`` (canonical keys for held-out splits, normalised
+    prompts for 'train' and None).
 
-    ``split`` ('train' / 'test' / None for both) keeps only prompts of that split (see :func:`split_of`).
+    ``split`` ('train' / 'valid' / 'test' / None for all) keeps only problems of that split (see :func:`split_of`).
+    Held-out splits ('valid', 'test') hold no two items with one canonical form (:func:`canonical_key`), so each
+    counts a distinct problem; 'train' only needs distinct prompts (the same problem told with other names is
+    useful variety there, and can never be a held-out problem's twin: the split is the problem's own).
+    ``unique`` ('problem' / 'prompt') overrides that choice (e.g. reward-model pairs, where a held-out set of
+    distinct prompts suffices).
     Difficulties cycle evenly over the requested levels; a level that yields nothing new for about
     ``exhausted_after`` draws in a row counts as exhausted and the others fill in. Raises when every level is
     exhausted before ``n`` items.
     """
-    if split not in (None, "train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in (None, "train", "valid", "test"):
+        raise ConfigError(f"split must be 'train', 'valid' or 'test', got {split!r}")
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
+    if unique not in (None, "problem", "prompt"):
+        raise ConfigError(f"unique must be 'problem' or 'prompt', got {unique!r}")
     task = get_task(name)
     levels = _check_difficulty(task, difficulty)
     rng = random.Random(f"{name}:{seed}")
@@ -119,7 +158,8 @@ def sample(
     items: list[Item] = []
     live = list(levels)
     misses = dict.fromkeys(levels, 0)
-    share = {None: 1.0, "train": 1 - TEST_FRACTION, "test": TEST_FRACTION}[split]
+    share = {None: 1.0, "train": 1 - TEST_FRACTION - VALID_FRACTION, "valid": VALID_FRACTION,
+             "test": TEST_FRACTION}[split]
     limit = int(exhausted_after / share)
     turn = 0
     while len(items) < n:
@@ -130,17 +170,19 @@ def sample(
             )
         level = live[turn % len(live)]
         prompt, answer, solution = task.generate(rng, level)
-        key = normalise_prompt(prompt)
-        if key in seen or (split is not None and split_of(prompt) != split):
+        key = canonical_key(name, prompt, answer)
+        by_problem = unique == "problem" if unique is not None else split in ("valid", "test")
+        dedup = key if by_problem else normalise_prompt(prompt)
+        if dedup in seen or (split is not None and split_of(key) != split):
             misses[level] += 1
             if misses[level] >= limit:
                 live.remove(level)
             continue
         misses[level] = 0
         turn += 1
-        seen.add(key)
+        seen.add(dedup)
         items.append(
-            Item(id=_item_id(name, prompt), domain=task.domain, prompt=prompt, answer=answer,
+            Item(id=_item_id(name, normalise_prompt(prompt)), domain=task.domain, prompt=prompt, answer=answer,
                  difficulty=level, solution=solution)
         )
     return items
@@ -149,7 +191,7 @@ def sample(
 def make_splits(
     name: str, n_train: int, n_test: int, seed: int = 0, difficulty: int | list[int] | None = None
 ) -> tuple[list[Item], list[Item]]:
-    """Train and test items of one task; they never share a normalised prompt (see :func:`split_of`)."""
+    """Train and test items of one task; they never share a problem up to reordering (see :func:`split_of`)."""
     test = sample(name, n_test, seed=seed, difficulty=difficulty, split="test")
     train = sample(name, n_train, seed=seed, difficulty=difficulty, split="train")
     return train, test

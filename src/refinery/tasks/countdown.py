@@ -98,6 +98,13 @@ def is_solution(expression: str, numbers: list[int], target: int) -> bool:
     return value == target and not (Counter(used) - Counter(numbers))
 
 
+def canonical(prompt: str, answer: str) -> str:
+    """The puzzle up to the order of its numbers: the multiset of numbers and the target (whatever the
+    reference expression)."""
+    numbers, target = parse_prompt(prompt)
+    return f"countdown n:{','.join(map(str, sorted(numbers)))} t:{target}"
+
+
 def check(response: str, answer: str) -> bool:
     """Whether the response's final expression solves the same puzzle as the reference expression ``answer``."""
     got = final_answer(response)
@@ -114,6 +121,7 @@ TASK = register(
         difficulties=tuple(LEVELS),
         generate=generate,
         check=check,
+        canonical=canonical,
         description="reach a target with given numbers; answer is a Python expression (the tiny code domain)",
     )
 )

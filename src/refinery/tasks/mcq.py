@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from refinery.tasks.arithmetic import generate as arithmetic
-from refinery.tasks.base import Task, final_answer, register
+from refinery.tasks.base import Task, final_answer, numbers_form, register
 
 LETTERS = "ABCD"
 
@@ -23,10 +23,19 @@ def generate(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
     return f"{prompt}. Options: {listed}", letter, f"{worked} The answer is ({letter})."
 
 
+def canonical(prompt: str, answer: str) -> str:
+    """The arithmetic question under the options: the same key as the open-ended item (a question and its
+    multiple-choice version land in the same split), whatever the option order."""
+    stem, _, listed = prompt.partition(". Options: ")
+    options = dict(part.split(") ", 1) for part in listed.lstrip("(").split(" (")) if listed else {}
+    return "math " + numbers_form(stem, options.get(answer, answer).strip())
+
+
 def check(response: str, answer: str) -> bool:
     got = final_answer(response)
     return got is not None and got.strip().strip("()") == answer
 
 
 TASK = register(Task(name="arithmetic_mcq", domain="choice", difficulties=(1, 2, 3, 4, 5), generate=generate,
-                     check=check, description="arithmetic as 4-option multiple choice (CrossThink MCQ template)"))
+                     check=check, canonical=canonical,
+                     description="arithmetic as 4-option multiple choice (CrossThink MCQ template)"))

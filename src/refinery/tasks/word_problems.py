@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
 from refinery.tasks.arithmetic import check
-from refinery.tasks.base import Task, register
+from refinery.tasks.base import Task, numbers_form, register
 
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mia", "Nils"]
+_INTS = re.compile(r"\d+")
 THINGS = ["apples", "books", "coins", "pens", "stamps", "marbles", "cards", "shells", "eggs", "plants"]
 
 
@@ -65,6 +67,16 @@ def generate(rng: random.Random, difficulty: int) -> tuple[str, str, str]:
     return prompt, str(answer), " ".join(s + "." for s in steps) + f" The answer is {answer}."
 
 
+_PEOPLE_AND_THINGS = re.compile(r"\b(?:" + "|".join(NAMES + THINGS) + r")\b")
+
+
+def canonical(prompt: str, answer: str) -> str:
+    """The template with its numbers as a multiset and the answer: the same problem told with other names or
+    objects, or with its factors swapped, is one problem."""
+    skeleton = _INTS.sub("#", _PEOPLE_AND_THINGS.sub("_", prompt))
+    return f"word {skeleton} " + numbers_form(prompt, answer, ops=False)
+
+
 TASK = register(
     Task(
         name="word_problems",
@@ -72,6 +84,7 @@ TASK = register(
         difficulties=tuple(TEMPLATES),
         generate=generate,
         check=check,
+        canonical=canonical,
         description="templated multi-step word problems (GSM8K-style); difficulty 1-3 = templates and magnitudes",
     )
 )
