@@ -17,3 +17,7 @@ class DataError(RefineryError):
 
 class CheckpointError(RefineryError):
     """A checkpoint or model directory is missing, incomplete or corrupt."""
+
+
+class TrainingError(RefineryError):
+    """A training run cannot go on as configured (e.g. dynamic sampling cannot fill a batch)."""

@@ -133,7 +133,8 @@ def test_rl_with_a_reward_model_reward(alphabet_model, tmp_path):
     train_rm(cfg, rm_run, progress=False)
     rl = load_config(RLConfig, None, [
         f"policy.path={alphabet_model}", "data.tasks=[arithmetic]", "data.difficulty={arithmetic: [1]}",
-        "data.n_train_per_task=40", "data.heldout_per_task=4", "rollout.group_size=2", "rollout.prompts_per_step=2",
+        "data.n_train_per_task=40", "data.heldout_per_task=4", "data.valid_per_task=4", "rollout.group_size=2",
+        "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=6", "trainer.steps=1", "trainer.threads=1", "eval.max_new_tokens=6",
         "reward.type=reward_model", f"reward.path={rm_run.path / 'model'}"])
     state = RLRun(rl, RunDir.create(rl, "rl", out=tmp_path / "rl"), alphabet_model)

@@ -75,3 +75,19 @@ def test_sft_on_jsonl_with_packing(tmp_path, alphabet_model, capsys):
     recipe.write_text(f"init_from: {alphabet_model}\ndata: {{source: jsonl, jsonl_files: [{bad}]}}\n")
     assert main(["sft", "train", str(recipe), "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
     assert "line 1: needs 'response'" in capsys.readouterr().err
+
+
+def test_eval_is_as_strict_as_the_rl_reward():
+    """eval used to fall back to the last number of a response, which the RL reward does not: the same response
+    must score the same in both."""
+    from refinery.eval.passk import _scorer
+    from refinery.rl.rewards import RewardRouter
+
+    score, router = _scorer("math")
+    problem = {"id": "p-1", "prompt": "What is 3+4?", "answer": "7"}
+    rl = RewardRouter()
+    for response in ("3+4 gives 7", "The answer is 7.", "\\boxed{7}", "The answer is 8, not 7"):
+        assert score(problem, response) == rl(problem, response)[1], response
+    assert not score(problem, "3+4 gives 7") and score(problem, "The answer is 7.")
+    router.close()
+    rl.close()

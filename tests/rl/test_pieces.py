@@ -139,3 +139,32 @@ def test_length_curriculum_by_step_and_plateau():
 def test_stage_schedule():
     s = StageSchedule([(["math"], 5), (["code"], 5), (["math"], None)])
     assert [s.tasks_at(i)[1][0] for i in (0, 4, 5, 9, 10, 100)] == ["math", "math", "code", "code", "math", "math"]
+
+
+def test_kl_is_clamped_as_nemo_rl_and_verl_clamp_it():
+    far, near = t([30.0, -30.0]), t([0.0, 0.0])  # log-ratios of +-30: one token the reference never says
+    k3 = kl_penalty(far, near, "k3")
+    assert k3.tolist() == pytest.approx([10.0, 10.0])  # exp(30) would swamp the batch; the output clamp is 10
+    assert kl_penalty(t([25.0]), t([0.0]), "k1", output_clamp=None).item() == pytest.approx(20.0)  # input clamp
+    assert kl_penalty(t([25.0]), t([0.0]), "k2", None, None).item() == pytest.approx(0.5 * 25.0**2)  # both off
+    assert kl_penalty(t([0.5]), t([0.0]), "k3").item() == pytest.approx(math.exp(-0.5) - 1 + 0.5)  # untouched
+
+
+def test_reinforce_pp_whitens_per_token():
+    """Group mean removed, then whitened over tokens: [0.5, -0.5] with 3 and 1 tokens has token mean 0.25 and
+    unbiased token std 0.5, so the advantages are [0.5, -1.5] (per sequence they would be +-0.707)."""
+    r, lengths = t([[1.0, 0.0]]), t([[3.0, 1.0]])
+    assert reinforce_pp_baseline(r, lengths)[0].tolist() == pytest.approx([0.5, -1.5], rel=1e-4)
+    assert compute_advantages(r, "reinforce_pp", lengths)[0].tolist() == pytest.approx([0.5, -1.5], rel=1e-4)
+    assert reinforce_pp_baseline(r)[0].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], rel=1e-4)
+
+
+def test_entropy_bonus_needs_and_uses_a_gradient():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)[..., 0]
+    mask, adv = torch.ones(2, 3), t([0.0, 0.0])  # zero advantages: only the entropy term can move the logits
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, entropy=token_entropy(logits), entropy_coef=0.1)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="entropy with a gradient"):
+        policy_loss(logp, logp.detach(), adv, mask, entropy=token_entropy(logits.detach()), entropy_coef=0.1)

@@ -33,25 +33,92 @@ def policy(tmp_path_factory):
 
 def rl_cfg(policy, *extra):
     return load_config(RLConfig, None, [
-        f"policy.path={policy}", "data.tasks=[arithmetic]", "data.difficulty={arithmetic: [1]}",
-        "data.n_train_per_task=150", "data.heldout_per_task=15", "rollout.group_size=4",
+        f"policy.path={policy}", "data.tasks=[arithmetic]", "data.difficulty={arithmetic: [1, 2]}",
+        "data.n_train_per_task=150", "data.heldout_per_task=15", "data.valid_per_task=8", "rollout.group_size=4",
         "rollout.prompts_per_step=4", "rollout.max_new_tokens=12", "trainer.lr=1e-4", "trainer.steps=4",
         "trainer.eval_every=2", "trainer.checkpoint_every=2", "trainer.eval_prompts=10", "eval.max_new_tokens=12",
         "trainer.threads=1", *extra])
 
 
-def test_dynamic_sampling_refills_with_informative_groups(policy, tmp_path):
-    cfg = rl_cfg(policy, "algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=4")
+def _scripted_router(state, informative: set[str]):
+    """Rewards decided by the prompt: mixed for the ids in ``informative``, all-equal for the rest; records the
+    prompts asked for, in order."""
+    asked: list[str] = []
+
+    def group(item, responses):
+        asked.append(item["id"])
+        mixed = item["id"] in informative
+        return [(float(mixed and i == 0), mixed and i == 0) for i in range(len(responses))]
+
+    state.router.group = group
+    return asked
+
+
+def test_dynamic_sampling_refills_without_repeats_and_never_trains_a_partial_batch(policy, tmp_path):
+    from refinery.errors import TrainingError
+
+    cfg = rl_cfg(policy, "algorithm.dynamic_sampling=true", "algorithm.max_refill_rounds=5",
+                 "data.n_train_per_task=40")
     state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), policy)
+    ids = [it["id"] for it in state.train_items["arithmetic"]]
+    asked = _scripted_router(state, set(ids[::3]))  # a third of the prompts carry a signal
     groups, info = state.rollouts(0)
-    assert all(float(g[2].max() - g[2].min()) > 0 for g in groups)  # only informative groups are kept
-    assert info["seen_groups"] >= len(groups)
-    if info["filtered_group_rate"] > 0:
-        assert info["rounds"] > 1  # it went back for more
+    assert len(groups) == 4 and all(float(g[2].max() - g[2].min()) > 0 for g in groups)
+    assert len(asked) == len(set(asked))  # no prompt twice in one step, across refill rounds
+    assert info["rounds"] > 1 and info["seen_groups"] == len(asked)
+    # too few informative prompts: an error that says what to do, never a partial batch
+    asked = _scripted_router(state, set(ids[:2]))
+    with pytest.raises(TrainingError, match="2 of 4 prompt groups with mixed rewards after 5 generation rounds"):
+        state.rollouts(1)
+    assert len(asked) == len(set(asked)) > 4  # it went back for more, never for the same prompt
     off = rl_cfg(policy)
     state2 = RLRun(off, RunDir.create(off, "t", out=tmp_path / "r2"), policy)
+    _scripted_router(state2, set())
     groups2, info2 = state2.rollouts(0)
     assert len(groups2) == 4 and info2["rounds"] == 1 and info2["filtered_group_rate"] == 0
+
+
+def test_stage_plan_overrides_group_size_lr_budget_and_overlong_filter(policy, tmp_path):
+    cfg = rl_cfg(policy, "controllers.stages=[{steps: 1, group_size: 2, lr: 0.001, max_new_tokens: 5, "
+                         "overlong_filter: true}, {group_size: 3}]", "trainer.steps=2")
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), policy)
+    assert (state.group_size(), state.lr(), state.max_new_tokens(), state.overlong_filter()) == (2, 1e-3, 5, True)
+    row = state.step(0)
+    assert row["samples"] == 4 * 2 and row["max_new_tokens"] == 5 and state.opt.param_groups[0]["lr"] == 1e-3
+    assert (state.group_size(), state.lr(), state.max_new_tokens(), state.overlong_filter()) == (3, 1e-4, 12, False)
+    row = state.step(1)
+    assert row["samples"] == 4 * 3 and state.opt.param_groups[0]["lr"] == 1e-4
+    with pytest.raises(ConfigError, match="not in data.tasks"):
+        rl_cfg(policy, "controllers.stages=[{tasks: [countdown]}]")
+
+
+def test_entropy_bonus_moves_the_policy(policy, tmp_path):
+    """entropy_coef reaches the gradient (it used to change only the logged loss)."""
+    from refinery.generation import Completion
+
+    def update(coef: float, tag: str):
+        cfg = rl_cfg(policy, f"algorithm.entropy_coef={coef}", "rollout.group_size=2")
+        state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / tag), policy)
+        item = state.train_items["arithmetic"][0]
+        comps = [Completion(text="", token_ids=state.gen.encode("1+1=2")[:3], finish_reason="stop")
+                 for _ in range(2)]
+        state.update([(item, comps, torch.tensor([1.0, 1.0]), [True, True])])  # zero advantage: only entropy
+        return [p.detach().clone() for p in state.model.parameters()]
+
+    base, bonus = update(0.0, "a"), update(0.5, "b")
+    assert all(torch.equal(a, b) for a, b in zip(base, update(0.0, "c")))
+    assert any(not torch.equal(a, b) for a, b in zip(base, bonus))
+
+
+def test_file_items_split_by_source_document(tmp_path):
+    from refinery.rl.trainer import split_by_source
+
+    items = [{"prompt": f"q{d} {form}", "answer": "1", "source_doc": f"doc{d}"} for d in range(30)
+             for form in ("mcq", "open")]
+    train, test, valid = split_by_source(items, 10, 6, "0:x")
+    docs = [{it["source_doc"] for it in part} for part in (train, test, valid)]
+    assert not docs[0] & docs[1] and not docs[0] & docs[2] and not docs[1] & docs[2]
+    assert len(test) == 10 and len(valid) == 6 and len(train) == 44
 
 
 def test_rl_run_writes_summary_report_and_resumes_exactly(policy, tmp_path):
@@ -84,9 +151,18 @@ def test_recipes_and_profiles_validate():
     prorl = load_config(RLConfig, ROOT / "recipes" / "prorl.yaml")
     assert (prorl.algorithm.eps_low, prorl.algorithm.eps_high, prorl.rollout.group_size) == (0.2, 0.4, 16)
     assert (prorl.rollout.prompts_per_step, prorl.trainer.mini_batch_prompts, prorl.trainer.lr) == (256, 64, 2e-6)
+    assert (prorl.algorithm.kl_estimator, prorl.algorithm.kl_input_clamp, prorl.algorithm.kl_output_clamp) == \
+        ("k2", 20.0, 10.0)  # NeMo-RL prorlv2
     ace = load_config(RLConfig, ROOT / "recipes" / "acereason.yaml")
-    assert [s.max_new_tokens for s in ace.controllers.length_curriculum] == [8192, 16384, 24576, 32768]
+    plan = [(s.tasks, s.max_new_tokens, s.group_size, s.lr, s.overlong_filter) for s in ace.controllers.stages]
+    assert [p[1] for p in plan] == [8192, 16384, 24576, 32768, 24576, 32768]
+    assert [p[2] for p in plan] == [8, 8, 16, 16, 16, 16] and {p[3] for p in plan[:4]} == {1e-6}
+    assert {p[3] for p in plan[4:]} == {5e-6} and plan[3][4] is False and plan[0][4] is True
     assert ace.algorithm.kl_coef == 0 and ace.trainer.mini_batch_prompts is None
+    ace11 = load_config(RLConfig, ROOT / "recipes" / "acereason_1_1.yaml")
+    assert ace11.controllers.stages[-1].tasks == ["countdown"] and ace11.controllers.temperature.enabled
+    ct = load_config(RLConfig, ROOT / "recipes" / "crossthink.yaml")
+    assert ct.algorithm.format_required
     # an explicit override beats the profile
     over = load_config(RLConfig, ROOT / "recipes" / "prorl.yaml", ["profile=tiny", "trainer.steps=7"])
     assert over.trainer.steps == 7
@@ -163,6 +239,8 @@ def test_shared_prompt_scoring_equals_full_sequences(policy):
     for a, p in zip(shared, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
     assert ent.shape == logp.shape and not ent.requires_grad
+    _, ent_g = response_logprobs(model, batch, 0.7, rows=rows, with_entropy=True, entropy_grad=True)
+    assert ent_g.requires_grad and torch.allclose(ent_g, ent)
 
 
 def test_overlong_filter_masks_truncated_samples(policy, tmp_path):
@@ -195,9 +273,9 @@ def test_rl_trains_on_prompt_files_routed_by_domain(policy, tmp_path):
                else "B", "domain": "choice", "task": "choice_items"} for n in range(12)]
     f.write_text("".join(json.dumps(it) + "\n" for it in items))
     cfg = rl_cfg(policy, "data.tasks=[]", f"data.files=[{f}]", "data.heldout_per_task=4", "trainer.steps=2")
-    train, held = load_items(cfg)
-    assert sorted(train) == ["choice_items", "mix"] and len(held) == 8
-    assert len(train["mix"]) == 16 and len(train["choice_items"]) == 8
+    train, held, valid = load_items(cfg)
+    assert sorted(train) == ["choice_items", "mix"] and len(held) == 8 and len(valid) == 4 + 2
+    assert len(train["mix"]) == 12 and len(train["choice_items"]) == 6
     summary = train_rl(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), progress=False)
     assert summary["rl.steps"] == 2 and "rl.accuracy.mix_after" in summary and "rl.accuracy.choice_items_after" \
         in summary
@@ -211,6 +289,11 @@ def test_rl_trains_on_prompt_files_routed_by_domain(policy, tmp_path):
 def test_router_scores_a_code_group_together_with_the_format_reward():
     from refinery.rl.rewards import RewardRouter
 
+    strict = RewardRouter(format_required=True)  # CrossThink: right answer AND right format
+    math_item = {"id": "m-1", "task": "arithmetic", "prompt": "Compute 3+4", "answer": "7"}
+    assert strict(math_item, "The answer is 7.") == (0.0, True)  # right, but not boxed: no reward
+    assert strict(math_item, "3+4=7, so \\boxed{7}")[0] == 1.0
+    assert strict(math_item, "\\boxed{8}")[0] == 0.0
     router = RewardRouter(format_weight=0.5)
     try:
         item = {"id": "c-1", "prompt": "write f", "tests": {"kind": "functional", "asserts": ["assert f(2) == 4"]}}

@@ -82,10 +82,9 @@ def _request(p: dict, kind: str, template: str | None) -> list[dict[str, str]]:
 def _scorer(kind: str):
     from refinery.rl.rewards import RewardRouter
     from refinery.verifiers.code import extract_code
-    from refinery.verifiers.math import MathVerifier
 
     router = RewardRouter()
-    math = MathVerifier()
+    math = router.math  # as lenient as the RL reward: an explicit final answer, no last-number fallback
 
     def score(p: dict, text: str) -> bool:
         if p.get("task"):

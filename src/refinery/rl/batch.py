@@ -51,9 +51,10 @@ def _cache_kwarg(model) -> str:
 
 
 def response_logprobs(model, batch: RolloutBatch, temperature: float, rows: torch.Tensor | None = None,
-                      with_entropy: bool = False):
+                      with_entropy: bool = False, entropy_grad: bool = False):
     """Log-probabilities (under logits / temperature, as sampled) of the response tokens of ``rows``, ``[b, T]``;
-    with ``with_entropy`` also the per-token entropy of the same distribution (no gradient)."""
+    with ``with_entropy`` also the per-token entropy of the same distribution, differentiable when
+    ``entropy_grad`` (an entropy bonus in the loss), detached otherwise (a metric only)."""
     from transformers import DynamicCache
 
     rows = torch.arange(len(batch)) if rows is None else rows
@@ -77,5 +78,5 @@ def response_logprobs(model, batch: RolloutBatch, temperature: float, rows: torc
         logits = torch.cat([logits, rest], dim=1)
     logits = logits.float() / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, resp[:, :, None]).squeeze(-1)
-    entropy = token_entropy(logits.detach()) if with_entropy else None
+    entropy = token_entropy(logits if entropy_grad else logits.detach()) if with_entropy else None
     return logp, entropy

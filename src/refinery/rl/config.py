@@ -15,6 +15,8 @@ class PolicyConfig(Section):
                                                 "train the bootstrap SFT policy below (cached)")
     bootstrap: PretrainConfig = Field(default_factory=default_bootstrap,
                                       description="SFT recipe used when path is None")
+    seed: int | None = Field(None, description="seed of the bootstrap SFT policy (default: the run's seed); fix it "
+                                               "to compare RL seeds from one SFT start")
 
 
 class RLData(Section):
@@ -23,8 +25,13 @@ class RLData(Section):
     difficulty: dict[str, list[int]] = Field(default_factory=lambda: {"arithmetic": [2, 3],
                                                                       "word_problems": [1, 2]},
                                              description="levels per task (all when absent)")
+    seed: int | None = Field(None, description="seed of the prompt draws (train, held-out, validation; default: "
+                                               "the run's seed); fix it to compare RL seeds on one held-out set")
     n_train_per_task: int = Field(5000, gt=0, description="training prompts per task")
-    heldout_per_task: int = Field(100, ge=0, description="held-out prompts per task for accuracy before/after")
+    heldout_per_task: int = Field(100, ge=0, description="held-out problems per task: the reported accuracy "
+                                  "before/after, read at the start and the end only")
+    valid_per_task: int = Field(50, ge=0, description="validation problems per task (their own split): mid-run "
+                                "evaluations and the controllers (reference-reset patience) read these")
     files: list[str] = Field(default_factory=list, description="JSONL prompt files {prompt, answer, domain?, tests?, "
                                                          "task?} (e.g. crossthink_data or acereason_curation "
                                                          "output); each item goes to its domain's verifier")
@@ -44,13 +51,22 @@ class AlgorithmConfig(Section):
     eps_low: float = Field(0.2, ge=0, description="lower clip (PPO 0.2)")
     eps_high: float = Field(0.2, ge=0, description="upper clip; DAPO clip-higher 0.28, ProRL 0.4")
     kl_coef: float = Field(0.0, ge=0, description="beta of the KL penalty; 0 drops the reference model")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Schulman's KL estimator")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Schulman's KL estimator (NeMo-RL's "
+                                                    "prorlv2: k2)")
+    kl_input_clamp: float | None = Field(20.0, gt=0, description="clamp the log-ratio to +-this before the KL "
+                                                                 "estimator (NeMo-RL: 20); null disables")
+    kl_output_clamp: float | None = Field(10.0, gt=0, description="clamp each token's KL estimate to +-this "
+                                                                  "(NeMo-RL, verl: 10); null disables")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus (0 = off)")
     dynamic_sampling: bool = Field(False, description="drop all-equal-reward groups and refill (DAPO/ProRL)")
-    max_refill_rounds: int = Field(3, ge=1, description="generation rounds per step when refilling")
+    max_refill_rounds: int = Field(10, ge=1, description="generation rounds per step when refilling; a batch "
+                                   "still short after them is an error, never trained on partially (NeMo-RL "
+                                   "dynamic_sampling_max_gen_batches: 10)")
     overlong_filter: bool = Field(False, description="mask truncated responses out of the loss (AceReason)")
     difficulty_filter: DifficultyFilterConfig = Field(default_factory=DifficultyFilterConfig)
-    format_weight: float = Field(0.0, ge=0, le=1, description="weight of a format reward (CrossThink)")
+    format_weight: float = Field(0.0, ge=0, le=1, description="weight of a format reward mixed into the reward")
+    format_required: bool = Field(False, description="reward only answers that are right and in the format "
+                                                     "(a boxed final answer): Nemotron-CrossThink's R = acc AND fmt")
 
 
 class RolloutConfig(Section):
@@ -71,7 +87,7 @@ class RLTrainer(Section):
                                                                    "batch (strictly on-policy, AceReason)")
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     eval_every: int = Field(20, gt=0, description="steps between held-out evaluations")
-    eval_prompts: int = Field(200, ge=1, description="held-out prompts evaluated mid-run (all at start/end)")
+    eval_prompts: int = Field(200, ge=1, description="validation prompts evaluated mid-run (valid_accuracy)")
     checkpoint_every: int = Field(20, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     threads: int | None = Field(None, description="torch threads (default: all cores)")
@@ -83,8 +99,17 @@ class LengthStage(Section):
 
 
 class DomainStage(Section):
-    tasks: list[str] = Field(..., description="tasks sampled in this stage")
-    steps: int | None = Field(None, description="length of the stage (None: until the end)")
+    """One stage of the run's schedule; unset fields keep the run-wide value (AceReason changes the domain, the
+    group size, the LR, the response budget and overlong filtering from stage to stage)."""
+
+    tasks: list[str] | None = Field(None, description="tasks sampled in this stage (None: every data task)")
+    steps: int | None = Field(None, gt=0, description="length of the stage (None: until the end)")
+    group_size: int | None = Field(None, ge=2, description="G in this stage (AceReason: 8, then 16 from 24K)")
+    lr: float | None = Field(None, gt=0, description="LR in this stage (AceReason: 1e-6 math, 5e-6 code)")
+    max_new_tokens: int | None = Field(None, ge=1, description="response budget in this stage (over the length "
+                                                                "curriculum)")
+    overlong_filter: bool | None = Field(None, description="mask truncated responses in this stage (AceReason: "
+                                                           "on at 8K/16K, off at 32K)")
 
 
 class TemperatureControl(Section):
@@ -97,7 +122,7 @@ class TemperatureControl(Section):
 
 class ReferenceResetConfig(Section):
     every: int | None = Field(None, description="reset the reference policy every N steps (ProRL)")
-    patience: int | None = Field(None, description="reset after N evals without held-out improvement")
+    patience: int | None = Field(None, description="reset after N evals without validation improvement")
     kl_threshold: float | None = Field(None, description="reset when mean KL exceeds this")
     reset_optimizer: bool = Field(True, description="also clear optimizer state (ProRL)")
 
@@ -106,7 +131,8 @@ class Controllers(Section):
     length_curriculum: list[LengthStage] = Field(default_factory=list,
                                                  description="AceReason 8K->16K->24K->32K; empty = fixed budget")
     length_plateau_patience: int | None = Field(None, description="also advance a length stage on plateau")
-    stages: list[DomainStage] = Field(default_factory=list, description="AceReason math-only then code-only")
+    stages: list[DomainStage] = Field(default_factory=list, description="the stage plan: AceReason math-only then "
+                                      "code-only, each stage with its own G, LR, budget and overlong filter")
     temperature: TemperatureControl = Field(default_factory=TemperatureControl)
     reference_reset: ReferenceResetConfig = Field(default_factory=ReferenceResetConfig)
 
@@ -146,7 +172,7 @@ class RLConfig(Section):
             raise ValueError(f"rollout.prompts_per_step ({self.rollout.prompts_per_step}) must be a multiple of "
                              f"trainer.mini_batch_prompts ({mb})")
         for stage in self.controllers.stages:
-            bad = [t for t in stage.tasks if t not in self.data.tasks]
+            bad = [t for t in stage.tasks or [] if t not in self.data.tasks]
             if bad:
                 raise ValueError(f"stage tasks {bad} are not in data.tasks {self.data.tasks}")
         return self

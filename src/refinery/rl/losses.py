@@ -25,16 +25,26 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return torch.maximum(unclipped, clipped), (clipped > unclipped)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3)."""
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3",
+               input_clamp: float | None = 20.0, output_clamp: float | None = 10.0) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman's k1/k2/k3).
+
+    As NeMo-RL (``kl_input_clamp_value: 20``, ``kl_output_clamp_value: 10``) and verl (low-var KL in [-10, 10])
+    do, the log-ratio is clamped before the estimator and the estimate after it: one token the reference finds
+    near-impossible would otherwise give an ``exp(20)``-sized term (k3) that swamps the batch. ``None`` disables.
+    """
     log_ratio = logp - ref_logp
+    if input_clamp is not None:
+        log_ratio = log_ratio.clamp(-input_clamp, input_clamp)
     if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return torch.exp(-log_ratio) - 1.0 + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3)")
+        kl = log_ratio
+    elif estimator == "k2":
+        kl = 0.5 * log_ratio**2
+    elif estimator == "k3":
+        kl = torch.exp(-log_ratio) - 1.0 + log_ratio
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3)")
+    return kl.clamp(-output_clamp, output_clamp) if output_clamp is not None else kl
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
@@ -67,19 +77,26 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                 eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token-mean",
                 ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
+                kl_clamp: tuple[float | None, float | None] = (20.0, 10.0),
                 entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
                 max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The full GRPO-family objective and its diagnostics (clip fraction, KL, entropy)."""
+    """The full GRPO-family objective and its diagnostics (clip fraction, KL, entropy).
+
+    ``entropy`` must carry its graph when ``entropy_coef`` > 0 (the bonus is a gradient, not a logged number);
+    a detached entropy with a non-zero coefficient is an error."""
     pg, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
     per_token = pg
     stats: dict[str, float] = {}
     m = mask.to(logp.dtype)
     n = m.sum().clamp(min=1.0)
     if kl_coef and ref_logp is not None:
-        kl = kl_penalty(logp, ref_logp, kl_estimator)
+        kl = kl_penalty(logp, ref_logp, kl_estimator, *kl_clamp)
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * m).sum() / n)
     if entropy_coef and entropy is not None:
+        if torch.is_grad_enabled() and logp.requires_grad and not entropy.requires_grad:
+            raise ValueError("entropy_coef > 0 needs an entropy with a gradient (response_logprobs(..., "
+                             "entropy_grad=True)); a detached one changes the logged loss and nothing else")
         per_token = per_token - entropy_coef * entropy
     loss = aggregate(per_token, mask, agg, max_len)
     stats["clip_frac"] = float((clipped.to(m.dtype) * m).sum() / n)

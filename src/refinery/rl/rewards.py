@@ -10,9 +10,12 @@ from refinery.verifiers.base import Verdict
 class RewardRouter:
     """``(item, response) -> Verdict``. Procedural math goes to the math verifier (an explicit final answer is
     required: no last-number fallback), countdown to its exact expression check, items with ``tests`` to the code
-    sandbox, choice items to the choice verifier. An optional format reward is mixed in with ``format_weight``."""
+    sandbox, choice items to the choice verifier. A format reward is either mixed in with ``format_weight`` or,
+    with ``format_required`` (Nemotron-CrossThink: reward 1 only for the right answer **and** the right format),
+    multiplies the verifier's score."""
 
-    def __init__(self, format_weight: float = 0.0, reward_model: str | None = None, rm_batch_size: int = 64):
+    def __init__(self, format_weight: float = 0.0, reward_model: str | None = None, rm_batch_size: int = 64,
+                 format_required: bool = False):
         from refinery.verifiers.choice import ChoiceVerifier
         from refinery.verifiers.format import FormatVerifier
         from refinery.verifiers.math import MathConfig, MathVerifier
@@ -21,6 +24,7 @@ class RewardRouter:
         self.choice = ChoiceVerifier()
         self.format = FormatVerifier(require_think=False)
         self.format_weight = format_weight
+        self.format_required = format_required
         self._code = None
         self.rm = None
         if reward_model:
@@ -59,6 +63,8 @@ class RewardRouter:
 
     def _reward(self, response: str, v: Verdict) -> tuple[float, bool]:
         reward = v.score
+        if self.format_required:
+            reward *= self.format(response).score
         if self.format_weight:
             reward = (1 - self.format_weight) * reward + self.format_weight * self.format(response).score
         return reward, v.correct

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from refinery.errors import TrainingError
 from refinery.generation import SamplingParams
 from refinery.generation.hf import HFGenerator
 from refinery.progress import StepBar
@@ -31,25 +32,65 @@ from refinery.runs import RunDir, checkpoint_step
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
-def load_items(cfg: RLConfig) -> tuple[dict[str, list[dict]], list[dict]]:
-    """Training prompts per task and the held-out set (never sharing a prompt)."""
-    from refinery.tasks import make_splits
+def load_items(cfg: RLConfig) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
+    """Training prompts per task, the reported held-out set and the validation set that controllers read.
 
-    train, heldout = {}, []
+    Procedural tasks split by the problem's canonical form (``refinery.tasks.split_of``): no held-out or
+    validation problem has a twin (same problem up to reordering, names or option order) in RL training or in the
+    SFT data, which draws from the same 'train' split. File items split by their source document
+    (``source_doc``/``source``, else the normalised question): a question's MCQ and open-ended versions stay on
+    one side."""
+    from refinery.errors import ConfigError
+    from refinery.tasks import make_splits, sample
+
+    train, heldout, valid = {}, [], []
+    seed = cfg.seed if cfg.data.seed is None else cfg.data.seed
     files = file_items(cfg.data.files)
     for name in cfg.data.tasks:
         if name in files:
             continue
-        tr, te = make_splits(name, cfg.data.n_train_per_task, cfg.data.heldout_per_task, seed=cfg.seed,
-                             difficulty=cfg.data.difficulty.get(name))
+        levels = cfg.data.difficulty.get(name)
+        tr, te = make_splits(name, cfg.data.n_train_per_task, cfg.data.heldout_per_task, seed=seed,
+                             difficulty=levels)
+        try:
+            va = sample(name, cfg.data.valid_per_task, seed=seed, difficulty=levels, split="valid")
+        except ConfigError as e:
+            raise ConfigError(f"data.valid_per_task={cfg.data.valid_per_task}: {e}") from None
         train[name] = [{**it, "task": name} for it in tr]
         heldout += [{**it, "task": name} for it in te]
-    for name, items in files.items():  # a seeded shuffle; the first heldout_per_task are held out
-        random.Random(f"{cfg.seed}:{name}").shuffle(items)
-        k = min(cfg.data.heldout_per_task, len(items) // 2)
-        heldout += items[:k]
-        train[name] = items[k:]
-    return train, heldout
+        valid += [{**it, "task": name} for it in va]
+    for name, items in files.items():
+        tr, te, va = split_by_source(items, cfg.data.heldout_per_task, cfg.data.valid_per_task, f"{seed}:{name}")
+        train[name], heldout, valid = tr, heldout + te, valid + va
+    return train, heldout, valid
+
+
+def source_of(item: dict) -> str:
+    """What ties file items together: their source document, else their normalised question/prompt."""
+    from refinery.tasks import normalise_prompt
+
+    for key in ("source_doc", "source"):
+        if item.get(key):
+            return f"{key}:{item[key]}"
+    return "text:" + normalise_prompt(str(item.get("question") or item["prompt"]))
+
+
+def split_by_source(items: list[dict], n_test: int, n_valid: int, seed: str) -> tuple[list[dict], list[dict],
+                                                                                     list[dict]]:
+    """(train, test, valid) with whole source groups on one side: groups in a seeded order fill the test set to
+    at least ``n_test`` items (at most half of all items), then the validation set, then training."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(source_of(it), []).append(it)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    n_test = min(n_test, len(items) // 2)
+    n_valid = min(n_valid, (len(items) - n_test) // 4)
+    test, val, train = [], [], []
+    for key in order:
+        dest = test if len(test) < n_test else val if len(val) < n_valid else train
+        dest.extend(groups[key])
+    return train, test, val
 
 
 def file_items(paths: list[str]) -> dict[str, list[dict]]:
@@ -82,7 +123,7 @@ def bootstrap_policy(cfg: RLConfig, progress: bool = True) -> Path:
     """The SFT starting policy when none is given: trained once, cached by its config hash."""
     from refinery.models.pretrain import cached_pretrain
 
-    return cached_pretrain(cfg.policy.bootstrap, cfg.seed, progress)
+    return cached_pretrain(cfg.policy.bootstrap, cfg.seed if cfg.policy.seed is None else cfg.policy.seed, progress)
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
@@ -113,12 +154,12 @@ class RLRun:
                                      weight_decay=cfg.trainer.weight_decay)
         self.gen = HFGenerator(self.model, self.tok, batch_size=cfg.rollout.batch_size)
         self.router = RewardRouter(cfg.algorithm.format_weight, cfg.reward.path if cfg.reward.type == "reward_model"
-                                   else None, cfg.reward.batch_size)
-        self.train_items, self.heldout = load_items(cfg)
+                                   else None, cfg.reward.batch_size, format_required=cfg.algorithm.format_required)
+        self.train_items, self.heldout, self.valid = load_items(cfg)
         c = cfg.controllers
         self.curriculum = LengthCurriculum([(s.max_new_tokens, s.until_step) for s in c.length_curriculum],
                                            c.length_plateau_patience) if c.length_curriculum else None
-        self.schedule = StageSchedule([(s.tasks, s.steps) for s in c.stages]) if c.stages else None
+        self.schedule = StageSchedule([(s.tasks or [], s.steps) for s in c.stages]) if c.stages else None
         t = c.temperature
         self.temp = TemperatureController(cfg.rollout.temperature, t.target, t.rate, t.min_temperature,
                                           t.max_temperature) if t.enabled else None
@@ -132,13 +173,36 @@ class RLRun:
     def temperature(self) -> float:
         return self.temp.temperature if self.temp else self.cfg.rollout.temperature
 
+    def stage(self, step: int | None = None):
+        """The stage plan's entry for ``step`` (default: the current step), or None without a plan."""
+        if not self.schedule:
+            return None
+        return self.cfg.controllers.stages[self.schedule.tasks_at(self.step_no if step is None else step)[0]]
+
+    def _override(self, name: str, default):
+        st = self.stage()
+        value = getattr(st, name) if st is not None else None
+        return default if value is None else value
+
     def max_new_tokens(self) -> int:
-        return self.curriculum.max_new_tokens() if self.curriculum else self.cfg.rollout.max_new_tokens
+        return self._override("max_new_tokens", self.curriculum.max_new_tokens() if self.curriculum
+                              else self.cfg.rollout.max_new_tokens)
+
+    def group_size(self) -> int:
+        return self._override("group_size", self.cfg.rollout.group_size)
+
+    def lr(self) -> float:
+        return self._override("lr", self.cfg.trainer.lr)
+
+    def overlong_filter(self) -> bool:
+        return self._override("overlong_filter", self.cfg.algorithm.overlong_filter)
 
     def tasks(self, step: int) -> tuple[int, list[str]]:
+        every = list(dict.fromkeys([*self.cfg.data.tasks, *self.train_items]))
         if self.schedule:
-            return self.schedule.tasks_at(step)
-        return 0, list(dict.fromkeys([*self.cfg.data.tasks, *self.train_items]))
+            index, tasks = self.schedule.tasks_at(step)
+            return index, tasks or every
+        return 0, every
 
     # -- checkpoints --
     def state(self) -> dict[str, Any]:
@@ -184,16 +248,21 @@ class RLRun:
         cfg = self.cfg
         stage, tasks = self.tasks(step)
         pool = [it for t in tasks for it in self.train_items[t] if it["id"] not in self.dropped]
-        P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        P, G = cfg.rollout.prompts_per_step, self.group_size()
         params = SamplingParams(n=G, temperature=self.temperature(), top_p=cfg.rollout.top_p,
                                 max_new_tokens=self.max_new_tokens())
         groups, seen, dropped_groups, rounds, gen_tokens = [], 0, 0, 0, 0
         all_correct: list[int] = []
         rounds_max = cfg.algorithm.max_refill_rounds if cfg.algorithm.dynamic_sampling else 1
+        used: set[str] = set()  # a prompt is drawn at most once per step, in any round
         while len(groups) < P and rounds < rounds_max:
             rng = random.Random(f"{cfg.seed}:{step}:{rounds}")
             need = P - len(groups)
-            items = rng.sample(pool, min(len(pool), need if rounds == 0 else need * 2))
+            fresh = [it for it in pool if it["id"] not in used]
+            if not fresh:
+                break
+            items = rng.sample(fresh, min(len(fresh), need if rounds == 0 else need * 2))
+            used.update(it["id"] for it in items)
             out = self.gen.generate([chat(it) for it in items],
                                     params.model_copy(update={"seed": rng.randrange(2**31)}))
             for k, it in enumerate(items):
@@ -213,6 +282,13 @@ class RLRun:
                 if len(groups) < P:
                     groups.append((it, comps, rewards, correct))
             rounds += 1
+        if cfg.algorithm.dynamic_sampling and len(groups) < P:
+            # DAPO (verl) and NeMo-RL stop here too rather than train on a partial batch
+            raise TrainingError(
+                f"step {step}: dynamic sampling found {len(groups)} of {P} prompt groups with mixed rewards after "
+                f"{rounds} generation rounds ({seen} groups seen, {dropped_groups} all-equal). The prompts are too "
+                "easy or too hard for the policy: raise algorithm.max_refill_rounds, filter the data by pass rate, "
+                "or lower rollout.prompts_per_step; the run resumes from its last checkpoint")
         return groups, {"stage": stage, "seen_groups": seen,
                         "rollout_accuracy": sum(all_correct) / max(len(all_correct), 1),
                         "filtered_group_rate": dropped_groups / max(seen, 1),
@@ -222,37 +298,40 @@ class RLRun:
         cfg, alg = self.cfg, self.cfg.algorithm
         T = self.temperature()
         rewards = torch.stack([g[2] for g in groups])
-        adv = compute_advantages(rewards, alg.advantage)
-        prompt_ids, resp_ids, advs, truncated = [], [], [], []
-        for (it, comps, _, _), a in zip(groups, adv):
+        prompt_ids, resp_ids, truncated = [], [], []
+        for it, comps, _, _ in groups:
             p = self.gen.encode(chat(it))
-            for c, ai in zip(comps, a):
+            for c in comps:
                 prompt_ids.append(p)
                 resp_ids.append(c.token_ids)
-                advs.append(float(ai))
                 truncated.append(c.finish_reason == "length")
         batch = make_batch(prompt_ids, resp_ids, self.tok.pad_token_id)
         mask = batch.mask
         truncated_t = torch.tensor(truncated)
-        if alg.overlong_filter:
+        if self.overlong_filter():
             mask = mask * overlong_mask(truncated_t)[:, None]
-        advs_t = torch.tensor(advs)
-        G = cfg.rollout.group_size
-        rows_per_update = len(advs) if cfg.trainer.mini_batch_prompts is None else cfg.trainer.mini_batch_prompts * G
-        chunks = torch.arange(len(advs)).split(rows_per_update)  # the last mini-batch may be smaller
+        # tokens each response puts in the loss: REINFORCE++ whitens its advantages over them
+        advs_t = compute_advantages(rewards, alg.advantage, mask.sum(-1).view_as(rewards)).reshape(-1)
+        G = self.group_size()
+        rows_per_update = len(advs_t) if cfg.trainer.mini_batch_prompts is None else cfg.trainer.mini_batch_prompts * G
+        chunks = torch.arange(len(advs_t)).split(rows_per_update)  # the last mini-batch may be smaller
         multi = len(chunks) * cfg.trainer.epochs > 1
         with torch.no_grad():
             old = response_logprobs(self.model, batch, T)[0] if multi else None
             ref = response_logprobs(self.ref, batch, T)[0] if self.ref is not None else None
         stats: dict[str, list[float]] = {}
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr()
         for _ in range(cfg.trainer.epochs):
             for chunk in chunks:
-                logp, ent = response_logprobs(self.model, batch, T, rows=chunk, with_entropy=True)
+                logp, ent = response_logprobs(self.model, batch, T, rows=chunk, with_entropy=True,
+                                              entropy_grad=alg.entropy_coef > 0)
                 old_c = old[chunk] if old is not None else logp.detach()
                 loss, st = policy_loss(
                     logp, old_c, advs_t[chunk], mask[chunk], eps_low=alg.eps_low, eps_high=alg.eps_high,
                     agg=alg.loss_agg, ref_logp=ref[chunk] if ref is not None else None, kl_coef=alg.kl_coef,
-                    kl_estimator=alg.kl_estimator, entropy=ent, entropy_coef=alg.entropy_coef,
+                    kl_estimator=alg.kl_estimator, kl_clamp=(alg.kl_input_clamp, alg.kl_output_clamp),
+                    entropy=ent, entropy_coef=alg.entropy_coef,
                     max_len=self.max_new_tokens())
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -260,7 +339,7 @@ class RLRun:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.grad_clip)
                 self.opt.step()
                 m = mask[chunk]
-                st["entropy"] = float((ent * m).sum() / m.sum().clamp(min=1))
+                st["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
@@ -290,7 +369,7 @@ class RLRun:
             row["length_stage"] = self.curriculum.index
         f = self.cfg.algorithm.difficulty_filter
         if f.enabled and self.step_no >= f.from_step:
-            rates = {k: c / n for k, (c, n) in self.pass_stats.items() if n >= self.cfg.rollout.group_size}
+            rates = {k: c / n for k, (c, n) in self.pass_stats.items() if n >= self.group_size()}
             self.dropped |= difficulty_filter(rates, f.max_pass_rate)
             row["dropped_prompts"] = len(self.dropped)
         return row
@@ -308,25 +387,25 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
         state.restore(ckpt)
         run.truncate_metrics(state.step_no)
     summary = run.summary()
-    n_eval = min(cfg.trainer.eval_prompts, len(state.heldout))
-    rng = random.Random(cfg.seed)
-    eval_subset = rng.sample(state.heldout, n_eval)
+    # mid-run evaluations (and the reference reset's patience) read the validation split, never the reported set
+    n_eval = min(cfg.trainer.eval_prompts, len(state.valid))
+    eval_subset = random.Random(cfg.seed).sample(state.valid, n_eval)
     if "rl.accuracy_before" not in summary:
         before = evaluate(state.gen, state.router, state.heldout, cfg.eval.max_new_tokens)
         run.write_summary({f"rl.{k}_before": round(v, 4) for k, v in before.items()} |
                           {"rl.accuracy_before": round(before.get("accuracy", 0.0), 4),
-                           "rl.heldout_n": len(state.heldout), "rl.policy": str(policy_dir)})
-        run.log_metrics(0, eval_accuracy=before.get("accuracy", 0.0))
-    bar = StepBar(progress, cfg.trainer.steps, state.step_no, cfg.name, keys=("reward", "eval_accuracy", "entropy"))
+                           "rl.heldout_n": len(state.heldout), "rl.valid_n": len(state.valid),
+                           "rl.policy": str(policy_dir)})
+    bar = StepBar(progress, cfg.trainer.steps, state.step_no, cfg.name, keys=("reward", "valid_accuracy", "entropy"))
     t_start = time.time()
     try:
         for step in range(state.step_no, cfg.trainer.steps):
             row = state.step(step)
             done = step + 1
             val = None
-            if done % cfg.trainer.eval_every == 0 or done == cfg.trainer.steps:
+            if eval_subset and (done % cfg.trainer.eval_every == 0 or done == cfg.trainer.steps):
                 val = evaluate(state.gen, state.router, eval_subset, cfg.eval.max_new_tokens).get("accuracy")
-                row["eval_accuracy"] = val
+                row["valid_accuracy"] = val
             if state.reset is not None:
                 why = state.reset.check(done, val, row.get("kl"))
                 if why:
@@ -362,7 +441,7 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
                        "heldout_n": summary["heldout_n"]})
     from refinery.report import plot_metrics
 
-    plot = plot_metrics(rows, ["reward", "accuracy", "eval_accuracy", "entropy", "kl", "temperature",
+    plot = plot_metrics(rows, ["reward", "accuracy", "valid_accuracy", "entropy", "kl", "temperature",
                                "response_length", "clip_frac"], run.path / "plots" / "rl_metrics.png",
                         title=cfg.name)
     run.write_report(render_report(cfg, run, plot))
