@@ -755,27 +755,58 @@ def _print_summary(summary: dict, path: Path) -> None:
     console.print(f"run directory: [bold]{path}[/bold]  (report: {path / 'report.md'})")
 
 
+def _click_exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, Exit, Abort) classes of every click the installed typer may raise.
+
+    typer >= 0.2x vendors its own click (``typer._click``, with Exit/Abort in ``typer.exceptions``) whose exceptions
+    do not derive from ``click``'s; older typers raise ``click``'s own. Gather both, importing defensively, so a usage
+    error is one usage line whichever click typer brings.
+    """
+    import importlib
+
+    found: dict[str, list[type]] = {"ClickException": [], "Exit": [], "Abort": []}
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions", "typer"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name, classes in found.items():
+            cls = getattr(mod, name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in classes:
+                classes.append(cls)
+    return tuple(found["ClickException"]), tuple(found["Exit"]), tuple(found["Abort"])
+
+
+_INTERRUPTED = "interrupted: the last checkpoint is kept; continue with --out RUN_DIR --resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to one line and an exit code."""
-    import click
-
+    click_errors, exits, aborts = _click_exception_classes()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="refinery", standalone_mode=False)
+        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="refinery",
+                          standalone_mode=False)
     except RefineryError as e:
         err_console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as e:
+    except exits as e:
         return e.exit_code
-    except click.ClickException as e:
+    except click_errors as e:  # usage errors (exit 2): the usage, a help hint and one "Error:" line, no traceback
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except aborts:
         err_console.print("aborted")
         return 130
     except KeyboardInterrupt:
-        err_console.print("interrupted: the last checkpoint is kept; continue with --out RUN_DIR --resume")
+        err_console.print(_INTERRUPTED)
         return 130
+    # With standalone_mode=False an Exit raised inside the app comes back as its exit code (no command returns a
+    # value); typer's vendored click turns Ctrl-C into Exit(130) this way.
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        if rv == 130:
+            err_console.print(_INTERRUPTED)
+        return rv
     return 0
 
 
