@@ -36,7 +36,7 @@ def t95(xs: list[float], fmt: str = ".3f") -> str:
     if len(xs) < 2:
         return f"{m:{fmt}}"
     h = stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
-    return f"{m:{fmt}} ± {h:{fmt}}"
+    return f"{m:{fmt}} ± {h:{fmt.lstrip('+')}}"  # a sign on the mean, never on the half-width
 
 
 def shared_data() -> Path:
