@@ -136,8 +136,11 @@ def test_quickstart_small(tmp_path, tiny_overrides, capsys):
     assert all(summary[f"{s}.status"] == "ok" for s in ("data", "pretrain", "rl", "rm", "sparsity", "puzzle"))
     html = (tmp_path / "q" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "Puzzle speed-up" in html and "formula recall" in html
+    # where the time went: every stage's wall time in the summary, the report and the final table
+    assert all(summary[f"{s}.wall_s"] > 0 for s in ("data", "pretrain", "rl", "rm", "sparsity", "puzzle"))
+    assert "| wall time |" in report and "| total |" in report
     out = capsys.readouterr().out
-    assert "report.html" in out and "Puzzle speed-up" in out
+    assert "report.html" in out and "Puzzle speed-up" in out and "wall time" in out
     # resuming a finished run redoes nothing
     assert main(["quickstart", *over, "--out", str(tmp_path / "q"), "--resume", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("already done") == 6

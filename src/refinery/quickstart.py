@@ -183,6 +183,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
 
     A finished stage is not redone. A stage that fails is reported (``<stage>.status``) and the stages that do not
     depend on it still run; the report says what failed and why."""
+    import time
     import traceback
 
     from refinery.errors import ConfigError
@@ -211,9 +212,12 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
                 say(f"[bold]stage {i}/{total}[/bold] {stage}: already done")
             else:
                 say(f"[bold]stage {i}/{total}[/bold] {stage}: {_describe(stage, stage_cfg)}")
+                t0 = time.perf_counter()
                 stage_run = RunDir.create(stage_cfg, stage_cfg.name, out=sub, resume=(sub / "config.yaml").exists(),
                                           seed=cfg.seed)
                 _run_stage(cfg, stage, stage_cfg, stage_run, run, progress)
+                # wall time of this invocation's work on the stage (a resumed stage counts only what was left)
+                run.write_summary({f"{stage}.wall_s": round(time.perf_counter() - t0, 1)})
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one stage's failure must not cost the others
@@ -239,16 +243,25 @@ HEADLINES = [("data.formula_recall", "formula recall", "{:.2f}"), ("pretrain.acc
              ("puzzle.accuracy_child", "Puzzle child accuracy", "{:.1%}")]
 
 
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
 def write_reports(cfg: QuickstartConfig, run: RunDir, failed: dict[str, str]) -> None:
     """``report.md`` and a self-contained ``report.html`` (every figure embedded) from the stage reports."""
     from refinery.report import markdown_to_html
 
     summary = run.summary()
-    lines = [f"# {cfg.name}", "", "| stage | status | headline numbers |", "|---|---|---|"]
+    lines = [f"# {cfg.name}", "", "| stage | status | wall time | headline numbers |", "|---|---|---|---|"]
     for stage in cfg.stages:
         heads = [f"{label} {fmt.format(summary[k])}" for k, label, fmt in HEADLINES
                  if k.startswith(f"{stage}.") and isinstance(summary.get(k), (int, float))]
-        lines.append(f"| {stage} | {summary.get(f'{stage}.status', '-')} | {'; '.join(heads) or '-'} |")
+        wall = summary.get(f"{stage}.wall_s")
+        lines.append(f"| {stage} | {summary.get(f'{stage}.status', '-')} | "
+                     f"{_minutes(wall) if isinstance(wall, (int, float)) else '-'} | {'; '.join(heads) or '-'} |")
+    walls = [summary[f"{s}.wall_s"] for s in cfg.stages if isinstance(summary.get(f"{s}.wall_s"), (int, float))]
+    if walls:
+        lines.append(f"| total | | {_minutes(sum(walls))} | |")
     if failed:
         lines += ["", "## Stages that did not finish", ""]
         lines += [f"- {s}: {why} (traceback: `{s}.error.txt`)" if why.startswith("failed") else f"- {s}: {why}"
