@@ -741,7 +741,8 @@ def _print_headlines(summary: dict, path: Path) -> None:
         if key not in shown and isinstance(summary.get(key), (int, float)):
             table.add_row(key.split(".")[0], label, f"{summary[key]:.4g}")
     # where the time went (per stage; a resumed stage counts the last invocation's work only)
-    walls = {k[:-len(".wall_s")]: v for k, v in summary.items() if k.endswith(".wall_s") and isinstance(v, (int, float))}
+    walls = {k[:-len(".wall_s")]: v for k, v in summary.items()
+             if k.endswith(".wall_s") and isinstance(v, (int, float))}
     for stage, sec in walls.items():
         table.add_row(stage, "wall time", f"{sec / 60:.1f} min")
     if walls:
