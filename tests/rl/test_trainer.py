@@ -304,3 +304,54 @@ def test_router_scores_a_code_group_together_with_the_format_reward():
         assert out[0][0] > out[1][0] and out[0][0] == router(item, good)[0]  # same reward as one at a time
     finally:
         router.close()
+
+
+def _update_with(policy, tmp_path, name, *engine):
+    from refinery.generation import Completion
+
+    cfg = rl_cfg(policy, "rollout.group_size=3", "algorithm.kl_coef=0.01", "trainer.mini_batch_prompts=2", *engine)
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / name), policy)
+    groups = []
+    for k, item in enumerate(state.train_items["arithmetic"][:4]):
+        texts = ["1+1=2", f"{k} is the answer", "no idea at all, really"]
+        comps = [Completion(text=t, token_ids=state.gen.encode(t)[: 4 + 3 * j], finish_reason="stop")
+                 for j, t in enumerate(texts)]
+        groups.append((item, comps, torch.tensor([1.0, 0.0, 0.5 * (k % 2)]), [True, False, False]))
+    stats = state.update(groups)
+    return [p.detach().clone() for p in state.model.parameters()], stats
+
+
+def test_engine_micro_batches_and_checkpointing_give_the_same_update(policy, tmp_path):
+    """Two mini-batches (old log-probs matter), a KL reference: micro-batches of 2 rows, activation checkpointing
+    and tiny log-prob chunks change memory, not the update."""
+    base, st = _update_with(policy, tmp_path, "base")
+    for name, extra in [("micro", ["engine.micro_batch_rows=2"]),
+                        ("ckpt", ["engine.activation_checkpointing=true", "engine.logprob_chunk_tokens=3"])]:
+        params, st2 = _update_with(policy, tmp_path, name, *extra)
+        for a, b in zip(base, params):
+            assert torch.allclose(a, b, atol=1e-6), name
+        assert st2["kl"] == pytest.approx(st["kl"], abs=1e-6) and st2["clip_frac"] == pytest.approx(st["clip_frac"])
+    assert st["peak_memory_mb"] > 0
+
+
+def test_engine_bf16_update_trains(policy, tmp_path):
+    """bf16 autocast with fp32 master weights: parameters stay fp32 and move close to the fp32 update."""
+    base, _ = _update_with(policy, tmp_path, "fp32")
+    params, st = _update_with(policy, tmp_path, "bf16", "engine.precision=bf16")
+    assert all(p.dtype == torch.float32 for p in params)
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(base, params))
+    assert moved > 0 and st["kl"] >= 0
+    from refinery.models.io import load_model
+
+    start = list(load_model(policy).parameters())
+    d_fp32 = torch.cat([(a - s).flatten() for a, s in zip(base, start)])
+    d_bf16 = torch.cat([(a - s).flatten() for a, s in zip(params, start)])
+    assert torch.nn.functional.cosine_similarity(d_fp32, d_bf16, dim=0) > 0.9
+
+
+def test_engine_cuda_without_cuda_is_a_clear_error(policy, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    cfg = rl_cfg(policy, "engine.device=cuda")
+    with pytest.raises(ConfigError, match="no CUDA"):
+        RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "c"), policy)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from refinery.engine.logprobs import split_head, token_logprobs
 from refinery.generation.hf import left_pad
 from refinery.rl.losses import token_entropy
 
@@ -45,38 +46,90 @@ def make_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_i
     return RolloutBatch(ids, attn, owner, resp, mask)
 
 
-def _cache_kwarg(model) -> str:
+def _cache_kwarg(module) -> str:
     # transformers 5.x renamed the KV-cache argument from past_key_values to cache
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _checkpointing_active(model) -> bool:
+    # transformers drops the KV cache inside checkpointed layers (training mode, grad enabled): the shared-prompt
+    # path would silently score responses without their prompt, so it must not run then
+    return bool(getattr(model, "is_gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
+
+
+def _hidden_shared_prompt(decoder, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
+    """Last hidden states ``[b, T, H]`` that predict each response token: each distinct prompt runs once, its KV
+    cache is copied to its rows (a differentiable gather) and the responses run on top."""
+    from transformers import DynamicCache
+
+    used, owner = torch.unique(batch.owner[rows], return_inverse=True)
+    p_ids, p_attn = batch.prompt_ids[used].to(device), batch.prompt_attn[used].to(device)
+    owner = owner.to(device)
+    resp = batch.response_ids[rows].to(device)
+    T = resp.shape[1]
+    cache = DynamicCache()
+    kw = _cache_kwarg(decoder)
+    p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
+    first = decoder(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True,
+                    **{kw: cache}).last_hidden_state[:, -1:]
+    hidden = first[owner]
+    if T > 1:  # teacher-force responses[:, :-1] on top of each row's copy of its prompt's cache
+        cache.batch_select_indices(owner)
+        r_attn = batch.mask[rows, :-1].long().to(device)
+        attn = torch.cat([p_attn[owner], r_attn], dim=1)
+        pos = p_attn[owner].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)[None, :]
+        rest = decoder(input_ids=resp[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True,
+                       **{kw: cache}).last_hidden_state
+        hidden = torch.cat([hidden, rest], dim=1)
+    return hidden
+
+
+def _hidden_full_rows(decoder, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
+    """The same hidden states from whole ``prompt + response`` rows, no cache (what checkpointed layers need)."""
+    p_ids = batch.prompt_ids[batch.owner[rows]].to(device)
+    p_attn = batch.prompt_attn[batch.owner[rows]].to(device)
+    resp = batch.response_ids[rows].to(device)
+    P = p_ids.shape[1]
+    ids = torch.cat([p_ids, resp[:, :-1]], dim=1)
+    attn = torch.cat([p_attn, batch.mask[rows, :-1].long().to(device)], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    return out[:, P - 1:]
 
 
 def response_logprobs(model, batch: RolloutBatch, temperature: float, rows: torch.Tensor | None = None,
-                      with_entropy: bool = False, entropy_grad: bool = False):
+                      with_entropy: bool = False, entropy_grad: bool = False, chunk_tokens: int = 1024):
     """Log-probabilities (under logits / temperature, as sampled) of the response tokens of ``rows``, ``[b, T]``;
     with ``with_entropy`` also the per-token entropy of the same distribution, differentiable when
-    ``entropy_grad`` (an entropy bonus in the loss), detached otherwise (a metric only)."""
-    from transformers import DynamicCache
-
+    ``entropy_grad`` (an entropy bonus in the loss), detached otherwise (a metric only). Logits are computed from
+    the decoder's hidden states ``chunk_tokens`` at a time (:mod:`refinery.engine.logprobs`), so no
+    ``[b, T, vocab]`` tensor exists. Results are on the model's device."""
     rows = torch.arange(len(batch)) if rows is None else rows
-    used, owner = torch.unique(batch.owner[rows], return_inverse=True)
-    p_ids, p_attn = batch.prompt_ids[used], batch.prompt_attn[used]
-    resp = batch.response_ids[rows]
-    T = resp.shape[1]
-    cache = DynamicCache()
-    kw = _cache_kwarg(model)
-    p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
-    first = model(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True,
-                  **{kw: cache}).logits[:, -1:]
-    logits = first[owner]
-    if T > 1:  # teacher-force responses[:, :-1] on top of each row's copy of its prompt's cache
-        cache.batch_select_indices(owner)
-        r_attn = batch.mask[rows, :-1].long()
-        attn = torch.cat([p_attn[owner], r_attn], dim=1)
-        pos = p_attn[owner].sum(-1, keepdim=True) + torch.arange(T - 1)[None, :]
-        rest = model(input_ids=resp[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True,
-                     **{kw: cache}).logits
-        logits = torch.cat([logits, rest], dim=1)
-    logits = logits.float() / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, resp[:, :, None]).squeeze(-1)
-    entropy = token_entropy(logits if entropy_grad else logits.detach()) if with_entropy else None
+    decoder, head, softcap = split_head(model)
+    device = head.weight.device
+    hidden = (_hidden_full_rows if _checkpointing_active(model) else _hidden_shared_prompt)(
+        decoder, batch, rows, device)
+    resp = batch.response_ids[rows].to(device)
+    logp, entropy = token_logprobs(hidden, head, resp, temperature, chunk_tokens, with_entropy, softcap)
+    if entropy is not None and not entropy_grad:
+        entropy = entropy.detach()
     return logp, entropy
+
+
+def response_logprobs_full_logits(model, batch: RolloutBatch, temperature: float, rows: torch.Tensor | None = None,
+                                  with_entropy: bool = False):
+    """The reference path: whole ``prompt + response`` rows through ``model(...)``, full ``[b, T, vocab]`` fp32
+    logits, their log-softmax and entropy at once. Kept for tests and ``benchmarks/bench_memory.py``."""
+    rows = torch.arange(len(batch)) if rows is None else rows
+    device = model.get_output_embeddings().weight.device
+    p_ids = batch.prompt_ids[batch.owner[rows]].to(device)
+    p_attn = batch.prompt_attn[batch.owner[rows]].to(device)
+    resp = batch.response_ids[rows].to(device)
+    ids = torch.cat([p_ids, resp[:, :-1]], dim=1)
+    attn = torch.cat([p_attn, batch.mask[rows, :-1].long().to(device)], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    logits = logits[:, p_ids.shape[1] - 1:].float() / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, resp[:, :, None]).squeeze(-1)
+    return logp, (token_entropy(logits) if with_entropy else None)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
+from refinery.engine.config import EngineConfig
 from refinery.models.pretrain import PretrainConfig, default_bootstrap
 
 
@@ -162,6 +163,7 @@ class RLConfig(Section):
     controllers: Controllers = Field(default_factory=Controllers)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: RLEval = Field(default_factory=RLEval)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:

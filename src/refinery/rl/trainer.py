@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from refinery.engine.accum import accumulate, denominator, micro_batches
+from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak, resolve_device
 from refinery.errors import TrainingError
 from refinery.generation import SamplingParams
 from refinery.generation.hf import HFGenerator
@@ -142,9 +144,14 @@ class RLRun:
         from refinery.models.io import load_model, load_tokenizer
 
         self.cfg, self.run = cfg, run
-        self.model = load_model(policy_dir)
+        eng = cfg.engine
+        self.device = resolve_device(eng.device)
+        check_precision(eng.precision, self.device)
+        self.model = load_model(policy_dir).to(self.device)
         self.tok = load_tokenizer(policy_dir)
         self.model.train()
+        if eng.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref = None
         if cfg.algorithm.kl_coef > 0:
             self.ref = copy.deepcopy(self.model).eval()
@@ -152,7 +159,7 @@ class RLRun:
                 p.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.lr, betas=(0.9, 0.999),
                                      weight_decay=cfg.trainer.weight_decay)
-        self.gen = HFGenerator(self.model, self.tok, batch_size=cfg.rollout.batch_size)
+        self.gen = HFGenerator(self.model, self.tok, batch_size=cfg.rollout.batch_size, device=str(self.device))
         self.router = RewardRouter(cfg.algorithm.format_weight, cfg.reward.path if cfg.reward.type == "reward_model"
                                    else None, cfg.reward.batch_size, format_required=cfg.algorithm.format_required)
         self.train_items, self.heldout, self.valid = load_items(cfg)
@@ -316,37 +323,54 @@ class RLRun:
         rows_per_update = len(advs_t) if cfg.trainer.mini_batch_prompts is None else cfg.trainer.mini_batch_prompts * G
         chunks = torch.arange(len(advs_t)).split(rows_per_update)  # the last mini-batch may be smaller
         multi = len(chunks) * cfg.trainer.epochs > 1
+        eng, dev = cfg.engine, self.device
+        reset_peak(dev)
         with torch.no_grad():
-            old = response_logprobs(self.model, batch, T)[0] if multi else None
-            ref = response_logprobs(self.ref, batch, T)[0] if self.ref is not None else None
+            old = self._score(self.model, batch, T) if multi else None
+            ref = self._score(self.ref, batch, T) if self.ref is not None else None
+        mask_d, advs_d = mask.to(dev), advs_t.to(dev)
+
+        def loss_fn(rows: torch.Tensor):
+            with autocast(eng.precision, dev):
+                logp, ent = response_logprobs(self.model, batch, T, rows=rows, with_entropy=True,
+                                              entropy_grad=alg.entropy_coef > 0, chunk_tokens=eng.logprob_chunk_tokens)
+            rd = rows.to(dev)
+            loss, st = policy_loss(
+                logp, old[rd] if old is not None else logp.detach(), advs_d[rd], mask_d[rd], eps_low=alg.eps_low,
+                eps_high=alg.eps_high, agg=alg.loss_agg, ref_logp=ref[rd] if ref is not None else None,
+                kl_coef=alg.kl_coef, kl_estimator=alg.kl_estimator, kl_clamp=(alg.kl_input_clamp, alg.kl_output_clamp),
+                entropy=ent, entropy_coef=alg.entropy_coef, max_len=self.max_new_tokens())
+            m = mask_d[rd]
+            st["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
+            return loss, st
+
         stats: dict[str, list[float]] = {}
         for g in self.opt.param_groups:
             g["lr"] = self.lr()
         for _ in range(cfg.trainer.epochs):
             for chunk in chunks:
-                logp, ent = response_logprobs(self.model, batch, T, rows=chunk, with_entropy=True,
-                                              entropy_grad=alg.entropy_coef > 0)
-                old_c = old[chunk] if old is not None else logp.detach()
-                loss, st = policy_loss(
-                    logp, old_c, advs_t[chunk], mask[chunk], eps_low=alg.eps_low, eps_high=alg.eps_high,
-                    agg=alg.loss_agg, ref_logp=ref[chunk] if ref is not None else None, kl_coef=alg.kl_coef,
-                    kl_estimator=alg.kl_estimator, kl_clamp=(alg.kl_input_clamp, alg.kl_output_clamp),
-                    entropy=ent, entropy_coef=alg.entropy_coef,
-                    max_len=self.max_new_tokens())
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # micro-batches accumulate to the mini-batch's gradient under one global normalisation
+                st = accumulate(loss_fn, micro_batches(chunk, eng.micro_batch_rows), mask,
+                                alg.loss_agg, global_denominator=denominator(mask[chunk], alg.loss_agg))
                 if cfg.trainer.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.grad_clip)
                 self.opt.step()
-                m = mask[chunk]
-                st["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["response_length"] = float(torch.tensor([len(r) for r in resp_ids], dtype=torch.float).mean())
         out["truncation_rate"] = float(truncated_t.float().mean())
         out["samples"] = len(resp_ids)
+        out["peak_memory_mb"] = round(peak_memory_mb(dev), 1)
         return out
+
+    def _score(self, model, batch, T: float) -> torch.Tensor:
+        """Log-probs of every row under ``model`` (old policy, reference), a micro-batch at a time."""
+        eng = self.cfg.engine
+        with autocast(eng.precision, self.device):
+            return torch.cat([response_logprobs(model, batch, T, rows=r, chunk_tokens=eng.logprob_chunk_tokens)[0]
+                              for r in micro_batches(torch.arange(len(batch)), eng.micro_batch_rows)])
 
     def step(self, step: int) -> dict[str, Any]:
         t0 = time.time()
