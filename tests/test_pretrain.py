@@ -137,3 +137,24 @@ def test_killed_cli_run_resumes(tmp_path, tiny_overrides):
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert cut["pretrain.final_loss"] == pytest.approx(full["pretrain.final_loss"], rel=1e-5)
     assert cut["pretrain.eval_loss"] == pytest.approx(full["pretrain.eval_loss"], rel=1e-5)
+
+
+def test_engine_micro_batches_train_like_one_batch_and_bf16_learns(tmp_path, tiny_overrides):
+    """Micro-batches of 3 rows (uneven token counts) accumulate to the same steps as the whole batch; bf16
+    autocast with fp32 master weights learns; the summary says the precision and world size."""
+    base = tiny_overrides + ["trainer.steps=10", "trainer.lr=1e-2", "eval.n_per_task=0", "data.packing=false"]
+    run_a, s_a = _run(tmp_path, base, "a")
+    run_b, s_b = _run(tmp_path, base + ["engine.micro_batch_rows=3", "engine.activation_checkpointing=true",
+                                        "engine.logprob_chunk_tokens=7"], "b")
+    la = [r["loss"] for r in run_a.metrics() if "loss" in r]
+    lb = [r["loss"] for r in run_b.metrics() if "loss" in r]
+    assert la == pytest.approx(lb, abs=1e-4)
+    for (k, a), b in zip(load_model(run_a.path / "model").state_dict().items(),
+                         load_model(run_b.path / "model").state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), k
+    assert s_a["precision"] == "fp32" and s_a["world_size"] == 1
+    assert all(r["peak_memory_mb"] > 0 for r in run_a.metrics() if "loss" in r)
+    run_c, s_c = _run(tmp_path, base + ["trainer.steps=30", "engine.precision=bf16"], "c")
+    lc = [r["loss"] for r in run_c.metrics() if "loss" in r]
+    assert s_c["precision"] == "bf16" and lc[-1] < lc[0] - 0.5, lc
+    assert all(p.dtype == torch.float32 for p in load_model(run_c.path / "model").parameters())

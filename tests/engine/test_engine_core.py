@@ -160,3 +160,16 @@ def test_cuda_scoring_matches_cpu():
     cpu, _ = response_logprobs(model, batch, 1.0)
     gpu, _ = response_logprobs(model.cuda(), batch, 1.0)
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
+
+
+def test_lm_loss_sum_equals_hf_loss():
+    from refinery.engine.logprobs import lm_loss_sum
+
+    model = tiny_llama()
+    x = torch.randint(0, 97, (3, 11))
+    y = x.clone()
+    y[0, :4] = -100
+    y[2, 7:] = -100
+    total, n = lm_loss_sum(model, x, y, chunk=5)
+    assert n == int((y[:, 1:] != -100).sum())
+    assert float(total / n) == pytest.approx(float(model(input_ids=x, labels=y).loss), abs=1e-5)

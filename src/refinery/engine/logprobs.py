@@ -52,3 +52,16 @@ def token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.T
         ents.append(en)
     logp = torch.cat(logps).reshape(shape)
     return logp, (torch.cat(ents).reshape(shape) if with_entropy else None)
+
+
+def lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: int = 1024,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy of a causal LM summed over the labelled tokens (``labels != -100``, shifted as HF
+    shifts them), and their count: ``model(input_ids, labels=labels).loss == sum / count``, without the
+    ``[batch, time, vocab]`` logits."""
+    decoder, head, softcap = split_head(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    logp, _ = token_logprobs(hidden[keep], head, target[keep], 1.0, chunk, softcap=softcap)
+    return -logp.sum(), int(keep.sum())

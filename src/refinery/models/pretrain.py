@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
+from refinery.engine.config import EngineConfig
 from refinery.errors import CheckpointError, ConfigError, DataError
 from refinery.models.zoo import ModelConfig, TokenizerConfig, build_cached, count_parameters
 from refinery.progress import StepBar
@@ -90,6 +91,7 @@ class PretrainConfig(Section):
     data: PretrainData = Field(default_factory=PretrainData)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
 # ---- schedule --------------------------------------------------------------------------------------------
@@ -267,21 +269,20 @@ def _optimizer(model, cfg: TrainerConfig):
                              lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def eval_loss(model, data, batch_size: int, n_batches: int) -> float:
+def eval_loss(model, data, batch_size: int, n_batches: int, chunk: int = 1024) -> float:
     """Token-weighted mean cross-entropy on held-out batches."""
     import torch
-    import torch.nn.functional as F
 
+    from refinery.engine.logprobs import lm_loss_sum
+
+    device = model.get_output_embeddings().weight.device
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for x, y in data.val_batches(batch_size, n_batches):
-            logits = model(input_ids=x).logits[:, :-1]
-            target = y[:, 1:]
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
+            loss, n = lm_loss_sum(model, x.to(device), y.to(device), chunk)
             total += loss.item()
-            count += int((target != -100).sum())
+            count += n
     model.train()
     return total / max(count, 1)
 
@@ -305,10 +306,15 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     """
     import torch
 
+    from refinery.engine.accum import accumulate, micro_batches
+    from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak, resolve_device
+    from refinery.engine.logprobs import lm_loss_sum
     from refinery.models.io import load_model, load_tokenizer
 
-    tc = cfg.trainer
+    tc, eng = cfg.trainer, cfg.engine
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    device = resolve_device(eng.device)
+    check_precision(eng.precision, device)
     t_setup = time.time()
     if cfg.data.source == "tasks":
         train_items, test_items = task_items(cfg.data, cfg.seed)
@@ -334,17 +340,26 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
 
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
-        model = load_model(ckpt)
+        model = load_model(ckpt).to(device)
         state = _load_state(ckpt)
         start = checkpoint_step(ckpt)
         optimizer = _optimizer(model, tc)
         optimizer.load_state_dict(state["optimizer"])
         run.truncate_metrics(start)
     else:
-        model = load_model(init_dir)
+        model = load_model(init_dir).to(device)
         optimizer = _optimizer(model, tc)
         start = 0
     model.train()
+    if eng.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def loss_fn(x, y):
+        def piece(rows):
+            with autocast(eng.precision, device):
+                total, n = lm_loss_sum(model, x[rows], y[rows], eng.logprob_chunk_tokens)
+            return total / max(n, 1), {}
+        return piece
     n_params = count_parameters(model)
 
     def save(step: int) -> None:
@@ -362,19 +377,23 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc)
             x, y = data.batch(step, tc.batch_size, cfg.seed)
-            loss = model(input_ids=x, labels=y).loss
-            loss.backward()
+            x, y = x.to(device), y.to(device)
+            reset_peak(device)
+            # the loss is the token-mean over the whole batch, however it is split into micro-batches
+            labelled = (y[:, 1:] != -100).float()
+            st = accumulate(loss_fn(x, y), micro_batches(torch.arange(len(x)), eng.micro_batch_rows), labelled)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            window.append(loss.item())
-            tokens += int((y != -100).sum())
+            window.append(st["loss"])
+            tokens += int(labelled.sum())
             done = step + 1
             row = {}
             if done % tc.log_every == 0 or done == tc.steps:
                 row.update(loss=sum(window) / len(window), lr=lr_at(step, tc),
-                           steps_per_s=(done - start) / (time.time() - t0), tokens=tokens)
+                           steps_per_s=(done - start) / (time.time() - t0), tokens=tokens,
+                           peak_memory_mb=round(peak_memory_mb(device), 1))
                 window = []
             if done % tc.eval_every == 0 or done == tc.steps:
                 last_eval = eval_loss(model, data, tc.batch_size, tc.eval_batches)
@@ -400,6 +419,9 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         "pretrain.eval_loss": last_eval,
         "pretrain.train_seconds": round(train_time, 1),
         "pretrain.setup_seconds": round(t0 - t_setup, 1),
+        "precision": eng.precision,
+        "world_size": 1,
+        "device": str(device),
     }
     if cfg.data.source == "tasks" and cfg.eval.n_per_task:
         from refinery.eval.accuracy import heldout_accuracy, task_rule
