@@ -25,6 +25,24 @@ def shared_data() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def family_ckpt(tmp_path_factory):
+    """Factory ``family_ckpt(arch, size="tiny", template=None) -> Path``: a random-init checkpoint of a real
+    family (refinery.models.families.ARCHS) with its chat template, built once per session."""
+    from refinery.models.families import init_checkpoint
+
+    root = tmp_path_factory.mktemp("families")
+    built: dict[tuple, Path] = {}
+
+    def make(arch: str, size: str = "tiny", template: str | None = None) -> Path:
+        key = (arch, size, template)
+        if key not in built:
+            built[key] = init_checkpoint(arch, size, root / "-".join(k for k in key if k), seed=0, template=template)
+        return built[key]
+
+    return make
+
+
 TINY_MODEL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
               "model.intermediate_size=64", "model.vocab_size=320"]
 

@@ -139,6 +139,22 @@ def models_info(path: Path = typer.Argument(..., help="HF model directory or che
     _print_info(path)
 
 
+@models_app.command("init")
+def models_init(
+    arch: str = typer.Option(..., "--arch", help="llama, qwen2, qwen3, mistral, gemma2, phi3 or deepseek-r1-qwen2."),
+    size: str = typer.Option("tiny", "--size", help="tiny (hidden 64, 2 layers) or small (hidden 256, 4 layers)."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) directory for the checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    template: Optional[str] = typer.Option(None, "--template", help="Chat template instead of the arch's own: "
+                                           "qwen2, qwen3, llama3, mistral, gemma2, phi3, deepseek-r1."),
+) -> None:
+    """Write a random-init HF checkpoint of a real architecture with its family's chat template and tokens."""
+    from refinery.models.families import init_checkpoint
+
+    _quiet_hf()
+    _print_info(init_checkpoint(arch, size, out, seed, template))
+
+
 def _print_info(path: Path) -> None:
     from refinery.models.io import load_model, load_tokenizer
     from refinery.models.zoo import count_parameters
