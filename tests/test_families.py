@@ -84,6 +84,10 @@ def test_checkpoint_loads_and_formats_like_its_family(arch, family_ckpt):
     else:
         assert tok.bos_token_id is None or tok.bos_token_id not in plain + chat_ids
     assert tok.decode(chat_ids) == prompt
+    # whatever class AutoTokenizer picks (Qwen2Tokenizer for qwen2), it encodes like the tokenizer that was built
+    _, built = build_family(arch)
+    text = prompt + " 12345 café  two  spaces\n\n<think>x</think>"
+    assert tok(text).input_ids == built(text).input_ids
     # forward is finite; greedy generate runs
     ids = torch.tensor([chat_ids])
     with torch.no_grad():
