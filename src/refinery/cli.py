@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -60,9 +61,13 @@ OutOpt = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+NprocOpt = typer.Option(1, "--nproc", min=1, help="Run on N processes (torchrun, one node; one GPU each when "
+                        "CUDA is present, CPU ranks with gloo otherwise). Multi-node: see README 'Scaling up'.")
+_ARGV: list[str] = []  # this invocation's arguments, for --nproc's relaunch under torchrun
 
 
-def _run_recipe(config_cls, recipe, overrides, out, resume: bool, dry_run: bool, runner, check=None) -> None:
+def _run_recipe(config_cls, recipe, overrides, out, resume: bool, dry_run: bool, runner, check=None,
+                nproc: int = 1) -> None:
     """The shape every runner command shares: recipe -> config -> (dry run | run directory -> runner -> summary)."""
     from refinery.config import dump_config, load_config
     from refinery.runs import RunDir
@@ -73,8 +78,37 @@ def _run_recipe(config_cls, recipe, overrides, out, resume: bool, dry_run: bool,
     if dry_run:
         console.print(dump_config(cfg), end="", markup=False, highlight=False)
         return
+    if nproc > 1:  # the same command on N ranks under torchrun, all writing into one run directory
+        from refinery.engine.dist import relaunch_with_torchrun
+
+        argv = list(_ARGV)
+        if out is None:
+            out = RunDir.new_path(cfg.name)
+            argv += ["--out", str(out)]
+        rc = relaunch_with_torchrun(nproc, argv)
+        if rc:
+            raise typer.Exit(rc)
+        return
     _quiet_hf()
-    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=["refinery", *sys.argv[1:]])
+    argv = ["refinery", *_ARGV]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: rank 0 makes the run directory
+        from refinery.engine import dist
+
+        if out is None:
+            raise RefineryError("under torchrun every rank must write into the same run directory: pass --out "
+                                "RUN_DIR (or use --nproc N, which picks one)")
+        env = dist.init_distributed(getattr(getattr(cfg, "engine", None), "device", "auto"))
+        if env.is_main:
+            run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=argv)
+        dist.barrier()
+        if not env.is_main:
+            run = RunDir(Path(out))
+        summary = runner(cfg, run)
+        if env.is_main:
+            _print_summary(summary, run.path)
+        dist.destroy()
+        return
+    run = RunDir.create(cfg, cfg.name, out=out, resume=resume, seed=cfg.seed, argv=argv)
     summary = runner(cfg, run)
     _print_summary(summary, run.path)
 
@@ -124,12 +158,12 @@ def models_build(
 @models_app.command("pretrain")
 def models_pretrain(recipe: Path = RecipeArg, overrides: List[str] | None = OverridesArg,
                     out: Path | None = OutOpt, resume: bool = ResumeOpt, dry_run: bool = DryRunOpt,
-                    progress: bool = ProgressOpt) -> None:
+                    progress: bool = ProgressOpt, nproc: int = NprocOpt) -> None:
     """Pretrain a tiny model on text files or a procedural task stream (cosine LR, eval, checkpoints)."""
     from refinery.models.pretrain import PretrainConfig, check_config, pretrain
 
     _run_recipe(PretrainConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config)
+                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config, nproc=nproc)
 
 
 @models_app.command("info")
@@ -217,24 +251,26 @@ def tasks_sample(
 # ---- sft / rl ----------------------------------------------------------------------------------------------
 @sft_app.command("train")
 def sft_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
-              resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+              resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt,
+              nproc: int = NprocOpt) -> None:
     """Chat-template SFT (loss on response tokens only, optional packing, resumable)."""
     from refinery.models.pretrain import check_config, pretrain
     from refinery.rl.sft import SFTConfig
 
     _run_recipe(SFTConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config)
+                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config, nproc=nproc)
 
 
 @rl_app.command("train")
 def rl_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
-             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt,
+             nproc: int = NprocOpt) -> None:
     """Train a policy with verifier rewards (e.g. recipes/prorl.yaml profile=tiny)."""
     from refinery.rl.config import RLConfig
     from refinery.rl.trainer import train_rl
 
     _run_recipe(RLConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: train_rl(cfg, run, progress=progress))
+                lambda cfg, run: train_rl(cfg, run, progress=progress), nproc=nproc)
 
 
 def _eval_refusals(model: str, data: Optional[str], out: Optional[Path]) -> None:
@@ -350,13 +386,14 @@ def eval_cmd(
 # ---- reward models ---------------------------------------------------------------------------------------
 @rm_app.command("train")
 def rm_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg, out: Optional[Path] = OutOpt,
-             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
+             resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt,
+             nproc: int = NprocOpt) -> None:
     """Train a reward model (e.g. recipes/helpsteer2_pref.yaml or recipes/armorm.yaml, profile=tiny)."""
     from refinery.reward_models.config import RMConfig
     from refinery.reward_models.train import train_rm
 
     _run_recipe(RMConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: train_rm(cfg, run, progress=progress))
+                lambda cfg, run: train_rm(cfg, run, progress=progress), nproc=nproc)
 
 
 @rm_app.command("eval")
@@ -805,10 +842,12 @@ _INTERRUPTED = "interrupted: the last checkpoint is kept; continue with --out RU
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to one line and an exit code."""
+    global _ARGV
     click_errors, exits, aborts = _click_exception_classes()
     command = typer.main.get_command(app)
+    _ARGV = list(argv if argv is not None else sys.argv[1:])
     try:
-        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="refinery",
+        rv = command.main(args=_ARGV, prog_name="refinery",
                           standalone_mode=False)
     except RefineryError as e:
         err_console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False, soft_wrap=True)

@@ -80,6 +80,17 @@ class RunDir:
         self.path = Path(path)
 
     # ---- creation / resume ------------------------------------------------------------------------
+    @staticmethod
+    def new_path(name: str, root: str | Path = "runs") -> Path:
+        """A fresh ``root/<name>-<timestamp>[-i]`` that does not exist yet."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / f"{name}-{stamp}"
+        i = 1
+        while path.exists():
+            path = Path(root) / f"{name}-{stamp}-{i}"
+            i += 1
+        return path
+
     @classmethod
     def create(
         cls,
@@ -98,15 +109,7 @@ class RunDir:
         """
         if resume and out is None:
             raise ConfigError("--resume needs --out RUN_DIR: the directory of the run to continue")
-        if out is None:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = Path(root) / f"{name}-{stamp}"
-            i = 1
-            while path.exists():
-                path = Path(root) / f"{name}-{stamp}-{i}"
-                i += 1
-        else:
-            path = Path(out)
+        path = cls.new_path(name, root) if out is None else Path(out)
         run = cls(path)
         resolved = dump_config(config)
         if resume and (path / "config.yaml").exists():
@@ -221,6 +224,23 @@ class RunDir:
         if keep is not None and keep > 0:
             for old in self.checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def save_sharded_checkpoint(self, step: int, model, optimizer, extra: dict | None = None,
+                                keep: int | None = None) -> Path:
+        """Every rank writes its shards (``torch.distributed.checkpoint``: :func:`refinery.engine.dist.save_sharded`)
+        into this run's checkpoint for ``step``; rank 0 marks it complete and prunes old ones. Resume on any
+        number of ranks with :func:`refinery.engine.dist.load_sharded`."""
+        from refinery.engine.dist import barrier, is_main, save_sharded
+
+        final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
+        save_sharded(final, model, optimizer, step, extra)
+        if is_main():
+            (final / "COMPLETE").write_text(str(step))
+            if keep is not None and keep > 0:
+                for old in self.checkpoints()[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+        barrier()
         return final
 
     def checkpoints(self) -> list[Path]:

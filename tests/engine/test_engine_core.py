@@ -52,10 +52,10 @@ def test_chunked_logprobs_equal_full_logits_values_and_gradients(softcap):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_split_head_finds_decoder_and_head():
+def test_split_head_finds_the_head():
     model = tiny_llama()
     decoder, head, cap = split_head(model)
-    assert decoder is model.model and head is model.lm_head and cap is None
+    assert decoder is model and head is model.lm_head and cap is None
 
 
 def test_engine_scoring_equals_full_logits_path():

@@ -14,13 +14,20 @@ from torch.utils.checkpoint import checkpoint
 
 
 def split_head(model):
-    """``(decoder, lm_head, softcap)`` of an HF causal LM: the module that returns last hidden states, the output
-    projection, and Gemma-2's final-logit soft-capping (None when the family has none)."""
+    """``(model, lm_head, softcap)`` of an HF causal LM: the model (whose own forward gives the last hidden states,
+    see :func:`last_hidden`), its output projection, and Gemma-2's final-logit soft-capping (None when the family
+    has none)."""
     head = model.get_output_embeddings()
-    decoder = getattr(model, model.base_model_prefix, None)
-    if head is None or decoder is None or decoder is model:
-        raise TypeError(f"{type(model).__name__} has no separate decoder and LM head; chunked log-probs need both")
-    return decoder, head, getattr(model.config, "final_logit_softcapping", None)
+    if head is None:
+        raise TypeError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None)")
+    return model, head, getattr(model.config, "final_logit_softcapping", None)
+
+
+def last_hidden(model, **kwargs) -> torch.Tensor:
+    """The decoder's last hidden states (after its final norm), ``[B, T, H]``, through the model's own forward so
+    that wrappers' hooks (FSDP2's unshard/reshard) run; logits are computed for the last position only."""
+    out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1]
 
 
 def _chunk_stats(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
@@ -59,8 +66,8 @@ def lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: int
     """Next-token cross-entropy of a causal LM summed over the labelled tokens (``labels != -100``, shifted as HF
     shifts them), and their count: ``model(input_ids, labels=labels).loss == sum / count``, without the
     ``[batch, time, vocab]`` logits."""
-    decoder, head, softcap = split_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    _, head, softcap = split_head(model)
+    hidden = last_hidden(model, input_ids=input_ids, attention_mask=attention_mask)[:, :-1]
     target = labels[:, 1:]
     keep = target != -100
     logp, _ = token_logprobs(hidden[keep], head, target[keep], 1.0, chunk, softcap=softcap)

@@ -306,15 +306,18 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     """
     import torch
 
+    from refinery.engine import dist
     from refinery.engine.accum import accumulate, micro_batches
-    from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak, resolve_device
+    from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak
     from refinery.engine.logprobs import lm_loss_sum
     from refinery.models.io import load_model, load_tokenizer
 
     tc, eng = cfg.trainer, cfg.engine
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
-    device = resolve_device(eng.device)
+    env = dist.init_distributed(eng.device)  # one process unless launched by torchrun (--nproc N)
+    device, main = env.device, env.is_main
+    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // max(1, env.world_size)))
     check_precision(eng.precision, device)
+    progress = progress and main
     t_setup = time.time()
     if cfg.data.source == "tasks":
         train_items, test_items = task_items(cfg.data, cfg.seed)
@@ -327,7 +330,13 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         corpus = [json.dumps(it.get("messages", it.get("prompt"))) + "\n" + it["response"] for it in train_items]
     else:
         corpus = read_text_files(cfg.data.text_files)
-    init_dir = Path(cfg.init_from) if cfg.init_from else build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
+    init_dir = Path(cfg.init_from) if cfg.init_from else None
+    if init_dir is None:  # rank 0 fills the cache, the others then find it there
+        if main:
+            init_dir = build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
+        dist.barrier()
+        if not main:
+            init_dir = build_cached(cfg.model, cfg.tokenizer, corpus, seed=cfg.seed)
     tokenizer = load_tokenizer(init_dir)
 
     if cfg.data.source in ("tasks", "jsonl"):
@@ -339,30 +348,40 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         data = TextData(ids[:cut], ids[cut:], cfg.data.seq_len)
 
     ckpt = run.latest_checkpoint()
-    if ckpt is not None:
-        model = load_model(ckpt).to(device)
-        state = _load_state(ckpt)
-        start = checkpoint_step(ckpt)
-        optimizer = _optimizer(model, tc)
-        optimizer.load_state_dict(state["optimizer"])
-        run.truncate_metrics(start)
-    else:
-        model = load_model(init_dir).to(device)
-        optimizer = _optimizer(model, tc)
-        start = 0
-    model.train()
+    sharded = ckpt is not None and (ckpt / "refinery_meta.json").exists()
+    model = load_model(ckpt if ckpt is not None and not sharded else init_dir)
+    n_params = count_parameters(model)
     if eng.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # FSDP2 per decoder layer under torchrun (bf16 through its mixed-precision policy); the model itself otherwise
+    model = dist.wrap_model(model, env, eng.precision)
+    model.train()
+    optimizer = _optimizer(model, tc)
+    start = 0
+    if ckpt is not None:
+        if sharded:  # written by N ranks; DCP reshards it onto this job's ranks
+            start, _ = dist.load_sharded(ckpt, model, optimizer)
+        else:
+            optimizer.load_state_dict(_load_state(ckpt)["optimizer"])
+            start = checkpoint_step(ckpt)
+        if main:
+            run.truncate_metrics(start)
+    # on one device bf16 is autocast over fp32 weights; FSDP2 casts the parameters itself
+    compute_precision = eng.precision if env.world_size == 1 else "fp32"
 
     def loss_fn(x, y):
         def piece(rows):
-            with autocast(eng.precision, device):
+            with autocast(compute_precision, device):
                 total, n = lm_loss_sum(model, x[rows], y[rows], eng.logprob_chunk_tokens)
             return total / max(n, 1), {}
         return piece
-    n_params = count_parameters(model)
+    shard = dist.shard_rows(tc.batch_size, env.rank, env.world_size)  # this rank's rows of every global batch
 
     def save(step: int) -> None:
+        if env.world_size > 1:
+            run.save_sharded_checkpoint(step, model, optimizer, keep=tc.keep_checkpoints)
+            return
+
         def write(d: Path) -> None:
             model.save_pretrained(d)
             tokenizer.save_pretrained(d)
@@ -377,17 +396,20 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc)
             x, y = data.batch(step, tc.batch_size, cfg.seed)
-            x, y = x.to(device), y.to(device)
+            x, y = x[shard.start:shard.stop].to(device), y[shard.start:shard.stop].to(device)
             reset_peak(device)
-            # the loss is the token-mean over the whole batch, however it is split into micro-batches
+            # the loss is the token-mean over the whole global batch, however it is split into micro-batches and
+            # ranks: each piece is divided by the global token count (FSDP2 sums the ranks' gradients)
             labelled = (y[:, 1:] != -100).float()
-            st = accumulate(loss_fn(x, y), micro_batches(torch.arange(len(x)), eng.micro_batch_rows), labelled)
+            n_global = dist.all_reduce_sum(float(labelled.sum()))
+            st = accumulate(loss_fn(x, y), micro_batches(torch.arange(len(x)), eng.micro_batch_rows),
+                            labelled, global_denominator=n_global)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            window.append(st["loss"])
-            tokens += int(labelled.sum())
+            window.append(dist.all_reduce_sum(st["loss"]))
+            tokens += int(n_global)
             done = step + 1
             row = {}
             if done % tc.log_every == 0 or done == tc.steps:
@@ -398,7 +420,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
             if done % tc.eval_every == 0 or done == tc.steps:
                 last_eval = eval_loss(model, data, tc.batch_size, tc.eval_batches)
                 row["eval_loss"] = last_eval
-            if row:
+            if row and main:
                 run.log_metrics(done, **row)
             if done % tc.checkpoint_every == 0 or done == tc.steps:
                 save(done)
@@ -409,8 +431,15 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         bar.close()
 
     train_time = time.time() - t0
-    model.save_pretrained(run.path / "model")
-    tokenizer.save_pretrained(run.path / "model")
+    if env.world_size > 1:  # rank 0 writes one consolidated HF checkpoint and evaluates it alone
+        dist.export_hf(model, tokenizer, run.path / "model")
+        if not main:
+            dist.barrier()
+            return run.summary()
+        model = load_model(run.path / "model").to(device)
+    else:
+        model.save_pretrained(run.path / "model")
+        tokenizer.save_pretrained(run.path / "model")
     summary = {
         "model.params": n_params,
         "model.preset": cfg.model.preset,
@@ -420,7 +449,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         "pretrain.train_seconds": round(train_time, 1),
         "pretrain.setup_seconds": round(t0 - t_setup, 1),
         "precision": eng.precision,
-        "world_size": 1,
+        "world_size": env.world_size,
         "device": str(device),
     }
     if cfg.data.source == "tasks" and cfg.eval.n_per_task:
@@ -437,6 +466,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     run.write_summary(summary)
     run.write_report(render_report(cfg, run))
     run.finish()
+    dist.barrier()  # the other ranks return once rank 0 has written the run
     return run.summary()
 
 

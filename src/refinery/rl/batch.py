@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refinery.engine.logprobs import split_head, token_logprobs
+from refinery.engine.logprobs import last_hidden, split_head, token_logprobs
 from refinery.generation.hf import left_pad
 from refinery.rl.losses import token_entropy
 
@@ -57,7 +57,7 @@ def _checkpointing_active(model) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
 
 
-def _hidden_shared_prompt(decoder, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
+def _hidden_shared_prompt(model, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
     """Last hidden states ``[b, T, H]`` that predict each response token: each distinct prompt runs once, its KV
     cache is copied to its rows (a differentiable gather) and the responses run on top."""
     from transformers import DynamicCache
@@ -68,23 +68,23 @@ def _hidden_shared_prompt(decoder, batch: RolloutBatch, rows: torch.Tensor, devi
     resp = batch.response_ids[rows].to(device)
     T = resp.shape[1]
     cache = DynamicCache()
-    kw = _cache_kwarg(decoder)
+    kw = _cache_kwarg(model)
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
-    first = decoder(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True,
-                    **{kw: cache}).last_hidden_state[:, -1:]
+    first = last_hidden(model, input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True,
+                        **{kw: cache})[:, -1:]
     hidden = first[owner]
     if T > 1:  # teacher-force responses[:, :-1] on top of each row's copy of its prompt's cache
         cache.batch_select_indices(owner)
         r_attn = batch.mask[rows, :-1].long().to(device)
         attn = torch.cat([p_attn[owner], r_attn], dim=1)
         pos = p_attn[owner].sum(-1, keepdim=True) + torch.arange(T - 1, device=device)[None, :]
-        rest = decoder(input_ids=resp[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True,
-                       **{kw: cache}).last_hidden_state
+        rest = last_hidden(model, input_ids=resp[:, :-1], attention_mask=attn, position_ids=pos, use_cache=True,
+                           **{kw: cache})
         hidden = torch.cat([hidden, rest], dim=1)
     return hidden
 
 
-def _hidden_full_rows(decoder, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
+def _hidden_full_rows(model, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
     """The same hidden states from whole ``prompt + response`` rows, no cache (what checkpointed layers need)."""
     p_ids = batch.prompt_ids[batch.owner[rows]].to(device)
     p_attn = batch.prompt_attn[batch.owner[rows]].to(device)
@@ -93,7 +93,7 @@ def _hidden_full_rows(decoder, batch: RolloutBatch, rows: torch.Tensor, device) 
     ids = torch.cat([p_ids, resp[:, :-1]], dim=1)
     attn = torch.cat([p_attn, batch.mask[rows, :-1].long().to(device)], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = decoder(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    out = last_hidden(model, input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
     return out[:, P - 1:]
 
 
@@ -105,10 +105,10 @@ def response_logprobs(model, batch: RolloutBatch, temperature: float, rows: torc
     the decoder's hidden states ``chunk_tokens`` at a time (:mod:`refinery.engine.logprobs`), so no
     ``[b, T, vocab]`` tensor exists. Results are on the model's device."""
     rows = torch.arange(len(batch)) if rows is None else rows
-    decoder, head, softcap = split_head(model)
+    _, head, softcap = split_head(model)
     device = head.weight.device
     hidden = (_hidden_full_rows if _checkpointing_active(model) else _hidden_shared_prompt)(
-        decoder, batch, rows, device)
+        model, batch, rows, device)
     resp = batch.response_ids[rows].to(device)
     logp, entropy = token_logprobs(hidden, head, resp, temperature, chunk_tokens, with_entropy, softcap)
     if entropy is not None and not entropy_grad:
