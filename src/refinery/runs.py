@@ -78,6 +78,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.trackers: list = []  # TensorBoard / W&B (engine.report_to), set by create()
 
     # ---- creation / resume ------------------------------------------------------------------------
     @staticmethod
@@ -135,6 +136,12 @@ class RunDir:
             manifest.setdefault("resumed", []).append(_now())
         manifest.pop("finished", None)
         run._write_json("manifest.json", manifest)
+        report_to = getattr(getattr(config, "engine", None), "report_to", None) or []
+        if report_to:
+            from refinery.tracking import make_trackers
+
+            run.trackers = make_trackers(list(report_to), path, json.loads(json.dumps(config.model_dump(),
+                                                                                      default=str)))
         return run
 
     def _check_same_config(self, config: BaseModel) -> None:
@@ -160,6 +167,8 @@ class RunDir:
         row = {"step": step, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        for t in self.trackers:
+            t.log(step, row)
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
@@ -199,6 +208,9 @@ class RunDir:
         m = self.manifest()
         m["finished"] = _now()
         self._write_json("manifest.json", m)
+        for t in self.trackers:
+            t.close()
+        self.trackers = []
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     @property

@@ -22,6 +22,9 @@ class EngineConfig(Section):
     micro_batch_rows: int | None = Field(
         None, gt=0, description="rows per forward/backward; gradients accumulate to the full batch with one "
                                 "global token-mean (None: the whole batch at once)")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also send metrics to TensorBoard (<run>/tensorboard) and/or Weights & "
+                                          "Biases, from rank 0 (as TRL's report_to)")
     logprob_chunk_tokens: int = Field(
         1024, gt=0, description="tokens per chunk when log-probs/entropy are computed from hidden states: "
                                 "a [batch, time, vocab] logits tensor never exists at once")
