@@ -2,7 +2,8 @@
 
 A shard is one unit of work and of output: one input file, or a slice of the files of an HTML directory. Reading
 never dies on one bad record: a record that cannot be read becomes a reject ``{"_reject": reason, ...}`` and the
-rest of the file is still read (a truncated gzip/WARC ends its shard with one reject saying so).
+rest of the file is still read (a truncated gzip/WARC ends its shard with one reject saying so). Pages are decoded
+once (:func:`decode_page`) and lose their encoding declarations, so nothing downstream decodes them a second time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 from refinery.errors import DataError
 
@@ -94,52 +96,268 @@ def read_shard(shard: Shard) -> Iterator[dict[str, Any]]:
     if shard.kind == "jsonl":
         yield from read_jsonl(shard.paths, shard.start, shard.stop)
         return
-    reader = {"warc": read_warc, "parquet": read_parquet, "html": read_html_files}[shard.kind]
+    if shard.kind == "warc":  # every record counted: non-responses come as rejects
+        yield from read_warc(shard.paths, every_record=True)
+        return
+    reader = {"parquet": read_parquet, "html": read_html_files}[shard.kind]
     yield from reader(shard.paths)
 
 
-# ---- readers -------------------------------------------------------------------------------------------------
-_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_\-]+)""", re.I)
+# ---- decoding ------------------------------------------------------------------------------------------------
+# WHATWG label → the Python codec that decodes what browsers decode for it (the supersets pages really use).
+_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "gb_2312-80": "gb18030", "chinese": "gb18030",
+            "iso-8859-1": "cp1252", "iso8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "l1": "cp1252",
+            "us-ascii": "cp1252", "ascii": "cp1252", "ansi_x3.4-1968": "cp1252", "iso_8859-1": "cp1252",
+            "shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "x-sjis": "cp932", "ms_kanji": "cp932",
+            "windows-31j": "cp932", "csshiftjis": "cp932", "euc-kr": "cp949", "euc_kr": "cp949", "windows-949": "cp949",
+            "ks_c_5601-1987": "cp949", "ksc5601": "cp949", "korean": "cp949", "big5": "big5hkscs",
+            "tis-620": "cp874", "iso-8859-11": "cp874", "iso-8859-9": "cp1254", "latin5": "cp1254",
+            "x-mac-roman": "mac_roman", "utf8": "utf-8", "unicode-1-1-utf-8": "utf-8"}
+# A detector's near-ties are broken by how common an encoding is on the web (charset-normalizer alone calls short
+# German text cp1257 and Shift_JIS cp949).
+_WEB_PRIOR = ("utf_8", "ascii", "cp1252", "cp1251", "gb18030", "cp932", "cp949", "big5", "euc_jp", "cp1250",
+              "cp1256", "cp1254", "cp1253", "cp1255", "cp874", "koi8_r", "iso8859_2", "cp1257", "iso8859_15")
+_DETECT_MARGIN = 0.04  # chaos difference within which the more common encoding wins
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_XML_DECL = re.compile(rb"""^\s*<\?xml\s[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:\-]+)["']""", re.I)
+_META = re.compile(rb"""<meta\b(?:[^>"']|"[^"]*"|'[^']*')*>""", re.I)
+_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+_CHARSET_IN_CONTENT = re.compile(r"""charset\s*=\s*["']?\s*([A-Za-z0-9._:\-]+)""", re.I)
+_HEAD_END = re.compile(rb"</head\s*>|<body[\s>]", re.I)
+_COMMENT = re.compile(rb"<!--.*?(?:-->|$)", re.S)
+_HEAD_SCAN_CAP = 1 << 20  # without </head> or <body>, declarations are looked for in the first MiB
+
+
+@dataclass(frozen=True)
+class Decoded:
+    text: str
+    encoding: str  # the Python codec that decoded the bytes
+    source: str  # bom | utf8 | http | xml | meta | detected | default (UTF-8, undecodable bytes replaced)
+
+
+def codec_for(label: str | None) -> str | None:
+    """A charset label (HTTP, XML or ``<meta>``) → a Python codec, or None when it names nothing known."""
+    import codecs
+
+    if not label:
+        return None
+    name = _ALIASES.get(label.strip().lower(), label.strip().lower())
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def _strict(body: bytes, codec: str) -> str | None:
+    try:
+        return body.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def declared_charsets(body: bytes) -> list[tuple[str, str]]:
+    """``[(source, label)]`` from the XML declaration and every ``<meta charset>`` / ``http-equiv`` Content-Type in
+    the head (all of it, comments skipped: not only the first 4 KB)."""
+    out = []
+    m = _XML_DECL.match(body[:1024])
+    if m:
+        out.append(("xml", m.group(1).decode("ascii", "ignore")))
+    end = _HEAD_END.search(body)
+    head = _COMMENT.sub(b"", body[: end.start() if end else _HEAD_SCAN_CAP])
+    for tag in _META.finditer(head):
+        label = meta_charset(tag.group(0).decode("latin-1"))
+        if label:
+            out.append(("meta", label))
+    return out
+
+
+def meta_charset(tag: str) -> str | None:
+    """The charset a ``<meta …>`` tag declares (``charset=…``, or ``http-equiv=Content-Type`` with a charset in
+    its ``content``), else None."""
+    attrs = {}
+    for m in _ATTR.finditer(tag[5:].rstrip(">/")):
+        attrs.setdefault(m.group(1).lower(), (m.group(2) or "").strip("\"'").strip())
+    if attrs.get("charset"):
+        return attrs["charset"]
+    if attrs.get("http-equiv", "").lower() == "content-type":
+        m = _CHARSET_IN_CONTENT.search(attrs.get("content", ""))
+        return m.group(1) if m else None
+    return None
+
+
+def detect_encoding(body: bytes) -> str | None:
+    """charset-normalizer's guess (near-ties go to the more common web encoding); None when it has none."""
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:
+        return None
+    matches = list(from_bytes(body[: 1 << 18]))
+    if not matches:
+        return None
+    best = min(m.chaos for m in matches)
+    close = [m for m in matches if m.chaos <= best + _DETECT_MARGIN]
+
+    prior = [codec_for(n) for n in _WEB_PRIOR]
+
+    def rank(m):
+        name = codec_for(m.encoding)
+        return (prior.index(name) if name in prior else len(prior), m.chaos)
+
+    return codec_for(min(close, key=rank).encoding)
+
+
+def decode_page(body: bytes, http_charset: str | None = None, html: bool = True) -> Decoded:
+    """Bytes → text, decided once, in this order: a byte-order mark; the HTTP Content-Type charset; (HTML) the XML
+    declaration; (HTML) ``<meta charset>`` / ``http-equiv`` anywhere in the head; charset detection; UTF-8 with
+    undecodable bytes replaced. A declaration is checked against the bytes: one they do not decode under is a lie
+    and the next rule decides, and bytes that are valid UTF-8 with non-ASCII in them are UTF-8 whatever a legacy
+    declaration says (re-encoded pages keep their old ``<meta>``; the reverse is all but impossible by chance)."""
+    for bom, codec in _BOMS:
+        if body.startswith(bom):
+            return Decoded(body[len(bom):].decode(codec, "replace"), codec, "bom")
+    utf8 = _strict(body, "utf-8")
+    if utf8 is not None and not body.isascii():
+        return Decoded(utf8, "utf-8", "utf8")
+    declared = [("http", http_charset)] if http_charset else []
+    if html:
+        declared += declared_charsets(body)
+    for source, label in declared:
+        codec = codec_for(label)
+        if codec and codec.startswith(("utf-16", "utf-32")) and (source != "http" or b"\x00" not in body[:4096]):
+            codec = "utf-8"  # a declaration readable as ASCII, or bytes without NULs, are not UTF-16 (WHATWG)
+        text = _strict(body, codec) if codec else None
+        if text is not None:
+            return Decoded(text, codec, source)
+    if utf8 is not None:  # pure ASCII
+        return Decoded(utf8, "utf-8", "utf8")
+    codec = detect_encoding(body)
+    text = _strict(body, codec) if codec else None
+    if text is not None:
+        return Decoded(text, codec, "detected")
+    return Decoded(body.decode("utf-8", "replace"), "utf-8", "default")
+
+
+_XML_DECL_STR = re.compile(r"""^\ufeff?\s*<\?xml\s[^>]*\?>""", re.I)
+_META_STR = re.compile(r"""<meta\b(?:[^>"']|"[^"]*"|'[^']*')*>""", re.I)
+
+
+def remove_encoding_declarations(html: str) -> str:
+    """Drop the XML declaration and every ``<meta charset>`` / ``http-equiv`` Content-Type: the text is already
+    decoded, and a renderer (lynx) or parser (lxml) that reads a declaration would decode it a second time."""
+    if not html:
+        return html
+    html = _XML_DECL_STR.sub("", html, count=1).lstrip("\ufeff")
+    if "charset" not in html[:_HEAD_SCAN_CAP].lower():
+        return html
+
+    return _META_STR.sub(lambda m: "" if meta_charset(m.group(0)) else m.group(0), html)
 
 
 def decode_html(body: bytes, header_charset: str | None = None) -> str:
-    """Bytes → text: the HTTP header's charset, else a ``<meta charset>``, else UTF-8 (undecodable bytes replaced)."""
-    for cs in (header_charset, None):
-        if cs is None:
-            m = _CHARSET.search(body[:4096])
-            cs = m.group(1).decode("ascii", "ignore") if m else None
-        if cs:
-            try:
-                return body.decode(cs)
-            except (LookupError, UnicodeDecodeError):
-                continue
-    return body.decode("utf-8", "replace")
+    """HTML bytes → text (:func:`decode_page`), its encoding declarations removed."""
+    return remove_encoding_declarations(decode_page(body, header_charset).text)
 
 
-def read_warc(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """HTML responses of WARC files (FastWARC: gzip or plain detected, chunked and content encodings decoded) as
-    ``{source, html, warc_record_id, warc_date}``. A broken record or a truncated file becomes a reject."""
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
+# ---- readers -------------------------------------------------------------------------------------------------
+PAGE_FORMATS = ("html", "text", "tex", "ipynb")
+_TEX_MIME = {"application/x-tex", "text/x-tex", "application/x-latex", "text/x-latex", "text/tex", "text/latex"}
+_LOOSE_MIME = {"", "text/plain", "application/octet-stream", "binary/octet-stream", "application/json",
+               "application/x-ipynb+json", "application/download", "application/force-download"} | _TEX_MIME
+_HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html[\s>])", re.I | re.S)
+
+
+def page_format(mime: str, url: str = "", head: bytes = b"") -> str | None:
+    """What a payload is, from its MIME type, its URL's suffix (servers label ``.tex`` and ``.ipynb`` files loosely)
+    and its first bytes: ``html``, ``text``, ``tex``, ``ipynb``, or None (not a page we extract: PDF, images, …)."""
+    mime = (mime or "").split(";")[0].strip().lower()
+    path = urlparse(url).path.lower() if url else ""
+    if "html" in mime:
+        return "html"
+    if mime == "application/x-ipynb+json" or (path.endswith(".ipynb") and mime in _LOOSE_MIME):
+        return "ipynb"
+    if mime in _TEX_MIME or (path.endswith((".tex", ".latex", ".ltx")) and mime in _LOOSE_MIME):
+        return "tex"
+    if mime in ("", "text/plain", "application/octet-stream") and _HTML_START.match(head[:4096]):
+        return "html"  # mislabelled HTML
+    if mime == "text/plain":
+        return "text"
+    return None
+
+
+def content_type_reason(mime: str) -> str:
+    """``unsupported_content_type:<mime>`` with the MIME type cut to something a counter can key on."""
+    m = re.sub(r"[^a-z0-9.+/_-]", "", (mime or "").split(";")[0].strip().lower())[:60]
+    return f"unsupported_content_type:{m or 'unknown'}"
+
+
+_WARC_TYPES: list[tuple[Any, str]] = []  # FastWARC's record types are not hashable
+
+
+def _warc_type(rec) -> str:
+    from fastwarc.warc import WarcRecordType
+
+    if not _WARC_TYPES:
+        _WARC_TYPES.extend((getattr(WarcRecordType, n), n) for n in (
+            "response", "request", "metadata", "resource", "warcinfo", "revisit", "conversion", "continuation"))
+    return next((name for t, name in _WARC_TYPES if rec.record_type == t), "unknown")
+
+
+def read_warc(paths: tuple[str, ...], every_record: bool = False) -> Iterator[dict[str, Any]]:
+    """The pages of WARC files (FastWARC: gzip or plain detected, chunked and content encodings decoded): every
+    ``response`` (and ``resource``) record as ``{source, warc_record_id, warc_date, http_status, content_type,
+    format}`` plus, for a page format (:func:`page_format`), its decoded payload — ``html`` (HTML/XHTML, encoding
+    declarations removed) or ``body`` (plain text, LaTeX, a notebook's JSON) — with ``encoding`` and
+    ``encoding_source`` (:func:`decode_page`). Other payloads (PDF, images) come without a body for a stage to
+    reject by content type. With ``every_record`` the other records (request, metadata, warcinfo, revisit) come
+    too, as ``not_a_response`` rejects, so that every record of the file is counted. A broken record or a truncated
+    file becomes a reject."""
+    from fastwarc.warc import ArchiveIterator
 
     for path in paths:
         n = 0
         try:
-            it = ArchiveIterator(str(path), record_types=WarcRecordType.response, parse_http=True,
-                                 auto_decode="all", quirks_mode=True, strict_mode=False)
+            it = ArchiveIterator(str(path), parse_http=True, auto_decode="all", quirks_mode=True, strict_mode=False)
             for rec in it:
                 n += 1
                 uri = rec.headers.get("WARC-Target-URI") or f"{path}#{n}"
+                kind = _warc_type(rec)
+                if kind not in ("response", "resource"):
+                    if every_record:
+                        yield {"source": uri, "_reject": "not_a_response", "_detail": f"WARC-Type {kind}",
+                               "warc_record_id": rec.record_id}
+                    continue
                 try:
-                    ctype = (rec.http_content_type or "").lower()
-                    if ctype and "html" not in ctype:
-                        continue
-                    body = rec.reader.read()
-                    yield {"source": uri, "html": decode_html(body, rec.http_charset),
-                           "warc_record_id": rec.record_id, "warc_date": rec.headers.get("WARC-Date")}
+                    yield _warc_page(rec, kind, uri)
                 except Exception as e:  # a broken record: reported, the next one is still read
                     yield {"source": uri, "_reject": "warc_record", "_detail": f"{type(e).__name__}: {e}"}
         except Exception as e:
             yield {"source": f"{path}#{n + 1}", "_reject": "warc_stream", "_detail": f"broken after {n} records: {e}"}
+
+
+def _warc_page(rec, kind: str, uri: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"source": uri, "warc_record_id": rec.record_id, "warc_date": rec.headers.get("WARC-Date")}
+    if kind == "response":
+        http = rec.http_headers
+        if http is None:
+            raise DataError("response record without HTTP headers")
+        out["http_status"] = http.status_code
+        ctype = http.get("Content-Type") or ""
+    else:  # a resource record holds the file itself
+        ctype = rec.headers.get("Content-Type") or ""
+    charset = _CHARSET_IN_CONTENT.search(ctype)
+    body = rec.reader.read()
+    fmt = page_format(ctype, uri, body[:4096])
+    out.update(content_type=ctype.split(";")[0].strip().lower(), format=fmt)
+    if fmt is None:
+        return out
+    dec = decode_page(body, charset.group(1) if charset else None, html=fmt == "html")
+    if fmt == "html":
+        out["html"] = remove_encoding_declarations(dec.text)
+    else:
+        out["body"] = dec.text
+    out.update(encoding=dec.encoding, encoding_source=dec.source)
+    return out
 
 
 def dechunk(body: bytes) -> bytes:
@@ -217,7 +435,9 @@ def read_html_files(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         except OSError as e:
             yield {"source": path, "_reject": "unreadable", "_detail": str(e)}
             continue
-        yield {"source": path, "html": decode_html(body)}
+        dec = decode_page(body)
+        yield {"source": path, "html": remove_encoding_declarations(dec.text), "encoding": dec.encoding,
+               "encoding_source": dec.source}
 
 
 # ---- writers -------------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ attributes, LaTeX in image ``alt`` text and LaTeX-image-service URLs (codecogs, 
 raw ``$…$`` / ``\\(…\\)`` in text are protected the same way. The page is then rendered with lynx (layout-aware:
 tables, lists and ``<pre>`` keep their shape; run with a timeout and killed on hang) or, when lynx is absent, a
 pure-Python renderer, and the tokens are replaced by ``$…$`` / ``$$…$$`` — so lynx never wraps a formula.
+
+Parsing is robust to what real pages do: encoding declarations are removed from the (already decoded) text so
+neither lxml nor lynx decodes it a second time (XHTML's ``<?xml … encoding=…?>`` made lxml refuse the page), and
+pages nested deeper than libxml2's limit are flattened beyond a depth instead of losing everything after it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
 
+from refinery.data.io import remove_encoding_declarations
 from refinery.data.math_web.mathml import convert, tex_annotation
 
 TOKEN = "MATHPHX{:06d}X"
@@ -30,6 +35,8 @@ LATEX_SERVICES = ("codecogs.com", "wp.com/latex.php", "latex.php", "chart.apis.g
 RAW_MATH = re.compile(r"(\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\$\w])\$(?=\S)[^$\n]{1,400}?(?<=\S)\$(?!\w))",
                       re.S)
 _LATEXISH = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d|_\d|\\[{}()\[\]]")
+LIBXML_MAX_DEPTH = 2048  # libxml2's nesting limit with huge_tree (256 without): deeper content is silently lost
+FLATTEN_DEPTH = 1000  # pages that reach the limit are re-parsed with tags beyond this depth unwrapped
 
 
 @dataclass
@@ -80,6 +87,96 @@ def tex_from_url(src: str) -> str | None:
     return None
 
 
+def _local(tag) -> str:
+    """An element's local name: ``{ns}math`` and XHTML's prefixed ``m:math`` are both ``math``."""
+    return tag.split("}")[-1].split(":")[-1] if isinstance(tag, str) else ""
+
+
+# ---- parsing -------------------------------------------------------------------------------------------------
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track",
+         "wbr", "basefont", "bgsound", "frame", "keygen", "isindex"}
+_RAW_TEXT = {"script", "style", "textarea", "title", "xmp", "plaintext"}
+_KEEP_WHOLE = {"math", "m:math", "pre", "svg", "mjx-container"}  # never unwrapped, even when deep
+_TAG = re.compile(r"""<!--.*?(?:-->|$)|<(/?)([A-Za-z][^\s/>]*)((?:[^>"']|"[^"]*"|'[^']*')*)>""", re.S)
+_CLOSES_SIBLING = {"p": {"p"}, "li": {"li"}, "dt": {"dt", "dd"}, "dd": {"dt", "dd"}, "option": {"option"},
+                   "tr": {"tr", "td", "th"}, "td": {"td", "th"}, "th": {"td", "th"}}
+
+
+def flatten_deep(html: str, max_depth: int = FLATTEN_DEPTH) -> str:
+    """The HTML with every tag that would open beyond ``max_depth`` (and its end tag) removed — block tags become
+    ``<br>`` so lines stay apart — and the text kept. Math, tables, ``<pre>`` and raw-text elements are kept whole.
+    Depth is counted on the tag stream (end tags close up to their match; ``<p>``/``<li>``/cells close their open
+    siblings), which never undercounts what libxml2 builds."""
+    out: list[tuple[int, int, str]] = []
+    stack: list[tuple[str, bool]] = []  # (tag, kept) of every open element, dropped ones included
+    depth = pos = 0  # depth: kept elements open
+    for m in _TAG.finditer(html):
+        if m.start() < pos:  # inside a raw-text element already copied
+            continue
+        closing, name = m.group(1), m.group(2).lower()
+        if m.group(0).startswith("<!--") or name in _VOID:
+            continue
+        if not closing:
+            if name in _RAW_TEXT or name in _KEEP_WHOLE:
+                end = re.compile(rf"</{re.escape(name)}\s*>", re.I).search(html, m.end())
+                if name in _RAW_TEXT or end is not None:
+                    pos = end.end() if end else len(html)
+                    continue
+            sib = _CLOSES_SIBLING.get(name)
+            if sib and stack and stack[-1][0] in sib:
+                depth -= stack.pop()[1]
+            if m.group(3).rstrip().endswith("/"):
+                continue
+            keep = depth < max_depth
+            stack.append((name, keep))
+            depth += keep
+            if not keep:
+                out.append((m.start(), m.end(), "<br>" if name in BLOCKS else ""))
+            continue
+        i = next((k for k in range(len(stack) - 1, -1, -1) if stack[k][0] == name), None)
+        if i is None:
+            continue
+        kept = stack[i][1]
+        depth -= sum(k for _, k in stack[i:])
+        del stack[i:]
+        if not kept:
+            out.append((m.start(), m.end(), "<br>" if name in BLOCKS else ""))
+    if not out:
+        return html
+    parts, last = [], 0
+    for a, b, sub in out:
+        parts += [html[last:a], sub]
+        last = b
+    return "".join(parts) + html[last:]
+
+
+def _depth(root) -> int:
+    from lxml import etree
+
+    depth = best = 0
+    for event, _ in etree.iterwalk(root, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        best = max(best, depth)
+    return best
+
+
+def parse_html(html: str):
+    """A decoded page → its lxml document root (None when nothing parses): encoding declarations removed, libxml2's
+    ``huge_tree`` on, and a page that reaches libxml2's depth limit re-parsed from :func:`flatten_deep`."""
+    import lxml.html
+    from lxml import etree
+
+    html = remove_encoding_declarations(html)
+    parser = lxml.html.HTMLParser(huge_tree=True)
+    try:
+        root = lxml.html.document_fromstring(html, parser=parser)
+        if html.count("<") > LIBXML_MAX_DEPTH - 8 and _depth(root) >= LIBXML_MAX_DEPTH - 8:
+            root = lxml.html.document_fromstring(flatten_deep(html), parser=parser)
+    except (etree.ParserError, ValueError):
+        return None
+    return root
+
+
 def _classes(el) -> set[str]:
     return set((el.get("class") or "").split())
 
@@ -105,14 +202,12 @@ def _drop(el) -> None:
 def rewrite_math(html: str) -> Rewritten:
     """The page with every math element replaced by a placeholder token, and the formulas in page order."""
     import lxml.html
-    from lxml import etree
 
     out = Rewritten(html="")
     if not html or not html.strip():
         return out
-    try:
-        root = lxml.html.document_fromstring(html)
-    except (etree.ParserError, ValueError):
+    root = parse_html(html)
+    if root is None:
         return out
     formulas = out.formulas
 
@@ -125,7 +220,8 @@ def rewrite_math(html: str) -> Rewritten:
     scripts = [s for s in root.iter("script") if (s.get("type") or "").lower().startswith("math/tex")]
     for s in scripts:
         display = "mode=display" in (s.get("type") or "").lower()
-        _replace(s, token(s.text or "", display, "mathjax"))
+        tex = re.sub(r"^\s*(?://\s*)?<!\[CDATA\[|(?://\s*)?\]\]>\s*$", "", s.text or "")  # XHTML wraps it
+        _replace(s, token(tex, display, "mathjax"))
     if scripts:
         for el in [e for e in root.iter() if isinstance(e.tag, str) and _classes(e) & MATHJAX_RENDERED]:
             if el.getparent() is not None:
@@ -134,7 +230,7 @@ def rewrite_math(html: str) -> Rewritten:
     for el in list(root.iter("mjx-container")):
         if el.getparent() is None:
             continue
-        maths = [m for m in el.iter() if isinstance(m.tag, str) and m.tag.split("}")[-1] == "math"]
+        maths = [m for m in el.iter() if _local(m.tag) == "math"]
         if maths:
             tex = tex_annotation(maths[0]) or convert(maths[0])
             _replace(el, token(tex, el.get("display") == "true", "mathjax3"))
@@ -153,10 +249,9 @@ def rewrite_math(html: str) -> Rewritten:
     # 4. MathML (Wikipedia hides a fallback image next to each <math>: the image goes, the MathML stays).
     for img in [i for i in root.iter("img") if any(c.startswith("mwe-math-fallback") for c in _classes(i))]:
         parent = img.getparent()
-        if parent is not None and any(isinstance(m.tag, str) and m.tag.split("}")[-1] == "math"
-                                      for m in parent.iter()):
+        if parent is not None and any(_local(m.tag) == "math" for m in parent.iter()):
             _drop(img)
-    for m in [e for e in root.iter() if isinstance(e.tag, str) and e.tag.split("}")[-1] == "math"]:
+    for m in [e for e in root.iter() if _local(e.tag) == "math"]:
         if m.getparent() is None:
             continue
         tex = tex_annotation(m)
@@ -256,13 +351,10 @@ BLOCKS = {"p", "div", "section", "article", "main", "header", "footer", "nav", "
 
 def render_python(html: str) -> str:
     """A small layout-aware renderer for machines without lynx: blocks on their own lines, list bullets,
-    table cells separated by `` | ``, ``<pre>`` verbatim, headings underlined."""
-    import lxml.html
-    from lxml import etree
-
-    try:
-        root = lxml.html.document_fromstring(html)
-    except (etree.ParserError, ValueError):
+    table cells separated by `` | ``, ``<pre>`` verbatim, headings underlined. Iterative: any depth lxml builds
+    renders."""
+    root = parse_html(html)
+    if root is None:
         return ""
     lines: list[str] = []
     cur: list[str] = []
@@ -273,14 +365,17 @@ def render_python(html: str) -> str:
         if text:
             lines.append(text)
 
-    def walk(el, depth=0):
-        tag = el.tag if isinstance(el.tag, str) else ""
+    def enter(el, depth) -> bool:
+        """Open ``el``; False when its children are not to be walked."""
+        if not isinstance(el.tag, str):  # comments, processing instructions: only their tail is text
+            return False
+        tag = el.tag
         if tag in ("script", "style", "head", "title", "noscript", "template"):
-            return
+            return False
         if tag == "pre":
             flush()
             lines.append(el.text_content().rstrip("\n"))
-            return
+            return False
         if tag in BLOCKS:
             flush()
         if tag == "li":
@@ -289,12 +384,10 @@ def render_python(html: str) -> str:
             cur.append(f"[{el.get('alt')}]")
         if el.text:
             cur.append(el.text)
-        for child in el:
-            walk(child, depth + (tag in ("ul", "ol")))
-            if tag == "tr" and child.tag in ("td", "th"):
-                cur.append(" | ")
-            if child.tail:
-                cur.append(child.tail)
+        return True
+
+    def leave(el):
+        tag = el.tag if isinstance(el.tag, str) else ""
         if tag in BLOCKS:
             flush()
             if tag in ("h1", "h2", "h3") and lines:
@@ -302,7 +395,28 @@ def render_python(html: str) -> str:
         if tag in ("p", "h1", "h2", "h3", "h4", "table", "pre", "ul", "ol", "blockquote"):
             lines.append("")
 
-    walk(root)
+    def after_child(parent, child):
+        if parent.tag == "tr" and child.tag in ("td", "th"):
+            cur.append(" | ")
+        if child.tail:
+            cur.append(child.tail)
+
+    stack: list[tuple] = [("enter", root, 0)]
+    while stack:
+        op, el, *rest = stack.pop()
+        if op == "enter":
+            depth = rest[0]
+            if not enter(el, depth):
+                continue
+            stack.append(("leave", el))
+            sub = depth + (el.tag in ("ul", "ol"))
+            for child in reversed(el):
+                stack.append(("after", el, child))
+                stack.append(("enter", child, sub))
+        elif op == "after":
+            after_child(el, rest[0])
+        else:
+            leave(el)
     flush()
     return "\n".join(lines)
 

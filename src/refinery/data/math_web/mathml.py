@@ -33,7 +33,7 @@ ACCENTS = {"^": r"\hat", "ˆ": r"\hat", "¯": r"\overline", "‾": r"\overline",
 
 
 def _local(tag) -> str:
-    return tag.split("}")[-1].lower() if isinstance(tag, str) else ""
+    return tag.split("}")[-1].split(":")[-1].lower() if isinstance(tag, str) else ""  # {ns}mi, XHTML's m:mi
 
 
 def _sym(text: str) -> str:

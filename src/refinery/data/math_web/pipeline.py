@@ -23,7 +23,19 @@ class ExtractConfig(Section):
     timeout: float = Field(20.0, gt=0, description="seconds before a hung lynx is killed (the page is rejected)")
     min_chars: int = Field(50, ge=0, description="pages with less text are dropped (empty_text)")
     require_math: bool = Field(False, description="drop pages without any formula (no_math)")
-    keep_html: bool = Field(False, description="keep the raw html field in the output")
+    keep_html: bool = Field(False, description="keep the raw html (or body) field in the output")
+    http_status: list[int] = Field([200], description="WARC responses with another HTTP status are rejected "
+                                                      "(http_status_<code>); [] keeps every status; records "
+                                                      "without one (HTML files, JSONL) always pass")
+    formats: list[Literal["html", "text", "tex", "ipynb"]] = Field(
+        ["html", "text", "tex", "ipynb"], description="page formats extracted: HTML/XHTML, text/plain, LaTeX "
+                                                      "(.tex, application/x-tex) and Jupyter notebooks (.ipynb), "
+                                                      "the last three as text with their LaTeX as-is; any other "
+                                                      "content type is rejected (unsupported_content_type:<mime>)")
+    notebook_code: bool = Field(True, description="keep notebook code cells (fenced) next to the markdown cells")
+    max_replacement_ratio: float = Field(0.01, ge=0, le=1, description="pages whose decoded text is more than this "
+                                                                       "fraction U+FFFD (undecodable bytes) are "
+                                                                       "rejected (decode_error)")
 
 
 class CleanupConfig(GeneratorSection):
@@ -88,28 +100,68 @@ class MathCCConfig(DataRunConfig):
 
 # ---- stages --------------------------------------------------------------------------------------------------
 class Extract(Stage):
-    name, adds = "extract", ("text", "formulas", "formula_sources", "renderer")
+    """Page → text with its math as LaTeX. HTML goes through the math rewrite and a renderer; text, LaTeX and
+    notebook payloads (from WARC records) are taken as text. Every record comes out kept or rejected with a reason:
+    ``http_status_<code>``, ``unsupported_content_type:<mime>``, ``no_html``, ``bad_notebook``, ``decode_error``,
+    ``render_failed``, ``empty_text``, ``no_math``."""
+
+    name, adds = "extract", ("text", "formulas", "formula_sources", "renderer", "format")
 
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
 
+    def _refusal(self, rec: Record) -> tuple[str, str | None] | None:
+        from refinery.data.io import content_type_reason
+
+        status = rec.get("http_status")
+        if status is not None and self.cfg.http_status and status not in self.cfg.http_status:
+            return f"http_status_{status}", None
+        fmt = rec.get("format") or ("html" if "html" in rec else None)
+        if fmt is None and "content_type" in rec:
+            return content_type_reason(rec["content_type"]), None
+        if fmt not in (None, *self.cfg.formats):
+            return content_type_reason(rec.get("content_type") or fmt), f"format {fmt} is not in extract.formats"
+        payload = rec.get("body" if fmt in ("text", "tex", "ipynb") else "html")
+        if not isinstance(payload, str):
+            return ("no_html", "record has no 'html' string") if fmt in (None, "html") else \
+                ("no_body", f"{fmt} record has no 'body' string")
+        if payload and payload.count("\ufffd") > self.cfg.max_replacement_ratio * len(payload):
+            return "decode_error", (f"{payload.count(chr(0xFFFD))} of {len(payload)} characters undecodable "
+                                    f"(decoded as {rec.get('encoding', '?')})")
+        return None
+
+    def _extract(self, rec: Record) -> dict:
+        from refinery.data.math_web.formats import count_math, notebook_text, plain_text
+        from refinery.data.math_web.html import extract_math_text
+
+        fmt = rec.get("format") or "html"
+        if fmt == "html":
+            return extract_math_text(rec["html"], self.cfg.renderer, self.cfg.width, self.cfg.timeout)
+        text = notebook_text(rec["body"], self.cfg.notebook_code) if fmt == "ipynb" else plain_text(rec["body"])
+        n = count_math(text)
+        return {"text": text, "formulas": n, "formula_sources": {"raw": n} if n else {}, "renderer": None}
+
     def process(self, records: list[Record]) -> list[Record]:
-        from refinery.data.math_web.html import RenderError, extract_math_text
+        from refinery.data.math_web.formats import NotebookError
+        from refinery.data.math_web.html import RenderError
 
         out = []
         for rec in records:
-            html = rec.get("html")
-            if not isinstance(html, str):
-                out.append(reject(rec, "no_html", "record has no 'html' string"))
+            refusal = self._refusal(rec)
+            if refusal:
+                out.append(reject({k: v for k, v in rec.items() if k != "body"}, *refusal))
                 continue
             try:
-                r = extract_math_text(html, self.cfg.renderer, self.cfg.width, self.cfg.timeout)
+                r = self._extract(rec)
             except RenderError as e:
                 out.append(reject(rec, "render_failed", str(e)))
                 continue
-            new = {k: v for k, v in rec.items() if k != "html" or self.cfg.keep_html}
+            except NotebookError as e:
+                out.append(reject({k: v for k, v in rec.items() if k != "body"}, "bad_notebook", str(e)))
+                continue
+            new = {k: v for k, v in rec.items() if k not in ("html", "body") or self.cfg.keep_html}
             new.update(text=r["text"], formulas=r["formulas"], formula_sources=r["formula_sources"],
-                       renderer=r["renderer"])
+                       renderer=r["renderer"], format=rec.get("format") or "html")
             if len(r["text"].strip()) < self.cfg.min_chars:
                 out.append(reject(new, "empty_text"))
             elif self.cfg.require_math and not r["formulas"]:
