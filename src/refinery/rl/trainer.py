@@ -4,24 +4,38 @@ One step reads top to bottom: pick prompts (stage schedule, difficulty filter) -
 temperature and length budget -> rewards from verifiers -> dynamic sampling refills uninformative groups ->
 advantages -> old/ref logprobs -> one or more clipped updates -> controllers (temperature, curriculum, reference
 reset) -> metrics, evaluation, checkpoint.
+
+Under torchrun (WORLD_SIZE > 1) the same step runs on N ranks (verl/NeMo-RL "hybrid engine"): the policy and the
+KL reference are sharded with FSDP2; each rank keeps an unsharded inference copy of the policy, refreshed from the
+shards after every update, and generates and scores ITS block of the step's prompts (every rank draws the same
+prompt list). The scored groups (token ids, rewards) are gathered on every rank, so dynamic sampling, advantages,
+pass-rate statistics and the controllers see the global batch and decide identically on every rank; each
+mini-batch's rows are then split across ranks, every rank making the same number of forward/backward passes, its
+losses normalised by the mini-batch's global denominator (FSDP2 sums the ranks' gradients). Rank 0 evaluates (on
+its inference copy) and writes the run; checkpoints are sharded DCP checkpoints that resume on any number of ranks.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from refinery.engine import dist
 from refinery.engine.accum import accumulate, denominator, micro_batches
-from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak, resolve_device
+from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak
 from refinery.errors import TrainingError
 from refinery.generation import SamplingParams
-from refinery.generation.hf import HFGenerator
+from refinery.generation.hf import HFGenerator, row_seed
 from refinery.progress import StepBar
 from refinery.rl.advantages import compute_advantages
 from refinery.rl.batch import make_batch, response_logprobs
@@ -128,6 +142,25 @@ def bootstrap_policy(cfg: RLConfig, progress: bool = True) -> Path:
     return cached_pretrain(cfg.policy.bootstrap, cfg.seed if cfg.policy.seed is None else cfg.policy.seed, progress)
 
 
+_DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE")
+
+
+def _bootstrap_distributed(cfg: RLConfig, main: bool) -> Path:
+    """The bootstrap policy under torchrun: rank 0 builds it (when not cached yet) in a one-process child, outside
+    the job (the bootstrap is a run of its own), then every rank finds it in the cache."""
+    if main:
+        env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+        code = ("import sys; from refinery.rl.config import RLConfig; from refinery.rl.trainer import "
+                "bootstrap_policy; bootstrap_policy(RLConfig.model_validate_json(sys.stdin.read()), False)")
+        proc = subprocess.run([sys.executable, "-c", code], input=cfg.model_dump_json(), text=True, env=env,
+                              capture_output=True)
+        if proc.returncode:
+            raise TrainingError(f"building the bootstrap policy failed:\n{proc.stderr[-3000:]}")
+    dist.barrier()
+    return bootstrap_policy(cfg, False)
+
+
 # ---- evaluation ----------------------------------------------------------------------------------------------
 def evaluate(gen: HFGenerator, router: RewardRouter, items: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy held-out accuracy, overall and per task, scored by the same verifiers as the reward."""
@@ -145,21 +178,29 @@ class RLRun:
 
         self.cfg, self.run = cfg, run
         eng = cfg.engine
-        self.device = resolve_device(eng.device)
+        self.env = dist.init_distributed(eng.device)  # one process unless launched by torchrun
+        self.distributed = self.env.world_size > 1
+        self.device = self.env.device
         check_precision(eng.precision, self.device)
-        self.model = load_model(policy_dir).to(self.device)
+        # on one device bf16 is autocast over fp32 weights; under FSDP2 its mixed-precision policy casts instead
+        self.compute_precision = "fp32" if self.distributed else eng.precision
         self.tok = load_tokenizer(policy_dir)
-        self.model.train()
-        if eng.activation_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref = None
-        if cfg.algorithm.kl_coef > 0:
-            self.ref = copy.deepcopy(self.model).eval()
-            for p in self.ref.parameters():
-                p.requires_grad_(False)
+        if self.distributed:
+            self._init_sharded(load_model(policy_dir))
+        else:
+            self.model = load_model(policy_dir).to(self.device)
+            self.model.train()
+            if eng.activation_checkpointing:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.ref = None
+            if cfg.algorithm.kl_coef > 0:
+                self.ref = copy.deepcopy(self.model).eval()
+                for p in self.ref.parameters():
+                    p.requires_grad_(False)
+            self.infer = self.model  # one process: rollouts come from the training model itself
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.lr, betas=(0.9, 0.999),
                                      weight_decay=cfg.trainer.weight_decay)
-        self.gen = HFGenerator(self.model, self.tok, batch_size=cfg.rollout.batch_size, device=str(self.device))
+        self.gen = HFGenerator(self.infer, self.tok, batch_size=cfg.rollout.batch_size, device=str(self.device))
         self.router = RewardRouter(cfg.algorithm.format_weight, cfg.reward.path if cfg.reward.type == "reward_model"
                                    else None, cfg.reward.batch_size, format_required=cfg.algorithm.format_required)
         self.train_items, self.heldout, self.valid = load_items(cfg)
@@ -175,6 +216,54 @@ class RLRun:
         self.dropped: set[str] = set()
         self.pass_stats: dict[str, list[int]] = {}
         self.step_no = 0
+
+    def _init_sharded(self, model) -> None:
+        """FSDP2 policy and reference, and the policy's unsharded inference copy (the rollout engine).
+
+        The reference is sharded like the policy rather than kept whole on every rank: each rank already holds one
+        whole copy (the inference copy), a second would double that memory, while the sharded reference costs one
+        all-gather per layer in its (no-grad) scoring pass, which runs in lock-step with the policy's anyway. With
+        the same sharding a reference reset is a local copy of each rank's shards."""
+        cfg, eng = self.cfg, self.cfg.engine
+        self.infer = copy.deepcopy(model).to(self.device).eval()
+        for p in self.infer.parameters():
+            p.requires_grad_(False)
+        self.ref = None
+        if cfg.algorithm.kl_coef > 0:
+            ref = copy.deepcopy(model)
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            self.ref = dist.wrap_model(ref, self.env, eng.precision).eval()
+        if eng.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = dist.wrap_model(model, self.env, eng.precision)
+        self.model.train()
+
+    def refresh_inference(self) -> None:
+        """Load the sharded policy's full weights into the inference copy (every rank gathers them: with
+        ``cpu_offload=False`` the full state dict is materialised on every rank)."""
+        if not self.distributed:
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        self.infer.load_state_dict(full)
+        del full
+
+    def reset_reference(self) -> None:
+        """ProRL's hard reset: the reference becomes the current policy."""
+        if not self.distributed:
+            self.ref.load_state_dict(self.model.state_dict())
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in (self.ref, self.model):  # the root stays unsharded after a forward: back to the shards first
+            for sub in m.modules():
+                if isinstance(sub, FSDPModule):
+                    sub.reshard()
+        with torch.no_grad():  # same FSDP2 sharding on both: each rank copies its own shards
+            for r, p in zip(self.ref.parameters(), self.model.parameters(), strict=True):
+                r.to_local().copy_(p.to_local())
 
     # -- controllers' view --
     def temperature(self) -> float:
@@ -220,7 +309,27 @@ class RLRun:
                 "reset": self.reset.__dict__ if self.reset else None,
                 "dropped": sorted(self.dropped), "pass_stats": self.pass_stats}
 
+    def _trainer_extra(self) -> dict[str, Any]:
+        """The controllers' state as JSON (the ``extra`` of a sharded checkpoint)."""
+        return {"temperature": self.temp.temperature if self.temp else None,
+                "curriculum": self.curriculum.__dict__ if self.curriculum else None,
+                "reset": self.reset.__dict__ if self.reset else None,
+                "dropped": sorted(self.dropped), "pass_stats": self.pass_stats}
+
+    def _sharded_state(self) -> torch.nn.Module:
+        """Policy and reference under one root, so that one DCP checkpoint holds both (and the optimizer's state,
+        keyed by the policy's parameter names)."""
+        parts = {"policy": self.model}
+        if self.ref is not None:
+            parts["ref"] = self.ref
+        return torch.nn.ModuleDict(parts)
+
     def save(self, keep: int) -> None:
+        if self.distributed:  # every rank writes its shards; loads on any number of ranks
+            self.run.save_sharded_checkpoint(self.step_no, self._sharded_state(), self.opt,
+                                             extra=json.loads(json.dumps(self._trainer_extra())), keep=keep)
+            return
+
         def write(d: Path) -> None:
             self.model.save_pretrained(d)
             self.tok.save_pretrained(d)
@@ -231,6 +340,12 @@ class RLRun:
         from refinery.errors import CheckpointError
         from refinery.models.io import load_model
 
+        if (ckpt / "refinery_meta.json").exists():  # a sharded checkpoint, from any number of ranks
+            self._restore_sharded(ckpt)
+            return
+        if self.distributed:
+            raise CheckpointError(f"{ckpt} was written by one process (HF weights + trainer_state.pt); resume it "
+                                  "in one process, or start the multi-rank run afresh")
         try:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         except Exception as e:
@@ -248,6 +363,19 @@ class RLRun:
         self.dropped = set(state["dropped"])
         self.pass_stats = state["pass_stats"]
         self.step_no = checkpoint_step(ckpt)
+
+    def _restore_sharded(self, ckpt: Path) -> None:
+        step, extra = dist.load_sharded(ckpt, self._sharded_state(), self.opt)
+        if self.temp and extra.get("temperature") is not None:
+            self.temp.temperature = extra["temperature"]
+        if self.curriculum and extra.get("curriculum"):
+            self.curriculum.__dict__.update(extra["curriculum"])
+        if self.reset and extra.get("reset"):
+            self.reset.__dict__.update(extra["reset"])
+        self.dropped = set(extra.get("dropped") or [])
+        self.pass_stats = {k: list(v) for k, v in (extra.get("pass_stats") or {}).items()}
+        self.step_no = step
+        self.refresh_inference()
 
     # -- one step --
     def rollouts(self, step: int):
@@ -270,11 +398,14 @@ class RLRun:
                 break
             items = rng.sample(fresh, min(len(fresh), need if rounds == 0 else need * 2))
             used.update(it["id"] for it in items)
-            out = self.gen.generate([chat(it) for it in items],
-                                    params.model_copy(update={"seed": rng.randrange(2**31)}))
-            for k, it in enumerate(items):
-                comps = out[k * G:(k + 1) * G]
-                scored = self.router.group(it, [c.text for c in comps])
+            round_params = params.model_copy(update={"seed": rng.randrange(2**31)})
+            if self.distributed:
+                results = self._sharded_round(items, round_params)
+            else:
+                out = self.gen.generate([chat(it) for it in items], round_params)
+                results = [(out[k * G:(k + 1) * G], self.router.group(it, [c.text for c in out[k * G:(k + 1) * G]]))
+                           for k, it in enumerate(items)]
+            for it, (comps, scored) in zip(items, results):
                 rewards = torch.tensor([s[0] for s in scored])
                 correct = [s[1] for s in scored]
                 all_correct += correct
@@ -301,6 +432,27 @@ class RLRun:
                         "filtered_group_rate": dropped_groups / max(seen, 1),
                         "generated_tokens": gen_tokens, "rounds": rounds}
 
+    def _sharded_round(self, items: list[dict], params: SamplingParams) -> list[tuple[list, list]]:
+        """(completions, scores) of every item of one generation round: this rank samples and scores its block of
+        ``items`` on the inference copy, then all ranks exchange their results. Sample ``s`` of item ``k`` is
+        seeded by ``(round seed, k, s)`` as in one process, so the rollouts do not depend on the number of ranks
+        (and no two ranks share a random stream)."""
+        import torch.distributed as tdist
+
+        mine = dist.shard_rows(len(items), self.env.rank, self.env.world_size)
+        rows = self.gen.rows([chat(items[k]) for k in mine], params) if len(mine) else []
+        for r in rows:
+            r.seed = row_seed(params.seed, mine.start + r.index, r.sample)
+        out = self.gen.generate_rows(rows) if rows else []
+        G = params.n
+        local = []
+        for j, k in enumerate(mine):
+            comps = out[j * G:(j + 1) * G]
+            local.append((comps, self.router.group(items[k], [c.text for c in comps])))
+        gathered: list = [None] * self.env.world_size
+        tdist.all_gather_object(gathered, local)  # rank order is item order: shard_rows blocks are contiguous
+        return [res for part in gathered for res in part]
+
     def update(self, groups) -> dict[str, float]:
         cfg, alg = self.cfg, self.cfg.algorithm
         T = self.temperature()
@@ -325,13 +477,20 @@ class RLRun:
         multi = len(chunks) * cfg.trainer.epochs > 1
         eng, dev = cfg.engine, self.device
         reset_peak(dev)
+        full_chunks = chunks
+        if self.distributed:  # this rank's rows of every mini-batch
+            chunks = [c[self._my_rows(len(c))] for c in chunks]
         with torch.no_grad():
-            old = self._score(self.model, batch, T) if multi else None
-            ref = self._score(self.ref, batch, T) if self.ref is not None else None
+            if self.distributed:
+                old = self._score_rows(self.model, batch, T, chunks, full_chunks) if multi else None
+                ref = self._score_rows(self.ref, batch, T, chunks, full_chunks) if self.ref is not None else None
+            else:
+                old = self._score(self.model, batch, T) if multi else None
+                ref = self._score(self.ref, batch, T) if self.ref is not None else None
         mask_d, advs_d = mask.to(dev), advs_t.to(dev)
 
         def loss_fn(rows: torch.Tensor):
-            with autocast(eng.precision, dev):
+            with autocast(self.compute_precision, dev):
                 logp, ent = response_logprobs(self.model, batch, T, rows=rows, with_entropy=True,
                                               entropy_grad=alg.entropy_coef > 0, chunk_tokens=eng.logprob_chunk_tokens)
             rd = rows.to(dev)
@@ -347,6 +506,8 @@ class RLRun:
         stats: dict[str, list[float]] = {}
         for g in self.opt.param_groups:
             g["lr"] = self.lr()
+        if self.distributed:
+            return self._update_sharded(loss_fn, chunks, full_chunks, mask, resp_ids, truncated_t)
         for _ in range(cfg.trainer.epochs):
             for chunk in chunks:
                 self.opt.zero_grad(set_to_none=True)
@@ -365,10 +526,86 @@ class RLRun:
         out["peak_memory_mb"] = round(peak_memory_mb(dev), 1)
         return out
 
+    # -- the update on several ranks --
+    def _my_rows(self, n: int) -> slice:
+        s = dist.shard_rows(n, self.env.rank, self.env.world_size)
+        return slice(s.start, s.stop)
+
+    def _lockstep(self, local: torch.Tensor, n: int) -> tuple[list[torch.Tensor], int]:
+        """This rank's micro-batches of its ``local`` rows (of ``n`` rows over all ranks) and how many empty passes
+        to add: under FSDP2 every rank must make the same number of forward/backward passes (each one is
+        all-gathers and reduce-scatters), and blocks differ by a row from rank to rank."""
+        micro = self.cfg.engine.micro_batch_rows
+        pieces = [p for p in micro_batches(local, micro) if len(p)]
+        most = math.ceil(n / self.env.world_size)  # the largest rank's block
+        return pieces, (math.ceil(most / micro) if micro else 1) - len(pieces)
+
+    def _score_rows(self, model, batch, T: float, chunks: list[torch.Tensor],
+                    full_chunks: list[torch.Tensor]) -> torch.Tensor:
+        """Log-probs of this rank's rows of each mini-batch under ``model``, as a ``[len(batch), T]`` tensor (other
+        ranks' rows zero), in the same number of passes on every rank."""
+        eng = self.cfg.engine
+        out = torch.zeros(batch.mask.shape, device=self.device)
+        with autocast(self.compute_precision, self.device):
+            for chunk, full in zip(chunks, full_chunks):
+                pieces, pad = self._lockstep(chunk, len(full))
+                for r in pieces:
+                    out[r.to(self.device)] = response_logprobs(model, batch, T, rows=r,
+                                                               chunk_tokens=eng.logprob_chunk_tokens)[0].float()
+                for _ in range(pad):  # an idle rank still joins the collectives
+                    response_logprobs(model, batch, T, rows=full[:1], chunk_tokens=eng.logprob_chunk_tokens)
+        return out
+
+    def _update_sharded(self, loss_fn, chunks: list[torch.Tensor], full_chunks: list[torch.Tensor],
+                        mask: torch.Tensor, resp_ids: list, truncated_t: torch.Tensor) -> dict[str, float]:
+        """The mini-batch updates with each mini-batch's rows split across ranks: the same number of optimizer
+        steps and passes on every rank, each rank's losses weighted by the mini-batch's global denominator (the sum
+        over ranks of theirs), so the summed gradient is the one-process gradient of the whole mini-batch."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.trainer.epochs):
+            for chunk, full in zip(chunks, full_chunks):
+                self.opt.zero_grad(set_to_none=True)
+                pieces, pad = self._lockstep(chunk, len(full))
+                # every rank holds the whole batch's mask: this is all_reduce_sum of the ranks' own denominators
+                total = denominator(mask[full], alg.loss_agg)
+                st = accumulate(loss_fn, pieces, mask, alg.loss_agg, global_denominator=total) if pieces else {}
+                for _ in range(pad):  # zero-weight pass on one row: this rank joins the collectives
+                    loss, extra = loss_fn(full[:1])
+                    (loss * 0.0).backward()
+                    st = {k: st.get(k, 0.0) for k in ["loss", *extra]} | st
+                keys = sorted(st)
+                summed = dist.all_reduce_sum(torch.tensor([st[k] for k in keys], dtype=torch.float64))
+                if cfg.trainer.grad_clip:
+                    self._clip(cfg.trainer.grad_clip)
+                self.opt.step()
+                for k, v in zip(keys, summed.tolist()):
+                    stats.setdefault(k, []).append(v)
+        self.refresh_inference()
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["response_length"] = float(torch.tensor([len(r) for r in resp_ids], dtype=torch.float).mean())
+        out["truncation_rate"] = float(truncated_t.float().mean())
+        out["samples"] = len(resp_ids)
+        peak = torch.tensor([peak_memory_mb(self.device)], dtype=torch.float64)
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        out["peak_memory_mb"] = round(float(peak.item()), 1)  # the largest rank's
+        return out
+
+    def _clip(self, max_norm: float) -> float:
+        """Global grad-norm clipping over the sharded gradients (their norm is a DTensor: made whole first)."""
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+        if isinstance(total, DTensor):
+            total = total.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return float(total)
+
     def _score(self, model, batch, T: float) -> torch.Tensor:
         """Log-probs of every row under ``model`` (old policy, reference), a micro-batch at a time."""
         eng = self.cfg.engine
-        with autocast(eng.precision, self.device):
+        with autocast(self.compute_precision, self.device):
             return torch.cat([response_logprobs(model, batch, T, rows=r, chunk_tokens=eng.logprob_chunk_tokens)[0]
                               for r in micro_batches(torch.arange(len(batch)), eng.micro_batch_rows)])
 
@@ -399,22 +636,41 @@ class RLRun:
         return row
 
 
+def _broadcast(value, env):
+    """Rank 0's ``value`` on every rank (itself in one process)."""
+    if env.world_size <= 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int | None = None,
              console=None) -> dict:
-    """Run RL per ``cfg`` into ``run`` (resuming from its latest checkpoint); returns the summary."""
-    torch.set_num_threads(cfg.trainer.threads or os.cpu_count() or 1)
+    """Run RL per ``cfg`` into ``run`` (resuming from its latest checkpoint); returns the summary. Under torchrun
+    every rank calls it with the same ``run`` directory; rank 0 alone writes there."""
+    env = dist.init_distributed(cfg.engine.device)
+    main = env.is_main
+    torch.set_num_threads(cfg.trainer.threads or max(1, (os.cpu_count() or 1) // env.world_size))
     torch.manual_seed(cfg.seed)
-    policy_dir = Path(cfg.policy.path) if cfg.policy.path else bootstrap_policy(cfg, progress)
+    progress = progress and main
+    if cfg.policy.path:
+        policy_dir = Path(cfg.policy.path)
+    elif env.world_size > 1:
+        policy_dir = _bootstrap_distributed(cfg, main)
+    else:
+        policy_dir = bootstrap_policy(cfg, progress)
     state = RLRun(cfg, run, policy_dir)
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
         state.restore(ckpt)
-        run.truncate_metrics(state.step_no)
+        if main:
+            run.truncate_metrics(state.step_no)
     summary = run.summary()
     # mid-run evaluations (and the reference reset's patience) read the validation split, never the reported set
     n_eval = min(cfg.trainer.eval_prompts, len(state.valid))
     eval_subset = random.Random(cfg.seed).sample(state.valid, n_eval)
-    if "rl.accuracy_before" not in summary:
+    if "rl.accuracy_before" not in summary and main:  # rank 0 evaluates on its (whole) inference copy
         before = evaluate(state.gen, state.router, state.heldout, cfg.eval.max_new_tokens)
         run.write_summary({f"rl.{k}_before": round(v, 4) for k, v in before.items()} |
                           {"rl.accuracy_before": round(before.get("accuracy", 0.0), 4),
@@ -428,27 +684,37 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
             done = step + 1
             val = None
             if eval_subset and (done % cfg.trainer.eval_every == 0 or done == cfg.trainer.steps):
-                val = evaluate(state.gen, state.router, eval_subset, cfg.eval.max_new_tokens).get("accuracy")
+                if main:
+                    val = evaluate(state.gen, state.router, eval_subset, cfg.eval.max_new_tokens).get("accuracy")
+                val = _broadcast(val, env)  # the reference reset's patience reads it on every rank
                 row["valid_accuracy"] = val
             if state.reset is not None:
                 why = state.reset.check(done, val, row.get("kl"))
                 if why:
-                    state.ref.load_state_dict(state.model.state_dict())
+                    state.reset_reference()
                     if cfg.controllers.reference_reset.reset_optimizer:
                         state.opt.state.clear()
                     row["reference_reset"] = why
-            run.log_metrics(done, **row)
+            if main:
+                run.log_metrics(done, **row)
             if done % cfg.trainer.checkpoint_every == 0 or done == cfg.trainer.steps:
                 state.save(cfg.trainer.keep_checkpoints)
             bar.update(done, row)
             if stop_after is not None and done >= stop_after and done < cfg.trainer.steps:
+                dist.barrier()
                 return run.summary()
     finally:
         bar.close()
         state.router.close()
+    if env.world_size > 1:  # one consolidated HF checkpoint, gathered from the shards and written by rank 0
+        dist.export_hf(state.model, state.tok, run.path / "model")
+        if not main:
+            dist.barrier()  # rank 0 evaluates and writes the run
+            return run.summary()
     after = evaluate(state.gen, state.router, state.heldout, cfg.eval.max_new_tokens)
-    state.model.save_pretrained(run.path / "model")
-    state.tok.save_pretrained(run.path / "model")
+    if env.world_size <= 1:
+        state.model.save_pretrained(run.path / "model")
+        state.tok.save_pretrained(run.path / "model")
     rows = run.metrics()
     resets = [r for r in rows if "reference_reset" in r]
     run.write_summary({f"rl.{k}_after": round(v, 4) for k, v in after.items()} | {
@@ -457,6 +723,8 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
         "rl.train_seconds": round(time.time() - t_start, 1),
         "rl.reference_resets": len(resets),
         "rl.final_temperature": round(state.temperature(), 4),
+        "world_size": env.world_size,
+        "precision": cfg.engine.precision,
     })
     summary = run.summary()
     summary["accuracy_before"], summary["accuracy_after"] = summary["rl.accuracy_before"], summary["rl.accuracy_after"]
@@ -470,6 +738,7 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
                         title=cfg.name)
     run.write_report(render_report(cfg, run, plot))
     run.finish()
+    dist.barrier()  # the other ranks return once rank 0 has written the run
     return run.summary()
 
 
