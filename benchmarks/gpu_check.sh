@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh            # all sections
 #   bash benchmarks/gpu_check.sh sparsity   # 2:4 only (about 1-2 minutes on one H100)
+#   bash benchmarks/gpu_check.sh engine     # training engine: memory, tokens/s, MFU, TRL side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -63,4 +64,12 @@ print(f"decode batch 16, prompt 128, 64 new tokens, {n} Linears 2:4: dense {dens
       f"speed-up {dense_s / sparse_s:.2f}x, tokens identical {agree:.1%}")
 EOF
   "$PY" -m pytest tests/compression -q -m gpu
+fi
+
+if [[ "$SECTION" == all || "$SECTION" == engine ]]; then
+  echo "== engine: CUDA tests, peak memory vs full logits, SFT / RL-update tokens/s and MFU (Qwen2-0.5B shape) =="
+  "$PY" -m pytest tests/engine tests/rl/test_trainer.py -q -k "cuda or engine" || true
+  # H100/H200: the issue's size fits the full-logits path only on the larger card; 4 rows keep it under 80 GB
+  timeout 240 "$PY" benchmarks/bench_memory.py --rows 4 --tokens 4096 || true
+  timeout 240 "$PY" benchmarks/bench_engine_gpu.py --shape qwen2-0.5b --tokens 4096 --rows 4 --trl || true
 fi

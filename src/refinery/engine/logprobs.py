@@ -67,7 +67,7 @@ def lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: int
     shifts them), and their count: ``model(input_ids, labels=labels).loss == sum / count``, without the
     ``[batch, time, vocab]`` logits."""
     _, head, softcap = split_head(model)
-    hidden = last_hidden(model, input_ids=input_ids, attention_mask=attention_mask)[:, :-1]
+    hidden = last_hidden(model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[:, :-1]
     target = labels[:, 1:]
     keep = target != -100
     logp, _ = token_logprobs(hidden[keep], head, target[keep], 1.0, chunk, softcap=softcap)

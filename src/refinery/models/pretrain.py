@@ -308,7 +308,13 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
 
     from refinery.engine import dist
     from refinery.engine.accum import accumulate, micro_batches
-    from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak
+    from refinery.engine.device import (
+        autocast,
+        check_precision,
+        enable_activation_checkpointing,
+        peak_memory_mb,
+        reset_peak,
+    )
     from refinery.engine.logprobs import lm_loss_sum
     from refinery.models.io import load_model, load_tokenizer
 
@@ -352,7 +358,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     model = load_model(ckpt if ckpt is not None and not sharded else init_dir)
     n_params = count_parameters(model)
     if eng.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     # FSDP2 per decoder layer under torchrun (bf16 through its mixed-precision policy); the model itself otherwise
     model = dist.wrap_model(model, env, eng.precision)
     model.train()

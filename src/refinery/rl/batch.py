@@ -54,7 +54,10 @@ def _cache_kwarg(module) -> str:
 def _checkpointing_active(model) -> bool:
     # transformers drops the KV cache inside checkpointed layers (training mode, grad enabled): the shared-prompt
     # path would silently score responses without their prompt, so it must not run then
-    return bool(getattr(model, "is_gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
+    on = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x; the old name warns there
+    if on is None:
+        on = getattr(model, "is_gradient_checkpointing", False)
+    return bool(on) and model.training and torch.is_grad_enabled()
 
 
 def _hidden_shared_prompt(model, batch: RolloutBatch, rows: torch.Tensor, device) -> torch.Tensor:
