@@ -32,7 +32,13 @@ import torch
 
 from refinery.engine import dist
 from refinery.engine.accum import accumulate, denominator, micro_batches
-from refinery.engine.device import autocast, check_precision, peak_memory_mb, reset_peak
+from refinery.engine.device import (
+    autocast,
+    check_precision,
+    enable_activation_checkpointing,
+    peak_memory_mb,
+    reset_peak,
+)
 from refinery.errors import TrainingError
 from refinery.generation import SamplingParams
 from refinery.generation.hf import HFGenerator, row_seed
@@ -191,7 +197,7 @@ class RLRun:
             self.model = load_model(policy_dir).to(self.device)
             self.model.train()
             if eng.activation_checkpointing:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable_activation_checkpointing(self.model)
             self.ref = None
             if cfg.algorithm.kl_coef > 0:
                 self.ref = copy.deepcopy(self.model).eval()
@@ -235,7 +241,7 @@ class RLRun:
                 p.requires_grad_(False)
             self.ref = dist.wrap_model(ref, self.env, eng.precision).eval()
         if eng.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         self.model = dist.wrap_model(model, self.env, eng.precision)
         self.model.train()
 
