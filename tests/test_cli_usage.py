@@ -23,7 +23,7 @@ def run_script(*args: str):
 
 
 @pytest.mark.parametrize(("args", "bad"), [
-    (["rl", "train", "--nproc", "2"], "--nproc"),        # unknown option on a real subcommand
+    (["rl", "train", "--nprocs", "2"], "--nprocs"),      # unknown option on a real subcommand
     (["no-such-command"], "no-such-command"),           # unknown command
     (["--nproc", "2"], "--nproc"),                      # unknown top-level option
 ])
@@ -36,7 +36,7 @@ def test_installed_script_usage_errors(args, bad):
 
 
 @pytest.mark.parametrize(("args", "bad"), [
-    (["rl", "train", "--nproc", "2"], "--nproc"),
+    (["rl", "train", "--nprocs", "2"], "--nprocs"),
     (["no-such-command"], "no-such-command"),
 ])
 def test_main_usage_errors(args, bad, capsys):
