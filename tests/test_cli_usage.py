@@ -44,8 +44,3 @@ def test_main_usage_errors(args, bad, capsys):
     cap = capsys.readouterr()
     assert "Traceback" not in cap.out + cap.err
     assert bad in cap.err
-
-
-def test_rm_train_refuses_several_processes(capsys):
-    assert main(["rm", "train", "recipes/helpsteer2_pref.yaml", "--nproc", "2"]) == 2
-    assert "does not run on several processes yet" in capsys.readouterr().err

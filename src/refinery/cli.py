@@ -392,9 +392,6 @@ def rm_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
     from refinery.reward_models.config import RMConfig
     from refinery.reward_models.train import train_rm
 
-    if nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RefineryError("rm train does not run on several processes yet (reward-model training is not on the "
-                            "distributed engine); run it in one process")
     _run_recipe(RMConfig, recipe, overrides, out, resume, dry_run,
                 lambda cfg, run: train_rm(cfg, run, progress=progress), nproc=nproc)
 

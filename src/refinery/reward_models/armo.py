@@ -20,7 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from refinery.errors import CheckpointError
+from refinery.reward_models.heads import ArmoHead
+from refinery.reward_models.model import encode, hidden_states, length_batches, load_backbone, pad_id_of, read_meta
+from refinery.reward_models.stages import _stable, order_for, save_stage
+
+__all__ = ["ArmoHead", "decorrelation_lambda", "features", "fit_ridge", "gate_lr", "run_armo"]
 
 
 def gate_lr(step: int, steps: int, lr: float, schedule: str) -> float:
@@ -87,69 +91,6 @@ def decorrelation_lambda(r: torch.Tensor, r_verb: torch.Tensor, threshold: float
     return hi
 
 
-# ---- the head --------------------------------------------------------------------------------------------------
-
-
-class ArmoHead(nn.Module):
-    """Ridge objectives (frozen buffers), decorrelation lambdas, and the gating network (trainable)."""
-
-    def __init__(self, hidden_size: int, objectives: list[str], verbosity: str, gate_hidden: int = 256,
-                 gate_layers: int = 3, dropout: float = 0.2, temperature: float = 10.0):
-        super().__init__()
-        k = len(objectives)
-        self.config = dict(hidden_size=hidden_size, objectives=list(objectives), verbosity=verbosity,
-                           gate_hidden=gate_hidden, gate_layers=gate_layers, dropout=dropout,
-                           temperature=temperature)
-        self.objectives, self.verbosity_index = list(objectives), objectives.index(verbosity)
-        self.register_buffer("weight", torch.zeros(k, hidden_size))
-        self.register_buffer("bias", torch.zeros(k))
-        self.register_buffer("lambdas", torch.zeros(k))
-        layers: list[nn.Module] = []
-        width = hidden_size
-        for _ in range(gate_layers):
-            layers += [nn.Linear(width, gate_hidden), nn.ReLU(), nn.Dropout(dropout)]
-            width = gate_hidden
-        layers.append(nn.Linear(width, k))
-        self.gate = nn.Sequential(*layers)
-        self.beta = nn.Parameter(torch.tensor(1.0))  # learnable scale of the mixed reward
-        self.temperature = temperature
-
-    def raw(self, h_last: torch.Tensor) -> torch.Tensor:
-        """``[N, k]`` per-objective rewards from the ridge heads."""
-        return h_last @ self.weight.T + self.bias
-
-    def decorrelate(self, r: torch.Tensor) -> torch.Tensor:
-        """``r'_i = r_i - lambda_i · r_verbosity`` (lambda of the verbosity objective itself is 1: it drops out)."""
-        return r - self.lambdas * r[:, self.verbosity_index: self.verbosity_index + 1]
-
-    def gates(self, h_prompt: torch.Tensor) -> torch.Tensor:
-        """Weights over objectives, softmax over the objective dimension, one row per sample."""
-        return torch.softmax(self.gate(h_prompt) / self.temperature, dim=-1)
-
-    def forward(self, h_last: torch.Tensor, h_prompt: torch.Tensor) -> dict[str, torch.Tensor]:
-        r = self.raw(h_last)
-        adjusted = self.decorrelate(r)
-        g = self.gates(h_prompt)
-        return {"score": self.beta * (g * adjusted).sum(-1), "objectives": r, "adjusted": adjusted, "gates": g}
-
-    def save(self, out: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(out / "armo.safetensors"))
-        (out / "armo.json").write_text(json.dumps(self.config, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> ArmoHead:
-        from safetensors.torch import load_file
-
-        try:
-            head = cls(**json.loads((path / "armo.json").read_text()))
-            head.load_state_dict(load_file(str(path / "armo.safetensors")))
-        except Exception as e:
-            raise CheckpointError(f"cannot load the ArmoRM head from {path}: {e}") from None
-        return head.eval()
-
-
 # ---- the stage --------------------------------------------------------------------------------------------------
 
 
@@ -157,15 +98,13 @@ class ArmoHead(nn.Module):
 def features(model, tok, prompts: list[Any], responses: list[str], max_length: int,
              batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features: last-token and prompt-end final hidden states, ``([N, H], [N, H])``."""
-    from refinery.reward_models.model import encode, hidden_states, length_batches, pad_id_of
-
     model.eval()
     enc = [encode(tok, p, r, max_length) for p, r in zip(prompts, responses)]
     H = model.config.hidden_size
     last, prompt_end = torch.zeros(len(enc), H), torch.zeros(len(enc), H)
     for idx, batch in length_batches(enc, batch_size, pad_id_of(model)):
         a, b = hidden_states(model, batch)
-        last[idx], prompt_end[idx] = a.float(), b.float()
+        last[idx], prompt_end[idx] = a.float().cpu(), b.float().cpu()
     return last, prompt_end
 
 
@@ -180,14 +119,15 @@ def _labels(pairs: list[dict], objectives: list[str]) -> torch.Tensor:
 
 def run_armo(cfg, run, start: Path, train: list[dict], valid: list[dict], offset: int, progress: bool) -> Path:
     """Fit the ridge heads, the decorrelation lambdas and the gate on features of the frozen backbone ``start``."""
+    from refinery.engine.device import resolve_device
     from refinery.errors import ConfigError
     from refinery.progress import StepBar
     from refinery.reward_models.losses import pair_loss
-    from refinery.reward_models.model import load_backbone, read_meta
-    from refinery.reward_models.train import _save_stage, _stable, order_for
 
     a = cfg.armo
+    device = resolve_device(cfg.engine.device)  # the frozen backbone's forward passes run on the engine's device
     model, tok = load_backbone(start)
+    model.to(device)
     L, bs = cfg.trainer.max_length, cfg.eval.batch_size
 
     def feats(pairs):
@@ -282,4 +222,4 @@ def run_armo(cfg, run, start: Path, train: list[dict], valid: list[dict], offset
         (d / "refinery_rm.json").write_text(json.dumps(meta, indent=2) + "\n")
         tok.save_pretrained(d)
 
-    return _save_stage(run, "armo", write)
+    return save_stage(run, "armo", write)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
+from refinery.engine.config import EngineConfig
 from refinery.models.pretrain import PretrainConfig, default_bootstrap
 
 STAGES = ("regression", "bt", "expo", "armo")
@@ -131,6 +132,9 @@ class RMConfig(Section):
     expo: ExpoConfig = Field(default_factory=ExpoConfig)
     armo: ArmoConfig = Field(default_factory=ArmoConfig)
     eval: RMEval = Field(default_factory=RMEval)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="device, precision, activation "
+                                 "checkpointing and micro-batches of pairs (micro_batch_rows counts pairs for BT, "
+                                 "responses for regression)")
 
     @model_validator(mode="after")
     def _check(self) -> RMConfig:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from refinery.errors import CheckpointError, DataError
+from refinery.reward_models.heads import ArmoHead
 
 META = "refinery_rm.json"
 
@@ -124,10 +125,12 @@ def length_batches(encs: list[Encoded], batch_size: int, pad: int):
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states at the pooled token (the position the model's own head reads) and at the prompt's
     end-of-turn token: ``([N, H], [N, H])``."""
-    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    device = next(model.parameters()).device
+    out = model.base_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
     h = out.last_hidden_state
-    rows = torch.arange(h.shape[0])
-    return h[rows, pooled_index(batch["input_ids"], pad_id_of(model))], h[rows, batch["prompt_end"]]
+    rows = torch.arange(h.shape[0], device=h.device)
+    pooled = pooled_index(batch["input_ids"], pad_id_of(model)).to(h.device)
+    return h[rows, pooled], h[rows, batch["prompt_end"].to(h.device)]
 
 
 def head_of(model) -> torch.nn.Linear:
@@ -141,7 +144,8 @@ def head_of(model) -> torch.nn.Linear:
 def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[N, k]``: the model's own forward (``AutoModelForSequenceClassification`` pooling), nothing re-implemented,
     so what is trained is what RewardBench, TRL or vLLM read from the saved directory."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    device = next(model.parameters()).device  # the batch is built on CPU; the model may sit on a GPU
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
 def load_backbone(path: str | Path, num_labels: int | None = None, dtype=None):
@@ -188,9 +192,11 @@ def _align_pad(model, tok) -> None:
         tok.pad_token = tok.convert_ids_to_tokens(int(pad))
 
 
-def save_reward_model(model, tokenizer, out: Path, meta: dict[str, Any]) -> None:
+def save_reward_model(model, tokenizer, out: Path, meta: dict[str, Any], state_dict: dict | None = None) -> None:
+    """A plain HF directory (+ tokenizer + ``refinery_rm.json``); ``state_dict``: the gathered weights of a
+    sharded model (FSDP2), written by rank 0."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -217,8 +223,6 @@ class RewardScorer:
         self.objectives: list[str] = meta.get("objectives", ["reward"])
         self.max_length = int(meta.get("max_length", 1024))
         if self.kind == "armo":
-            from refinery.reward_models.armo import ArmoHead
-
             self.model, self.tokenizer = load_backbone(self.path / meta.get("backbone", "backbone"))
             self.armo = ArmoHead.load(self.path)
         else:

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ import torch
 
 from refinery.errors import ConfigError
 from refinery.progress import StepBar
+from refinery.reward_models.armo import run_armo
 from refinery.reward_models.config import RMConfig, RMTrainer
 from refinery.reward_models.data import load_pairs, responses_with_attributes, split_pairs
 from refinery.reward_models.losses import pair_loss, regression_loss
@@ -35,6 +35,7 @@ from refinery.reward_models.model import (
     rewards,
     save_reward_model,
 )
+from refinery.reward_models.stages import order_for, save_stage, stage_done, steps_for
 from refinery.runs import RunDir
 
 # ---- data -----------------------------------------------------------------------------------------------------
@@ -97,25 +98,6 @@ def encode_pairs(tok, pairs: list[dict], max_length: int) -> list[EncodedPair]:
              int(p.get("strength", 1))) for p in pairs]
 
 
-def order_for(n: int, step: int, batch: int, seed: int, salt: str) -> list[int]:
-    """Indices of the batch at ``step``: a fresh permutation per epoch, a pure function of the arguments."""
-    per_epoch = max(1, n // batch)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(_stable(seed, salt, epoch))
-    perm = torch.randperm(n, generator=g).tolist()
-    return perm[pos * batch: pos * batch + batch] or perm[:batch]
-
-
-def _stable(*parts: object) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "big")
-
-
-def steps_for(n: int, epochs: float, batch: int) -> int:
-    return max(1, math.ceil(n * epochs / batch))
-
-
 @torch.no_grad()
 def score_encoded(model, encs: list[Encoded], pad: int, batch_size: int) -> torch.Tensor:
     """``[N, k]`` head outputs of the model being trained (eval mode for the pass, then restored)."""
@@ -123,7 +105,7 @@ def score_encoded(model, encs: list[Encoded], pad: int, batch_size: int) -> torc
     model.eval()
     out = torch.zeros(len(encs), head_of(model).out_features)
     for idx, batch in length_batches(encs, batch_size, pad):
-        out[idx] = rewards(model, batch).float()
+        out[idx] = rewards(model, batch).float().cpu()
     model.train(was)
     return out
 
@@ -151,15 +133,30 @@ def _lr(step: int, total: int, peak: float, t: RMTrainer) -> float:
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
-def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str, float]]], total: int, lr: float,
+# A step's loss is built per piece of rows: ``loss_of(step) -> (n, mask, piece)`` gives the global batch size n,
+# a mask whose sum over a set of rows is their share of the normalisation (1 per pair for the BT family, the
+# observed labels for regression) and ``piece(rows) -> (loss normalised over those rows, stats)``. ``fit`` shards
+# the rows by rank, splits them into micro-batches and weights each piece by its count / the global count
+# (:func:`refinery.engine.accum.accumulate`), so the gradient is that of the loss over the whole batch however it
+# is split (FSDP2 sums the ranks' gradients).
+StepLoss = tuple[int, torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]]
+
+
+def fit(stage: str, model, loss_of: Callable[[int], StepLoss], total: int, lr: float,
         cfg: RMConfig, run: RunDir, offset: int, evaluate: Callable[[], dict[str, float]], progress: bool,
-        stop_after: int | None = None) -> bool:
-    """AdamW steps ``0..total-1`` of ``stage``; ``loss_of(step)`` builds the step's loss. Mid-stage checkpoints
-    hold weights + optimizer, so a killed stage resumes where it stopped. ``stop_after`` (a run-wide step) ends
-    early with a checkpoint, as a crash would (tests); returns False then."""
+        stop_after: int | None = None, env=None) -> bool:
+    """AdamW steps ``0..total-1`` of ``stage`` on the engine (device, bf16 autocast over fp32 weights,
+    micro-batches, ranks). Mid-stage checkpoints hold weights + optimizer (sharded under torchrun), so a killed
+    stage resumes where it stopped. ``stop_after`` (a run-wide step) ends early with a checkpoint, as a crash
+    would (tests); returns False then. ``model`` is already placed/wrapped by :func:`_engine_model`."""
+    from refinery.engine import dist
+    from refinery.engine.accum import accumulate, denominator, micro_batches
+    from refinery.engine.device import autocast, peak_memory_mb, reset_peak
     from refinery.models.pretrain import _load_state
 
-    t = cfg.trainer
+    t, eng = cfg.trainer, cfg.engine
+    env = env or dist.init_distributed(eng.device)
+    main = env.is_main
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr,
@@ -167,39 +164,64 @@ def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str
     start = 0
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
-        state = _load_state(ckpt)
-        if state.get("stage") == stage:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start = state["step"]
+        if (ckpt / "refinery_meta.json").exists():  # sharded (torchrun): DCP reshards onto this job's ranks
+            meta = json.loads((ckpt / "refinery_meta.json").read_text()).get("extra") or {}
+            if meta.get("stage") == stage:
+                start, _ = dist.load_sharded(ckpt, model, opt)
+                start = int(meta["step"])
+        else:
+            state = _load_state(ckpt)
+            if state.get("stage") == stage:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                start = state["step"]
+        if start and main:
             run.truncate_metrics(offset + start)
-    bar = StepBar(progress, total, start, f"rm {stage}", ("loss", "valid_accuracy"))
+        dist.barrier()
+    # on one device bf16 is autocast over fp32 weights; under FSDP2 its mixed-precision policy casts instead
+    precision = eng.precision if env.world_size == 1 else "fp32"
+    bar = StepBar(progress and main, total, start, f"rm {stage}", ("loss", "valid_accuracy"))
     model.train()
     for step in range(start, total):
         for g in opt.param_groups:
             g["lr"] = _lr(step, total, lr, t)
-        loss, extra = loss_of(step)
+        n, mask, piece = loss_of(step)
+        shard = dist.shard_rows(n, env.rank, env.world_size)
+        local = torch.arange(shard.start, shard.stop)
+        n_global = dist.all_reduce_sum(denominator(mask[local]))
+
+        def under_autocast(rows: torch.Tensor, piece=piece):
+            with autocast(precision, env.device):
+                return piece(rows)
+
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        reset_peak(env.device)
+        st = accumulate(under_autocast, micro_batches(local, eng.micro_batch_rows), mask, global_denominator=n_global)
+        st = {k: dist.all_reduce_sum(v) for k, v in sorted(st.items())}  # each rank's share of the global mean
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
         row: dict[str, Any] = {}
         done = step + 1
         if done % t.log_every == 0 or done == total:
-            row.update(loss=float(loss.detach()), lr=opt.param_groups[0]["lr"], **extra)
+            loss = st.pop("loss")
+            row.update(loss=loss, lr=opt.param_groups[0]["lr"], **st,
+                       peak_memory_mb=round(peak_memory_mb(env.device), 1))
         if done % t.eval_every == 0 or done == total:
             row.update({f"valid_{k}": v for k, v in evaluate().items()})
-        if row:
+        if row and main:
             run.log_metrics(offset + done, stage=stage, **row)
         bar.update(done, row)
         stop = stop_after is not None and offset + done >= stop_after and done < total
         if (done % t.checkpoint_every == 0 and done < total) or stop:
-            def write(d: Path, done: int = done) -> None:
-                torch.save({"stage": stage, "step": done, "model": model.state_dict(),
-                            "optimizer": opt.state_dict()}, d / "trainer_state.pt")
+            if env.world_size > 1:
+                run.save_sharded_checkpoint(offset + done, model, opt, extra={"stage": stage, "step": done}, keep=1)
+            elif main:
+                def write(d: Path, done: int = done) -> None:
+                    torch.save({"stage": stage, "step": done, "model": model.state_dict(),
+                                "optimizer": opt.state_dict()}, d / "trainer_state.pt")
 
-            run.save_checkpoint(offset + done, write, keep=1)
+                run.save_checkpoint(offset + done, write, keep=1)
         if stop:
             bar.close()
             return False
@@ -207,26 +229,26 @@ def fit(stage: str, model, loss_of: Callable[[int], tuple[torch.Tensor, dict[str
     return True
 
 
-def _save_stage(run: RunDir, stage: str, write: Callable[[Path], None]) -> Path:
-    """Write a stage's model directory atomically and drop the mid-stage checkpoints."""
+def _engine_model(model, cfg: RMConfig, env):
+    """Activation checkpointing, then the device (FSDP2 per decoder layer under torchrun)."""
+    from refinery.engine import dist
+    from refinery.engine.device import enable_activation_checkpointing
+
+    if cfg.engine.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    return dist.wrap_model(model, env, cfg.engine.precision)
+
+
+def _save_model_stage(run: RunDir, stage: str, model, tok, meta: dict[str, Any], env) -> Path:
+    """Every rank gathers the weights (collective under FSDP2); rank 0 writes the plain HF stage directory."""
+    from refinery.engine import dist
+
+    state = dist.full_state_dict(model) if env.world_size > 1 else None
     final = run.path / "stages" / stage
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}-"))
-    try:
-        write(tmp)
-        (tmp / "COMPLETE").write_text(stage)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for c in run.checkpoints():
-        shutil.rmtree(c, ignore_errors=True)
+    if env.is_main:
+        final = save_stage(run, stage, lambda d: save_reward_model(model, tok, d, meta, state_dict=state))
+    dist.barrier()
     return final
-
-
-def stage_done(run: RunDir, stage: str) -> bool:
-    return (run.path / "stages" / stage / "COMPLETE").exists()
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------
@@ -246,9 +268,13 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
         raise ConfigError("the regression stage needs per-response attributes (chosen_attributes / "
                           f"rejected_attributes with {objectives}); this data has none: drop 'regression' from "
                           "pipeline")
+    from refinery.engine import dist
+
+    env = dist.init_distributed(cfg.engine.device)
     torch.manual_seed(cfg.seed)
     model, tok = load_backbone(start, num_labels=len(objectives))
     pad, L = pad_id_of(model), cfg.trainer.max_length
+    model = _engine_model(model, cfg, env)
     enc = [encode(tok, r["prompt"], r["response"], L) for r in rows]
     # targets are standardised per objective (mean 0, std 1 over the labelled rows): the head then starts at the
     # right scale instead of spending its first steps learning each attribute's mean
@@ -260,10 +286,15 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
     vpairs = encode_pairs(tok, valid, L)
     B = cfg.trainer.batch_pairs * 2
 
-    def loss_of(step: int):
+    def loss_of(step: int) -> StepLoss:
         idx = order_for(len(enc), step, B, cfg.seed, "regression")
-        pred = rewards(model, collate([enc[i] for i in idx], pad))
-        return regression_loss(pred, labels[idx]), {}
+        target = labels[idx]
+
+        def piece(rows: torch.Tensor):  # masked MSE over the observed labels of these rows
+            pred = rewards(model, collate([enc[idx[i]] for i in rows.tolist()], pad)).float()
+            return regression_loss(pred, target[rows].to(pred.device)), {}
+
+        return len(idx), (~torch.isnan(target)).float(), piece
 
     def evaluate() -> dict[str, float]:
         out = pair_accuracy(model, vpairs, pad, cfg.eval.batch_size)
@@ -273,12 +304,11 @@ def run_regression(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], v
 
     total = steps_for(len(enc), cfg.regression.epochs, B)
     if not fit("regression", model, loss_of, total, cfg.regression.lr or cfg.trainer.lr, cfg, run, offset, evaluate,
-               progress, stop_after):
+               progress, stop_after, env):
         return None
     final = evaluate()
-    return _save_stage(run, "regression", lambda d: save_reward_model(
-        model, tok, d, _meta(cfg, "regression", objectives, valid=final, label_mean=mean.tolist(),
-                             label_std=std.tolist())))
+    return _save_model_stage(run, "regression", model, tok, _meta(
+        cfg, "regression", objectives, valid=final, label_mean=mean.tolist(), label_std=std.tolist()), env)
 
 
 def _nanstd(x: torch.Tensor) -> torch.Tensor:
@@ -289,6 +319,9 @@ def _nanstd(x: torch.Tensor) -> torch.Tensor:
 
 def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: list[dict], offset: int,
            progress: bool, stop_after: int | None = None) -> Path | None:
+    from refinery.engine import dist
+
+    env = dist.init_distributed(cfg.engine.device)
     meta = read_meta(start)
     from_rm = meta.get("kind") == "sequence_classification"
     torch.manual_seed(cfg.seed)
@@ -303,30 +336,35 @@ def run_bt(cfg: RMConfig, run: RunDir, start: Path, train: list[dict], valid: li
     if "expo" in cfg.pipeline:  # ExPO extrapolates from this starting point
         init = run.path / "stages" / "bt-init.pt"
         init.parent.mkdir(parents=True, exist_ok=True)
-        if not init.exists():
+        if not init.exists() and env.is_main:
             tmp = init.with_suffix(".tmp")
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, init)
+    model = _engine_model(model, cfg, env)
     B = cfg.trainer.batch_pairs
 
-    def loss_of(step: int):
+    def loss_of(step: int) -> StepLoss:
         idx = order_for(len(pairs), step, B, cfg.seed, "bt")
-        batch = collate([pairs[i][0] for i in idx] + [pairs[i][1] for i in idx], pad)
-        r = rewards(model, batch)[:, 0]
-        rc, rr = r[: len(idx)], r[len(idx):]
-        strength = torch.tensor([pairs[i][2] for i in idx], dtype=torch.float32)
-        loss = pair_loss(cfg.loss.type, rc, rr, strength, cfg.loss.margin_scale, cfg.loss.center_coef)
-        return loss, {"accuracy": float((rc > rr).float().mean()), "margin": float((rc - rr).detach().mean())}
+
+        def piece(rows: torch.Tensor):  # a mean over these pairs (ties were dropped: every pair counts 1)
+            sel = [idx[i] for i in rows.tolist()]
+            r = rewards(model, collate([pairs[i][0] for i in sel] + [pairs[i][1] for i in sel], pad))[:, 0].float()
+            rc, rr = r[: len(sel)], r[len(sel):]
+            strength = torch.tensor([pairs[i][2] for i in sel], dtype=torch.float32, device=r.device)
+            loss = pair_loss(cfg.loss.type, rc, rr, strength, cfg.loss.margin_scale, cfg.loss.center_coef)
+            return loss, {"accuracy": float((rc > rr).float().mean()), "margin": float((rc - rr).detach().mean())}
+
+        return len(idx), torch.ones(len(idx)), piece
 
     def evaluate() -> dict[str, float]:
         return pair_accuracy(model, vpairs, pad, cfg.eval.batch_size)
 
     total = steps_for(len(pairs), cfg.trainer.epochs, B)
-    if not fit("bt", model, loss_of, total, cfg.trainer.lr, cfg, run, offset, evaluate, progress, stop_after):
+    if not fit("bt", model, loss_of, total, cfg.trainer.lr, cfg, run, offset, evaluate, progress, stop_after, env):
         return None
     final = evaluate()
-    return _save_stage(run, "bt", lambda d: save_reward_model(
-        model, tok, d, _meta(cfg, "bt", objectives, loss=cfg.loss.type, valid=final)))
+    return _save_model_stage(run, "bt", model, tok, _meta(cfg, "bt", objectives, loss=cfg.loss.type, valid=final),
+                             env)
 
 
 def run_expo(cfg: RMConfig, run: RunDir, valid: list[dict], offset: int) -> Path:
@@ -349,7 +387,7 @@ def run_expo(cfg: RMConfig, run: RunDir, valid: list[dict], offset: int) -> Path
     meta = read_meta(bt_dir)
     meta.update(stage="expo", expo_alpha=best_alpha, valid=best,
                 expo_search={str(a): m["accuracy"] for a, m in results})
-    return _save_stage(run, "expo", lambda d: save_reward_model(model, tok, d, meta))
+    return save_stage(run, "expo", lambda d: save_reward_model(model, tok, d, meta))
 
 
 def expo_state(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], alpha: float) -> dict:
@@ -377,11 +415,15 @@ def planned_steps(cfg: RMConfig, n_train: int, n_rows: int) -> dict[str, int]:
 def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run the pipeline into ``run``; returns the flat summary (``rm.accuracy``, ``rm.length_corr``, ...).
     ``stop_after`` stops at that run-wide training step, leaving a checkpoint to resume from (tests)."""
+    from refinery.engine import dist
+    from refinery.engine.device import check_precision
     from refinery.reward_models.eval import length_correlation, rewardbench_scores, score_pairs
     from refinery.reward_models.model import RewardScorer
 
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    env = dist.init_distributed(cfg.engine.device)  # one process unless launched by torchrun (--nproc N)
+    check_precision(cfg.engine.precision, env.device)
+    torch.set_num_threads(cfg.trainer.threads or max(1, (os.cpu_count() or 1) // env.world_size))
+    progress = progress and env.is_main
     train, valid, test = load_data(cfg)
     start = resolve_backbone(cfg, progress)
     rows = len(responses_with_attributes(train, cfg.regression.objectives)) if "regression" in cfg.pipeline else 0
@@ -399,20 +441,25 @@ def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True, stop_after: int 
             elif stage == "bt":
                 if run_bt(cfg, run, current, train, valid, offsets[stage], progress, stop_after) is None:
                     return run.summary()
-            elif stage == "expo":
-                run_expo(cfg, run, valid, offsets[stage])
-            else:
-                from refinery.reward_models.armo import run_armo
-
-                run_armo(cfg, run, current, train, valid, offsets[stage], progress)
+            elif env.is_main:  # ExPO and the ArmoRM head work on saved stages: rank 0 alone
+                if stage == "expo":
+                    run_expo(cfg, run, valid, offsets[stage])
+                else:
+                    run_armo(cfg, run, current, train, valid, offsets[stage], progress)
+            dist.barrier()
         current = run.path / "stages" / stage
+    if not env.is_main:  # rank 0 evaluates the stages and writes the run
+        dist.barrier()
+        return run.summary()
     final = run.path / "model"
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(current, final, ignore=shutil.ignore_patterns("COMPLETE"))
 
     summary: dict[str, Any] = {"rm.pipeline": "+".join(cfg.pipeline), "rm.loss": cfg.loss.type,
-                               "rm.n_train": len(train), "rm.n_test": len(test)}
+                               "rm.n_train": len(train), "rm.n_test": len(test),
+                               "precision": cfg.engine.precision, "world_size": env.world_size,
+                               "device": str(env.device)}
     details: dict[str, Any] = {}
     for stage in cfg.pipeline:
         scorer = RewardScorer(run.path / "stages" / stage, batch_size=cfg.eval.batch_size)
@@ -441,6 +488,7 @@ def train_rm(cfg: RMConfig, run: RunDir, progress: bool = True, stop_after: int 
     run.write_summary(summary)
     run.write_report(render_report(cfg, run, details))
     run.finish()
+    dist.barrier()  # the other ranks return once rank 0 has written the run
     return run.summary()
 
 
