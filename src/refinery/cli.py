@@ -471,7 +471,13 @@ def compress_sparsify(
                             "(sparse-24-bitmask, vLLM) or semi-structured (values + 2-bit indices for "
                             "torch.sparse.to_sparse_semi_structured on CUDA)."),
     device: Optional[str] = typer.Option(None, "--device", help="wanda/sparsegpt: device of the layer being "
-                                         "calibrated (e.g. cuda); the rest of the model stays on CPU."),
+                                         "calibrated (e.g. cuda); the rest of the model stays on CPU. maskllm: "
+                                         "where the model and mask logits train (default: CUDA when present)."),
+    precision: str = typer.Option("fp32", "--precision", help="maskllm: fp32 or bf16 (autocast; logits fp32)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="maskllm: windows per "
+                                              "forward/backward; one mask sample and one token-mean per step."),
+    checkpointing: bool = typer.Option(False, "--activation-checkpointing/--no-activation-checkpointing",
+                                       help="maskllm: recompute each decoder layer in backward."),
     seed: int = typer.Option(0, "--seed"),
     progress: bool = ProgressOpt,
 ) -> None:
@@ -481,7 +487,8 @@ def compress_sparsify(
     _quiet_hf()
     rep = sparsify(model, method, calib, out, n_calib=n_calib, seq_len=seq_len, steps=steps, lr=lr,
                    batch_size=batch_size, prior=prior, init_logits=init_logits, seed=seed, progress=progress,
-                   fmt=fmt, device=device)
+                   fmt=fmt, device=device, precision=precision, micro_batch=micro_batch,
+                   activation_checkpointing=checkpointing)
     console.print(f"{method}: {rep['sparsity']['overall']:.1%} of block weights zero ({rep['pattern']}, "
                   f"{rep['format']}), {rep['seconds']:.1f}s -> {out}", highlight=False)
 

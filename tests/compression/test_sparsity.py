@@ -21,6 +21,7 @@ from refinery.compression.sparsity.nm import (
     unpack_masks,
 )
 from refinery.compression.sparsity.oneshot import magnitude_mask, sequential_prune, sparsegpt_prune, wanda_mask
+from refinery.engine.config import EngineConfig
 
 
 def test_nm_mask_keeps_top_two_of_every_four():
@@ -164,9 +165,53 @@ def test_regulariser_reuses_the_forward_mask(monkeypatch):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
-    calls["n"] = 0
-    maskllm(model, torch.randint(0, 64, (4, 12)), steps=3, batch_size=2)
-    assert calls["n"] == 3 * 14  # one Gumbel sample per layer per step (the old regulariser drew a second one)
+    calls["n"], draws = 0, {"n": 0}
+    real_resample = ml.MaskedLinear.resample
+
+    def counting_resample(self):
+        draws["n"] += 1
+        return real_resample(self)
+
+    monkeypatch.setattr(ml.MaskedLinear, "resample", counting_resample)
+    maskllm(model, torch.randint(0, 64, (4, 12)), steps=3, batch_size=2,
+            engine=EngineConfig(device="cpu", micro_batch_rows=1))
+    # one Gumbel sample per layer per step, shared by the step's micro-batches (the old regulariser drew a second)
+    assert draws["n"] == 3 * 14 and calls["n"] == 0
+
+
+def _maskllm_run(model_dir, **engine):
+    from refinery.models.io import load_model
+
+    model = load_model(model_dir)
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, model.config.vocab_size, (6, 16), generator=g)
+    calib_mask = torch.ones_like(calib, dtype=torch.bool)
+    calib_mask[0, 10:] = calib_mask[3, 5:] = False  # padded rows: micro-batches hold different token counts
+    torch.manual_seed(0)
+    rows = []
+    masks, logits = maskllm(model, calib, steps=4, lr=5e-4, batch_size=4, seed=0, calib_mask=calib_mask,
+                            engine=EngineConfig(device="cpu", **engine), log=lambda s, r: rows.append(r))
+    return masks, logits, rows
+
+
+def test_maskllm_micro_batches_and_checkpointing_equal_the_whole_batch(alphabet_model):
+    # (lr 5e-4: AdamW turns float-order noise in near-zero gradients into ~lr-sized logit differences; at 5e-3
+    # they reach 5e-5 while the losses still agree to 1e-6)
+    masks, logits, rows = _maskllm_run(alphabet_model)
+    for engine in ({"micro_batch_rows": 1}, {"micro_batch_rows": 3, "activation_checkpointing": True}):
+        m2, l2, r2 = _maskllm_run(alphabet_model, **engine)
+        assert max(float((logits[k] - l2[k]).abs().max()) for k in logits) < 1e-5, engine
+        assert all(torch.equal(masks[k], m2[k]) for k in masks)
+        assert max(abs(a["loss"] - b["loss"]) for a, b in zip(rows, r2)) < 1e-5
+    first = _maskllm_run(alphabet_model)[1]
+    assert max(float((first[k] - logits[k]).abs().max()) for k in logits) == 0  # seeded: a rerun is identical
+    assert all("peak_memory_mb" in r for r in rows)
+
+
+def test_maskllm_bf16_learns_exact_2_4_masks(alphabet_model):
+    masks, logits, rows = _maskllm_run(alphabet_model, precision="bf16")
+    assert all(is_nm(v, 2, 4) for v in masks.values())
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
 
 def test_maskllm_lr_defaults_follow_the_reference():
@@ -206,8 +251,11 @@ def test_sparsify_cli_writes_checkpoint_masks_and_report(alphabet_model, tmp_pat
                  "--out", str(tmp_path / "ml"), *common]) == 0
     assert (tmp_path / "ml" / "mask_logits.safetensors").exists()
     assert main(["compress", "sparsify", "--method", "maskllm", "--steps", "2", "--out", str(tmp_path / "ml2"),
-                 "--init-logits", str(tmp_path / "ml" / "mask_logits.safetensors"), *common]) == 0  # transfer
-    assert json.loads((tmp_path / "ml2" / "sparsity.json").read_text())["prior"].startswith("transfer:")
+                 "--init-logits", str(tmp_path / "ml" / "mask_logits.safetensors"), "--precision", "bf16",
+                 "--micro-batch", "1", "--activation-checkpointing", *common]) == 0  # transfer, on the engine
+    rep2 = json.loads((tmp_path / "ml2" / "sparsity.json").read_text())
+    assert rep2["prior"].startswith("transfer:") and rep2["precision"] == "bf16" and rep2["micro_batch"] == 1
+    assert rep2["peak_memory_mb"] > 0
     assert main(["compress", "sparsify", "--method", "wanda", "--format", "compressed-tensors",
                  "--out", str(tmp_path / "ct"), *common]) == 0
     from refinery.compression.sparsity.export import checkpoint_format, load_sparse_model

@@ -22,6 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from refinery.compression.sparsity.nm import candidates, prunable_linears
+from refinery.engine.accum import accumulate, micro_batches
+from refinery.engine.config import EngineConfig
+from refinery.engine.device import (
+    autocast,
+    check_precision,
+    enable_activation_checkpointing,
+    peak_memory_mb,
+    reset_peak,
+    resolve_device,
+)
 
 
 def linear_schedule(step: int, total: int, start: float, end: float) -> float:
@@ -67,14 +77,23 @@ class MaskedLinear(nn.Module):
         self.n, self.m = n, m
         self.tau, self.kappa, self.hard = 4.0, 100.0, False
         self.sparse_weight_norm: torch.Tensor | None = None  # Σ (W ⊙ M)² of the last forward's mask
+        self.noise: torch.Tensor | None = None  # this step's Gumbel noise (see resample)
+
+    def resample(self) -> None:
+        """Draw this step's Gumbel noise (as ``F.gumbel_softmax`` does): every forward until the next call uses
+        the same soft mask, so the micro-batches of one step, and a checkpointed layer's recompute, see one mask
+        sample as a whole-batch step does."""
+        self.noise = -torch.empty_like(self.logits, memory_format=torch.legacy_contiguous_format).exponential_().log()
 
     def mask(self) -> torch.Tensor:
         out_f, in_f = self.linear.weight.shape
         if self.hard:
             probs = F.one_hot(self.logits.argmax(-1), self.cands.shape[0]).float()
+        elif self.noise is not None:
+            probs = torch.softmax((self.kappa * self.logits + self.noise) / self.tau, dim=-1)
         else:
             probs = F.gumbel_softmax(self.kappa * self.logits, tau=self.tau, hard=False, dim=-1)
-        return (probs @ self.cands).reshape(out_f, in_f)
+        return (probs @ self.cands.to(probs.dtype)).reshape(out_f, in_f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.mask()  # one Gumbel sample per forward, shared by the output and the regulariser
@@ -109,14 +128,16 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
             min_lr_ratio: float = 0.1,
             schedule: MaskLLMSchedule | None = None, seed: int = 0,
             log: Callable[[int, dict[str, float]], None] | None = None,
-            calib_mask: torch.Tensor | None = None) -> tuple[dict, dict]:
+            calib_mask: torch.Tensor | None = None, engine: EngineConfig | None = None) -> tuple[dict, dict]:
     """Learn N:M masks for every prunable Linear of ``model`` on ``calib`` token windows ``[N, L]``; prune the
     model in place with the final (argmax) masks. ``priors`` (keep-masks: SparseGPT's, or a learned mask for
     transfer, see ``masks_from_logits``) initialise the logits with prior strength ``alpha``; ``init_logits`` resume
     an interrupted run's logits exactly (not transfer). ``lr`` is the base LR (reference 5e-5); the logits train at
     ``lr_mult`` x it (reference --lr-mult 10), cosine-decayed to ``min_lr_ratio`` x. ``calib_mask`` ``[N, L]``
-    marks real tokens when the rows are padded examples (right padding; the loss skips pads).
-    Returns ``(masks, logits)``."""
+    marks real tokens when the rows are padded examples (right padding; the loss skips pads). ``engine``: the
+    device the model and logits train on, bf16 autocast, activation checkpointing and micro-batches (one Gumbel
+    sample per step shared by its micro-batches; the LM loss is one token-mean over the step's batch). The model
+    comes back on the device it came from. Returns ``(masks, logits)`` on CPU."""
     schedule = schedule or MaskLLMSchedule()
     gen = torch.Generator().manual_seed(seed)
     linears = prunable_linears(model)
@@ -135,6 +156,13 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
     params = [w.logits for w in wrapped.values()]
     for p in params:
         p.requires_grad_(True)
+    eng = engine or EngineConfig(device="cpu")
+    home = next(model.parameters()).device
+    device = resolve_device(eng.device)
+    check_precision(eng.precision, device)
+    model.to(device)
+    if eng.activation_checkpointing:
+        enable_activation_checkpointing(model)
     opt = torch.optim.AdamW(params, lr=lr_mult * lr, weight_decay=0.0)
     model.train()
     try:
@@ -142,6 +170,7 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
             tau, kappa, lam = schedule.at(step, steps)
             for w in wrapped.values():
                 w.tau, w.kappa = tau, kappa
+                w.resample()
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, steps, lr_mult * lr, lr_mult * lr * min_lr_ratio)
             idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
@@ -149,24 +178,33 @@ def maskllm(model, calib: torch.Tensor, priors: dict[str, torch.Tensor] | None =
             target = x[:, 1:].clone()
             if calib_mask is not None:
                 target[~calib_mask[idx][:, 1:]] = -100
-            logits = model(input_ids=x).logits[:, :-1]
-            lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-            # maximise the kept weights' magnitude under the masks this forward sampled (no second Gumbel draw)
-            reg = sum(w.sparse_weight_norm for w in wrapped.values()) if lam else 0.0
-            loss = lm - lam * reg
+
+            def piece(rows: torch.Tensor, x=x, target=target, lam=lam):
+                with autocast(eng.precision, device):
+                    logits = model(input_ids=x[rows].to(device)).logits[:, :-1]
+                t = target[rows].to(device)
+                lm = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-100)
+                # maximise the kept weights' magnitude under this step's mask sample (no second Gumbel draw)
+                reg = sum(w.sparse_weight_norm for w in wrapped.values()) if lam else 0.0
+                return lm - lam * reg, {"lm": float(lm.detach())}
+
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            reset_peak(device)
+            rows = torch.arange(x.shape[0])
+            st = accumulate(piece, micro_batches(rows, eng.micro_batch_rows), (target != -100).float())
             opt.step()
             if log is not None:
-                log(step + 1, {"loss": float(lm.detach()), "tau": tau, "kappa": kappa, "reg_lambda": lam})
+                log(step + 1, {"loss": st["lm"], "tau": tau, "kappa": kappa, "reg_lambda": lam,
+                               "peak_memory_mb": round(peak_memory_mb(device), 1)})
     finally:
         model.eval()
         masks, out_logits = {}, {}
         for name, w in wrapped.items():
-            w.hard = True
+            w.hard, w.noise = True, None
             with torch.no_grad():
                 keep = w.mask().bool()
                 w.linear.weight.mul_(keep)
-            masks[name], out_logits[name] = keep, w.logits.detach().clone()
+            masks[name], out_logits[name] = keep.cpu(), w.logits.detach().cpu().clone()
             _swap(model, name, w.linear)
+        model.to(home)
     return masks, out_logits

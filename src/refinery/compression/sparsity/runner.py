@@ -70,10 +70,13 @@ def calibration_windows(tokenizer, text: str, n: int, seq_len: int, seed: int = 
 def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: str | Path, n_calib: int = 128,
              seq_len: int | None = None, n: int = 2, m: int = 4, steps: int = 200, lr: float = 5e-5,
              batch_size: int = 8, prior: str = "sparsegpt", init_logits: str | Path | None = None, seed: int = 0,
-             progress: bool = True, fmt: str = "dense", device: str | None = None) -> dict[str, Any]:
+             progress: bool = True, fmt: str = "dense", device: str | None = None, precision: str = "fp32",
+             micro_batch: int | None = None, activation_checkpointing: bool = False) -> dict[str, Any]:
     """``lr``: MaskLLM base LR, logits at 10x (NVlabs/MaskLLM llama2_7b_mask_only_tp8_c4.sh: LR=5e-5, --lr-mult 10).
     ``init_logits``: a mask_logits.safetensors or masks.safetensors whose mask becomes the prior (transfer).
-    ``device``: where Wanda/SparseGPT run the layer being calibrated (e.g. cuda), the rest stays on CPU."""
+    ``device``: where Wanda/SparseGPT run the layer being calibrated (e.g. cuda), the rest stays on CPU; for
+    MaskLLM, the engine device the model and logits train on (default ``auto``), with ``precision``,
+    ``micro_batch`` rows per forward and ``activation_checkpointing``."""
     from safetensors.torch import save_file
 
     from refinery.compression.sparsity.export import FORMATS, save_sparse
@@ -87,6 +90,8 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
         raise ConfigError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
     if method == "maskllm" and prior not in ("magnitude", "wanda", "sparsegpt", "none"):
         raise ConfigError(f"unknown prior {prior!r} (magnitude, wanda, sparsegpt or none)")
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"unknown --precision {precision!r} (fp32 or bf16)")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r} (choose {', '.join(FORMATS)})")
     if fmt != "dense" and (n, m) != (2, 4):
@@ -108,11 +113,21 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
             priors = sequential_prune(model, calib, prior, n, m, batch_size=batch_size, device=device)
             restore_weights(model, model_dir, list(prunable_linears(model)))
         bar = _bar(progress, steps, "maskllm")
+        from refinery.engine.config import EngineConfig
+
+        engine = EngineConfig(device=device or "auto", precision=precision, micro_batch_rows=micro_batch,
+                              activation_checkpointing=activation_checkpointing)
+        peak = {"mb": 0.0}
+
+        def log(s, row):
+            peak["mb"] = max(peak["mb"], row.get("peak_memory_mb", 0.0))
+            bar(s, row.get("loss"))
+
         masks, logits = maskllm(model, calib, priors=priors, steps=steps, lr=lr,
-                                batch_size=batch_size, n=n, m=m, seed=seed,
-                                log=lambda s, row: bar(s, row.get("loss")))
+                                batch_size=batch_size, n=n, m=m, seed=seed, log=log, engine=engine)
         bar(None, None)
-        extra = {"prior": prior if init_logits is None else f"transfer:{init_logits}", "steps": steps, "lr": lr}
+        extra = {"prior": prior if init_logits is None else f"transfer:{init_logits}", "steps": steps, "lr": lr,
+                 "precision": precision, "micro_batch": micro_batch, "peak_memory_mb": peak["mb"]}
     else:
         bar = _bar(progress, model.config.num_hidden_layers, method)
         masks = sequential_prune(model, calib, method, n, m, batch_size=batch_size,
