@@ -56,35 +56,45 @@ def decoupled_spec(config, part: str, spec: AttnSpec | FFNSpec) -> BlockSpec:
 
 def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSpec, init_state: State,
                   inputs: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0,
-                  eval_windows: int = 8, mask: torch.Tensor | None = None) -> tuple[State, dict[str, float]]:
-    """BLD of one variant: returns its trained sub-block state and the normalised loss before/after on the first
-    ``eval_windows`` input windows (the parent's sub-block is frozen; only the variant's weights train)."""
+                  eval_windows: int = 8, mask: torch.Tensor | None = None, device: str = "cpu",
+                  precision: str = "fp32") -> tuple[State, dict[str, float]]:
+    """BLD of one variant: returns its trained sub-block state (on CPU) and the normalised loss before/after on the
+    first ``eval_windows`` input windows (the parent's sub-block is frozen; only the variant's weights train).
+    ``device``/``precision``: the engine's (one layer and one batch of its inputs on the device at a time, bf16
+    autocast over fp32 weights)."""
+    from refinery.engine.device import autocast, check_precision, resolve_device
+
+    dev = resolve_device(device)
+    check_precision(precision, dev)
     from refinery.compression.puzzle.library import build_layer
     from refinery.compression.puzzle.model import PuzzleDecoderLayer
 
     torch.manual_seed(seed)
     p_spec = parent_block(config)
-    parent = build_layer(config, p_spec, parent_state).eval()
+    parent = build_layer(config, p_spec, parent_state).eval().to(dev)
     for p in parent.parameters():
         p.requires_grad_(False)
     keep = ("mlp.", "post_attention_layernorm.") if part == "attention" else ("self_attn.", "input_layernorm.")
     frozen = {k: v for k, v in parent_state.items() if k.startswith(keep)}
     child = PuzzleDecoderLayer(config, decoupled_spec(config, part, spec), 0)
     child.load_state_dict({**init_state, **frozen}, strict=True)
+    child.to(dev)
     trainable = [p for n, p in child.named_parameters() if not n.startswith(keep)]
     for n, p in child.named_parameters():
         p.requires_grad_(not n.startswith(keep))
     S = inputs.shape[1]
-    pe = rope(config, S)
+    pe = tuple(t.to(dev) for t in rope(config, S))
 
     real = torch.ones(inputs.shape[:2], dtype=torch.bool) if mask is None else mask
-    attn_mask = causal_mask(S)
+    attn_mask = causal_mask(S).to(dev)
 
     def loss_on(idx):
-        h = inputs[idx].float()
-        with torch.no_grad():
-            o_p = run_layer(parent, h, pe, attn_mask) - h
-        return bld_loss(o_p, run_layer(child, h, pe, attn_mask) - h, real[idx])
+        h = inputs[idx].float().to(dev)
+        with autocast(precision, dev):
+            with torch.no_grad():
+                o_p = run_layer(parent, h, pe, attn_mask) - h
+            o_c = run_layer(child, h, pe, attn_mask) - h
+        return bld_loss(o_p.float(), o_c.float(), real[idx].to(dev))
 
     ev = torch.arange(min(eval_windows, inputs.shape[0]))
     with torch.no_grad():
@@ -105,7 +115,8 @@ def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSp
         child.eval()
     with torch.no_grad():
         after = float(loss_on(ev))
-    state = {k: v.detach().clone().contiguous() for k, v in child.state_dict().items() if not k.startswith(keep)}
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in child.state_dict().items()
+             if not k.startswith(keep)}
     return state, {"loss_init": before, "loss_final": after}
 
 
@@ -125,7 +136,8 @@ def _run_task(task: dict[str, Any]) -> tuple[str, dict[str, float]]:
     init_state = load_file(task["init_state"]) if task["init_state"] else {}
     spec = AttnSpec.parse(task["spec"]) if task["part"] == "attention" else FFNSpec.parse(task["spec"])
     state, info = train_variant(config, parent_state, task["part"], spec, init_state, data["inputs"], task["steps"],
-                                task["lr"], task["batch_size"], task["seed"], mask=data.get("mask"))
+                                task["lr"], task["batch_size"], task["seed"], mask=data.get("mask"),
+                                device=task.get("device", "cpu"), precision=task.get("precision", "fp32"))
     out = Path(task["out"])
     tmp = out.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={k: str(v) for k, v in info.items()})
@@ -168,7 +180,8 @@ def run_tasks(tasks: list[dict[str, Any]], executor: str = "local", workers: int
             raise ConfigError("bld.executor is 'ray' but ray is not installed (pip install 'ray[data]')") from None
         if not ray.is_initialized():
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        remote = ray.remote(num_cpus=1)(_run_task)
+        gpus = 1 if any(t.get("device") == "cuda" for t in tasks) else 0  # Ray sets CUDA_VISIBLE_DEVICES per task
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(_run_task)
         pending = [remote.remote({**t, "threads": 1}) for t in tasks]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

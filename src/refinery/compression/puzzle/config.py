@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
+from refinery.engine.config import EngineConfig
 from refinery.models.pretrain import PretrainConfig, PretrainData, TrainerConfig
 
 
@@ -103,6 +104,8 @@ class PuzzleRecipe(Section):
     search: SearchSection = Field(default_factory=SearchSection)
     gkd: GKDConfig = Field(default_factory=GKDConfig)
     baseline: bool = Field(True, description="also build, distill and measure the uniform-shrink baseline")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="device and precision of BLD (one "
+                                 "layer at a time) and GKD (also activation checkpointing and micro-batches)")
 
     @model_validator(mode="after")
     def _check(self) -> PuzzleRecipe:

@@ -129,6 +129,9 @@ def build_library(cfg: PuzzleRecipe, parent, windows: Rows, root: Path, progress
     pending = []
     stats = None
     p = parent_block(config)
+    from refinery.engine.device import resolve_device
+
+    engine_device = resolve_device(cfg.engine.device).type  # each task places its one layer on this device
     for i, layer in enumerate(parent.model.layers):
         for part, vars_, parent_spec in (("attention", attn_vars, p.attention), ("ffn", ffn_vars, p.ffn)):
             for spec in vars_:
@@ -156,7 +159,8 @@ def build_library(cfg: PuzzleRecipe, parent, windows: Rows, root: Path, progress
                 pending.append({"key": out.stem, "config": config.to_dict(), "inputs": str(inputs),
                                 "parent_state": str(pstate), "init_state": str(init_file), "part": part,
                                 "spec": spec.name, "steps": cfg.bld.steps, "lr": cfg.bld.lr,
-                                "batch_size": cfg.bld.batch_size, "seed": cfg.seed + i, "out": str(out)})
+                                "batch_size": cfg.bld.batch_size, "seed": cfg.seed + i, "out": str(out),
+                                "device": engine_device, "precision": cfg.engine.precision})
     if pending:
         bar = StepBar(progress, len(pending), 0, "bld", ("loss",))
 
@@ -390,7 +394,8 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
         model.train()
         bar = StepBar(progress, cfg.gkd.steps, 0, f"gkd {tag}", ("loss",))
         rows = distill(model, parent, windows["distill"][0], cfg.gkd.steps, cfg.gkd.lr, cfg.gkd.batch_size,
-                       cfg.seed, log=lambda s, r: bar.update(s, {"loss": r["loss"]}), mask=windows["distill"][1])
+                       cfg.seed, log=lambda s, r: bar.update(s, {"loss": r["loss"]}), mask=windows["distill"][1],
+                       engine=cfg.engine)
         bar.close()
         for r in rows:
             run.log_metrics(r["step"], **{f"{tag}_{k}": v for k, v in r.items() if k != "step"})
