@@ -69,8 +69,8 @@ def train_cfg(policy, *extra):
         "data.n_train_per_task=60", "data.heldout_per_task=4", "data.valid_per_task=3", "rollout.group_size=2",
         "rollout.prompts_per_step=4", "rollout.max_new_tokens=8", "trainer.mini_batch_prompts=2",
         "algorithm.kl_coef=0.01", "controllers.reference_reset.every=1",
-        # (a reset that clears AdamW's state right before a sharded save leaves a checkpoint DCP cannot load)
-        "controllers.reference_reset.reset_optimizer=false", "controllers.temperature.enabled=true",
+        # every step resets the reference and the optimizer right before a sharded save
+        "controllers.reference_reset.reset_optimizer=true", "controllers.temperature.enabled=true",
         "trainer.lr=1e-3", "trainer.steps=2", "trainer.eval_every=1", "trainer.checkpoint_every=1",
         "trainer.eval_prompts=3", "eval.max_new_tokens=8", "trainer.threads=1", "engine.device=cpu", *extra])
 

@@ -39,6 +39,7 @@ from refinery.engine.device import (
     peak_memory_mb,
     reset_peak,
 )
+from refinery.engine.optim import reset_state
 from refinery.errors import TrainingError
 from refinery.generation import SamplingParams
 from refinery.generation.hf import HFGenerator, row_seed
@@ -699,7 +700,7 @@ def train_rl(cfg: RLConfig, run: RunDir, progress: bool = True, stop_after: int 
                 if why:
                     state.reset_reference()
                     if cfg.controllers.reference_reset.reset_optimizer:
-                        state.opt.state.clear()
+                        reset_state(state.opt)  # zeroed in place: the same after a sharded save as without one
                     row["reference_reset"] = why
             if main:
                 run.log_metrics(done, **row)
