@@ -168,3 +168,36 @@ def test_entropy_bonus_needs_and_uses_a_gradient():
     assert logits.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="entropy with a gradient"):
         policy_loss(logp, logp.detach(), adv, mask, entropy=token_entropy(logits.detach()), entropy_coef=0.1)
+
+
+def test_rollout_correction_hand_values():
+    from refinery.rl.losses import rollout_correction
+
+    old = torch.log(torch.tensor([[0.5, 0.3, 0.9, 0.2]]))
+    roll = torch.log(torch.tensor([[0.5, 0.1, 0.3, 0.4]]))  # ratios 1, 3, 3, 0.5
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w, st = rollout_correction(old, roll, mask, "token_truncate", cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 2.0, 2.0, 0.5]]), atol=1e-6)
+    assert st["is_weight_mean"] == pytest.approx(5 / 3, abs=1e-6) and st["is_capped_frac"] == pytest.approx(2 / 3)
+    # k1 estimate of KL(rollout || old) over the 3 real tokens: mean(log roll - log old)
+    assert st["rollout_kl"] == pytest.approx((0 + math.log(1 / 3) + math.log(1 / 3)) / 3, abs=1e-6)
+    w, st = rollout_correction(old, roll, mask, "token_mask", cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 0.0, 0.0, 0.5]]), atol=1e-6)
+    w, st = rollout_correction(old, old, mask)  # the engines agree: weight 1, no KL
+    assert torch.allclose(w, torch.ones_like(w)) and st["rollout_kl"] == 0
+    with pytest.raises(ValueError, match="unknown rollout correction"):
+        rollout_correction(old, roll, mask, "sequence")
+
+
+def test_is_weights_scale_only_the_policy_gradient_term():
+    torch.manual_seed(0)
+    logp = torch.randn(2, 3, requires_grad=True)
+    old, ref = logp.detach() + 0.1, logp.detach() - 0.2
+    adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 3)
+    kw = dict(ref_logp=ref, kl_coef=0.1)
+    base, st = policy_loss(logp, old, adv, mask, **kw)
+    same, _ = policy_loss(logp, old, adv, mask, is_weights=torch.ones(2, 3), **kw)
+    assert torch.allclose(base, same)
+    halved, st2 = policy_loss(logp, old, adv, mask, is_weights=torch.full((2, 3), 0.5), **kw)
+    assert st2["pg_loss"] == pytest.approx(0.5 * st["pg_loss"], abs=1e-6)
+    assert float(halved) == pytest.approx(0.5 * st["pg_loss"] + 0.1 * st["kl"], abs=1e-5)  # the KL term unscaled

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,9 @@ class SamplingParams(Section):
     n: int = Field(1, ge=1, description="samples per request")
     seed: int | None = Field(None, description="same seed -> same tokens (per request and sample)")
     logprobs: bool = Field(False, description="return per-token logprobs of the sampled tokens")
+    logprobs_mode: Literal["raw", "processed"] = Field(
+        "raw", description="raw: the model's distribution; processed: after temperature (what the sampler drew "
+                           "from; vLLM's logprobs_mode=processed_logprobs), for RL's rollout correction")
 
     @model_validator(mode="before")
     @classmethod
@@ -49,7 +52,8 @@ class Completion:
     """One sample. ``index`` is the request's position, ``sample`` the sample number within it.
 
     ``logprobs`` are under the model's unprocessed distribution (before temperature / top-k / top-p), as vLLM
-    returns by default; ``token_ids`` include a final EOS or the tokens of a matched stop string.
+    returns by default, or after temperature with ``logprobs_mode="processed"``; ``token_ids`` include a final EOS
+    or the tokens of a matched stop string.
     """
 
     text: str

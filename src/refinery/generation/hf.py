@@ -125,6 +125,7 @@ class HFGenerator:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         ids, attn, pos = ids.to(self.device), attn.to(self.device), pos.to(self.device)
         want_logprobs = any(r.params.logprobs for r in rows)
+        processed = torch.tensor([r.params.logprobs_mode == "processed" for r in rows])
         active = list(range(B))  # rows still decoding; finished rows leave the batch and the KV cache
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
@@ -136,7 +137,7 @@ class HFGenerator:
                 if t % UNIFORM_BLOCK == 0:
                     for i in active:
                         uniforms[i] = torch.rand(UNIFORM_BLOCK, generator=gens[i], dtype=torch.float64)
-                raw = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+                raw = _logprobs(logits, temps, processed[active]) if want_logprobs else None
                 nxt = sample_next(logits, temps, top_k, top_p, uniforms[active, t % UNIFORM_BLOCK])
                 keep = []
                 for j, i in enumerate(active):
@@ -196,6 +197,15 @@ def left_pad(seqs: list, pad_id: int):
         ids[i, width - len(x):] = torch.tensor(x)
         attn[i, width - len(x):] = 1
     return ids, attn
+
+
+def _logprobs(logits, temps, processed):
+    """Per-row log-probs of the next token: the model's (raw), or after the row's temperature where
+    ``processed`` (the distribution the token is drawn from, before top-k/top-p truncation; greedy rows stay raw)."""
+    import torch
+
+    scale = torch.where(processed & (temps > 0), temps, torch.ones_like(temps)).to(logits.dtype)
+    return torch.log_softmax(logits / scale[:, None], dim=-1)
 
 
 def sample_next(logits, temps, top_k, top_p, uniforms):

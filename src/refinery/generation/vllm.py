@@ -30,6 +30,10 @@ class VLLMGenerator:
         if not torch.cuda.is_available():
             raise GenerationError("the vllm backend needs a CUDA GPU; on CPU use --backend hf")
         self._vllm = vllm
+        # vLLM fixes the log-prob mode per engine (raw_logprobs by default; RL's rollout correction needs
+        # processed_logprobs, the post-temperature distribution the tokens were drawn from)
+        self.logprobs_mode = "processed" if str(engine_kwargs.get("logprobs_mode", "")).startswith("processed") \
+            else "raw"
         self.llm = vllm.LLM(model=model, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -41,6 +45,9 @@ class VLLMGenerator:
     def generate(self, requests: list[Request], params: SamplingParams | None = None) -> list[Completion]:
         params = params or SamplingParams()
         check_requests(requests)
+        if params.logprobs and params.logprobs_mode != self.logprobs_mode:
+            raise GenerationError(f"this vLLM engine returns {self.logprobs_mode} log-probs; build it with "
+                                  f"logprobs_mode='{params.logprobs_mode}_logprobs' for {params.logprobs_mode} ones")
         prompts = [r if isinstance(r, str) else
                    self.tokenizer.apply_chat_template(r, tokenize=False, add_generation_prompt=True)
                    for r in requests]

@@ -59,6 +59,10 @@ class AlgorithmConfig(Section):
     kl_output_clamp: float | None = Field(10.0, gt=0, description="clamp each token's KL estimate to +-this "
                                                                   "(NeMo-RL, verl: 10); null disables")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus (0 = off)")
+    rollout_correction: Literal["none", "token_truncate", "token_mask"] = Field(
+        "none", description="importance weights for the sampler/trainer log-prob mismatch: token_truncate (TIS, "
+                            "verl / TRL), token_mask (MIS); the sampler reports post-temperature log-probs")
+    rollout_correction_cap: float = Field(2.0, gt=1, description="the weights' cap C (ms-swift's default: 2)")
     dynamic_sampling: bool = Field(False, description="drop all-equal-reward groups and refill (DAPO/ProRL)")
     max_refill_rounds: int = Field(10, ge=1, description="generation rounds per step when refilling; a batch "
                                    "still short after them is an error, never trained on partially (NeMo-RL "
@@ -75,6 +79,11 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(16, ge=1, description="prompts per rollout batch (papers: 128-256)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (ProRL 1.2; controller may adjust)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: the project's sampler on the policy (one process) "
+                                          "or its unsharded inference copy (torchrun); vllm: a colocated vLLM "
+                                          "engine per rank, asleep during updates (needs vLLM + CUDA)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="vllm backend: the GPU memory "
+                                               "fraction its engine may take while awake")
     max_new_tokens: int = Field(64, ge=1, description="response budget (length curriculum may override)")
     batch_size: int = Field(128, ge=1, description="rows per generation batch")
 

@@ -74,17 +74,47 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return -(logp.exp() * logp).sum(-1)
 
 
+def rollout_correction(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                       mode: str = "token_truncate", cap: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token importance weights for rollouts sampled by another engine than the trainer (vLLM, or a bf16
+    inference copy): ``w = pi_old(y_t) / pi_rollout(y_t)``, the trainer's log-prob of the sampled token at rollout
+    time over the sampler's. ``token_truncate`` (TIS, as verl and TRL apply it): ``min(w, cap)``; ``token_mask``
+    (MIS): ``w`` where ``w <= cap``, else 0 (the token leaves the gradient). Weights carry no gradient.
+    Stats: the mean weight, the fraction truncated/masked and ``rollout_kl``, the k1 estimate of
+    ``KL(pi_rollout || pi_old)`` over the sampled tokens (0 when the two engines agree)."""
+    if cap <= 1:
+        raise ValueError(f"rollout correction cap must be > 1, got {cap}")
+    log_ratio = (old_logp.detach().float() - rollout_logp.float()).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    over = ratio > cap
+    if mode == "token_truncate":
+        w = ratio.clamp(max=cap)
+    elif mode == "token_mask":
+        w = torch.where(over, torch.zeros_like(ratio), ratio)
+    else:
+        raise ValueError(f"unknown rollout correction {mode!r} (token_truncate, token_mask)")
+    m = mask.to(ratio.dtype)
+    n = m.sum().clamp(min=1.0)
+    stats = {"is_weight_mean": float((w * m).sum() / n), "is_capped_frac": float((over.to(m.dtype) * m).sum() / n),
+             "rollout_kl": float((-log_ratio * m).sum() / n)}
+    return w.to(old_logp.dtype), stats
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                 eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token-mean",
                 ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
                 kl_clamp: tuple[float | None, float | None] = (20.0, 10.0),
                 entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
-                max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The full GRPO-family objective and its diagnostics (clip fraction, KL, entropy).
+                max_len: int | None = None,
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The full GRPO-family objective and its diagnostics (clip fraction, KL, entropy). ``is_weights``
+    (:func:`rollout_correction`) scale each token's policy-gradient term, not the KL or entropy terms (verl).
 
     ``entropy`` must carry its graph when ``entropy_coef`` > 0 (the bonus is a gradient, not a logged number);
     a detached entropy with a non-zero coefficient is an error."""
     pg, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    if is_weights is not None:
+        pg = pg * is_weights.detach()
     per_token = pg
     stats: dict[str, float] = {}
     m = mask.to(logp.dtype)

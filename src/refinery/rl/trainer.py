@@ -48,7 +48,7 @@ from refinery.rl.advantages import compute_advantages
 from refinery.rl.batch import make_batch, response_logprobs
 from refinery.rl.config import RLConfig
 from refinery.rl.controllers import LengthCurriculum, ReferenceReset, StageSchedule, TemperatureController
-from refinery.rl.losses import policy_loss
+from refinery.rl.losses import policy_loss, rollout_correction
 from refinery.rl.rewards import RewardRouter
 from refinery.rl.sampling import difficulty_filter, informative_groups, overlong_mask
 from refinery.runs import RunDir, checkpoint_step
@@ -207,7 +207,13 @@ class RLRun:
             self.infer = self.model  # one process: rollouts come from the training model itself
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.lr, betas=(0.9, 0.999),
                                      weight_decay=cfg.trainer.weight_decay)
-        self.gen = HFGenerator(self.infer, self.tok, batch_size=cfg.rollout.batch_size, device=str(self.device))
+        if cfg.rollout.backend == "vllm":
+            from refinery.rl.rollout_vllm import ColocatedVLLM
+
+            self.gen = ColocatedVLLM(str(policy_dir), self.tok, seed=cfg.seed,
+                                     gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
+        else:
+            self.gen = HFGenerator(self.infer, self.tok, batch_size=cfg.rollout.batch_size, device=str(self.device))
         self.router = RewardRouter(cfg.algorithm.format_weight, cfg.reward.path if cfg.reward.type == "reward_model"
                                    else None, cfg.reward.batch_size, format_required=cfg.algorithm.format_required)
         self.train_items, self.heldout, self.valid = load_items(cfg)
@@ -232,9 +238,11 @@ class RLRun:
         all-gather per layer in its (no-grad) scoring pass, which runs in lock-step with the policy's anyway. With
         the same sharding a reference reset is a local copy of each rank's shards."""
         cfg, eng = self.cfg, self.cfg.engine
-        self.infer = copy.deepcopy(model).to(self.device).eval()
-        for p in self.infer.parameters():
-            p.requires_grad_(False)
+        self.infer = None  # the colocated vLLM engine is the rollout engine then
+        if cfg.rollout.backend == "hf":
+            self.infer = copy.deepcopy(model).to(self.device).eval()
+            for p in self.infer.parameters():
+                p.requires_grad_(False)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:
             ref = copy.deepcopy(model)
@@ -248,13 +256,19 @@ class RLRun:
 
     def refresh_inference(self) -> None:
         """Load the sharded policy's full weights into the inference copy (every rank gathers them: with
-        ``cpu_offload=False`` the full state dict is materialised on every rank)."""
-        if not self.distributed:
+        ``cpu_offload=False`` the full state dict is materialised on every rank), or push them into the
+        colocated vLLM engine."""
+        vllm = self.cfg.rollout.backend == "vllm"
+        if not self.distributed and not vllm:
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        self.infer.load_state_dict(full)
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True)) \
+            if self.distributed else self.model.state_dict()
+        if vllm:
+            self.gen.push_weights(full.items())
+        else:
+            self.infer.load_state_dict(full)
         del full
 
     def reset_reference(self) -> None:
@@ -391,8 +405,10 @@ class RLRun:
         stage, tasks = self.tasks(step)
         pool = [it for t in tasks for it in self.train_items[t] if it["id"] not in self.dropped]
         P, G = cfg.rollout.prompts_per_step, self.group_size()
+        # the rollout correction compares the sampler's post-temperature log-probs with the trainer's
         params = SamplingParams(n=G, temperature=self.temperature(), top_p=cfg.rollout.top_p,
-                                max_new_tokens=self.max_new_tokens())
+                                max_new_tokens=self.max_new_tokens(),
+                                logprobs=cfg.algorithm.rollout_correction != "none", logprobs_mode="processed")
         groups, seen, dropped_groups, rounds, gen_tokens = [], 0, 0, 0, 0
         all_correct: list[int] = []
         rounds_max = cfg.algorithm.max_refill_rounds if cfg.algorithm.dynamic_sampling else 1
@@ -462,6 +478,8 @@ class RLRun:
 
     def update(self, groups) -> dict[str, float]:
         cfg, alg = self.cfg, self.cfg.algorithm
+        if cfg.rollout.backend == "vllm":
+            self.gen.sleep()  # the update gets the GPU; refresh_inference wakes the engine with the new weights
         T = self.temperature()
         rewards = torch.stack([g[2] for g in groups])
         prompt_ids, resp_ids, truncated = [], [], []
@@ -495,17 +513,24 @@ class RLRun:
                 old = self._score(self.model, batch, T) if multi else None
                 ref = self._score(self.ref, batch, T) if self.ref is not None else None
         mask_d, advs_d = mask.to(dev), advs_t.to(dev)
+        rollout_d = self._rollout_logprobs(groups, mask.shape).to(dev) if alg.rollout_correction != "none" else None
 
         def loss_fn(rows: torch.Tensor):
             with autocast(self.compute_precision, dev):
                 logp, ent = response_logprobs(self.model, batch, T, rows=rows, with_entropy=True,
                                               entropy_grad=alg.entropy_coef > 0, chunk_tokens=eng.logprob_chunk_tokens)
             rd = rows.to(dev)
+            old_rows = old[rd] if old is not None else logp.detach()
+            is_w, is_st = None, {}
+            if rollout_d is not None:  # the trainer's log-probs at rollout time over the sampler's
+                is_w, is_st = rollout_correction(old_rows, rollout_d[rd], mask_d[rd], alg.rollout_correction,
+                                                 alg.rollout_correction_cap)
             loss, st = policy_loss(
-                logp, old[rd] if old is not None else logp.detach(), advs_d[rd], mask_d[rd], eps_low=alg.eps_low,
+                logp, old_rows, advs_d[rd], mask_d[rd], eps_low=alg.eps_low,
                 eps_high=alg.eps_high, agg=alg.loss_agg, ref_logp=ref[rd] if ref is not None else None,
                 kl_coef=alg.kl_coef, kl_estimator=alg.kl_estimator, kl_clamp=(alg.kl_input_clamp, alg.kl_output_clamp),
-                entropy=ent, entropy_coef=alg.entropy_coef, max_len=self.max_new_tokens())
+                entropy=ent, entropy_coef=alg.entropy_coef, max_len=self.max_new_tokens(), is_weights=is_w)
+            st.update(is_st)
             m = mask_d[rd]
             st["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
             return loss, st
@@ -526,11 +551,27 @@ class RLRun:
                 self.opt.step()
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
+        self.refresh_inference()  # one process: nothing to do for the HF sampler (it samples from the policy)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["response_length"] = float(torch.tensor([len(r) for r in resp_ids], dtype=torch.float).mean())
         out["truncation_rate"] = float(truncated_t.float().mean())
         out["samples"] = len(resp_ids)
         out["peak_memory_mb"] = round(peak_memory_mb(dev), 1)
+        return out
+
+    @staticmethod
+    def _rollout_logprobs(groups, shape) -> torch.Tensor:
+        """The sampler's log-probs of each response token, laid out as the batch's response mask."""
+        out = torch.zeros(shape)
+        r = 0
+        for _, comps, _, _ in groups:
+            for c in comps:
+                if c.logprobs is None or len(c.logprobs) != len(c.token_ids):
+                    raise TrainingError("algorithm.rollout_correction needs the sampler's log-prob of every "
+                                        "sampled token; this backend returned none")
+                if c.logprobs:
+                    out[r, :len(c.logprobs)] = torch.tensor(c.logprobs)
+                r += 1
         return out
 
     # -- the update on several ranks --
