@@ -82,7 +82,7 @@ EXTRACT = [
     ("\\boxed{}", None),
     ("\\boxed{12", None),
     ("<think>maybe \\boxed{3}</think> The answer is \\boxed{4}", "4"),
-    ("<think>it is \\boxed{3}</think>", "3"),  # nothing after the thinking: use what is inside
+    ("<think>it is \\boxed{3}</think>", None),  # nothing after the thinking: what is inside never counts
     ("<think>\\boxed{9}</think> Final answer: 10", "10"),
     ("#### 1,234", "1,234"),
     ("Thus the answer is $x = 5$. Done.", "x = 5"),

@@ -1,8 +1,9 @@
 """Verifiers: the rewards of RL. ``verifier(response, reference) -> Verdict(score, extracted, reason)``."""
 
 from refinery.verifiers.base import Verdict, Verifier
+from refinery.verifiers.thinking import ThinkSplit, split_thinking
 
-__all__ = ["Verdict", "Verifier", "get_verifier"]
+__all__ = ["ThinkSplit", "Verdict", "Verifier", "get_verifier", "split_thinking"]
 
 
 def get_verifier(name: str, **kwargs) -> Verifier:

@@ -7,6 +7,7 @@ from typing import Any
 
 from refinery.verifiers.base import Verdict, Verifier
 from refinery.verifiers.math import NO_BOX, last_boxed
+from refinery.verifiers.thinking import split_thinking
 
 _PATTERNS = [
     re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
@@ -18,9 +19,9 @@ _PATTERNS = [
 
 def extract_choice(response: str, options: list[str] | dict[str, str] | None = None,
                    letters: str = "ABCDEFGHIJ") -> str | None:
-    """The chosen letter: a box wins, then 'answer: X', '(X)', 'X.' (last occurrence), then an option's text."""
-    if "</think>" in response:
-        response = response.rsplit("</think>", 1)[1]
+    """The chosen letter, read after the thinking: a box wins, then 'answer: X', '(X)', 'X.' (last occurrence),
+    then an option's text."""
+    response = split_thinking(response).answer  # never what the thinking considered
     box = last_boxed(response)
     if box is not NO_BOX and box:
         m = re.fullmatch(r"\s*(?:\\text\{)?\(?([A-Ja-j])\)?\}?\s*", box)

@@ -20,14 +20,15 @@ from typing import Any, Callable, Iterable
 from refinery.errors import DataError
 from refinery.verifiers.base import Verdict, Verifier
 from refinery.verifiers.sandbox import Limits, RunResult, Sandbox
+from refinery.verifiers.thinking import split_thinking
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
 def extract_code(response: str) -> str:
-    """The last fenced code block (python-tagged ones preferred), or the response itself when bare code."""
-    if "</think>" in response:
-        response = response.rsplit("</think>", 1)[1]
+    """The last fenced code block (python-tagged ones preferred), or the response itself when bare code; only the
+    text after the thinking counts (none when the response ends inside it)."""
+    response = split_thinking(response).answer
     blocks = _FENCE.findall(response)
     if not blocks:
         return response.strip("\n")

@@ -7,6 +7,7 @@ from typing import Any
 
 from refinery.verifiers.base import Verdict, Verifier
 from refinery.verifiers.math import NO_BOX, last_boxed
+from refinery.verifiers.thinking import split_thinking
 
 
 class FormatVerifier(Verifier):
@@ -20,7 +21,10 @@ class FormatVerifier(Verifier):
         self.open, self.close = think_open, think_close
 
     def __call__(self, response: str, reference: Any = None) -> Verdict:
-        answer_part = response
+        split = split_thinking(response, open_tag=self.open, close_tag=self.close)
+        if not split.closed:
+            return Verdict(0.0, None, f"ends inside its thinking ({self.open} never closed)")
+        answer_part = split.answer  # a box inside the thinking does not count
         if self.require_think:
             pattern = re.escape(self.open) + r"(.*?)" + re.escape(self.close)
             blocks = re.findall(pattern, response, re.DOTALL)
@@ -28,7 +32,6 @@ class FormatVerifier(Verifier):
                 return Verdict(0.0, None, f"expected exactly one {self.open}…{self.close} block at the start")
             if not blocks[0].strip():
                 return Verdict(0.0, None, "empty thinking block")
-            answer_part = response.split(self.close, 1)[1]
         if self.require_boxed:
             box = last_boxed(answer_part)
             if box is NO_BOX or box is None:

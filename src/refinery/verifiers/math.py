@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from refinery.verifiers.base import Verdict, Verifier
+from refinery.verifiers.thinking import split_thinking
 
 # ---------------------------------------------------------------------------------------------------------------
 # Extraction
@@ -89,14 +90,11 @@ def _extract(text: str, fallback_last_number: bool) -> str | None | object:
 
 def extract_answer(response: str, fallback_last_number: bool = True) -> str | None:
     """The final answer of a response: the last box, ``<answer>`` tag, ``#### N``, 'The answer is …' /
-    'Final answer: …', or (optionally) the last number. Text inside ``<think>…</think>`` is ignored when an
-    answer follows it. An empty or unbalanced last box extracts nothing."""
-    if "</think>" in response:
-        after = response.rsplit("</think>", 1)[1]
-        found = _extract(after, fallback_last_number)
-        if found is not NO_BOX:
-            return found  # type: ignore[return-value]
-    found = _extract(response, fallback_last_number)
+    'Final answer: …', or (optionally) the last number. Only the text after the thinking counts
+    (:func:`~refinery.verifiers.thinking.split_thinking`): an answer inside ``<think>…</think>`` is never
+    extracted, and a response that ends inside its thinking has none. An empty or unbalanced last box extracts
+    nothing."""
+    found = _extract(split_thinking(response).answer, fallback_last_number)
     return None if found is NO_BOX else found  # type: ignore[return-value]
 
 
