@@ -45,7 +45,7 @@ def _scripted_router(state, informative: set[str]):
     prompts asked for, in order."""
     asked: list[str] = []
 
-    def group(item, responses):
+    def group(item, responses, opened=False):
         asked.append(item["id"])
         mixed = item["id"] in informative
         return [(float(mixed and i == 0), mixed and i == 0) for i in range(len(responses))]
@@ -319,6 +319,22 @@ def _update_with(policy, tmp_path, name, *engine):
         groups.append((item, comps, torch.tensor([1.0, 0.0, 0.5 * (k % 2)]), [True, False, False]))
     stats = state.update(groups)
     return [p.detach().clone() for p in state.model.parameters()], stats
+
+
+def test_a_response_cut_off_inside_its_thinking_counts_as_truncated(policy, tmp_path):
+    """An unclosed <think> that stopped (EOS) is truncated like a length stop: the overlong filter masks it."""
+    from refinery.generation import Completion
+
+    cfg = rl_cfg(policy, "rollout.group_size=3", "algorithm.overlong_filter=true")
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "think"), policy)
+    groups = []
+    for item in state.train_items["arithmetic"][:2]:
+        texts = ["<think>1+1</think>The answer is 2", "<think>1+1 is", "The answer is 2"]
+        reasons = ["stop", "stop", "length"]
+        comps = [Completion(text=t, token_ids=state.gen.encode(t)[:6], finish_reason=r) for t, r in zip(texts, reasons)]
+        groups.append((item, comps, torch.tensor([1.0, 0.0, 0.0]), [True, False, False]))
+    stats = state.update(groups)
+    assert stats["truncation_rate"] == pytest.approx(2 / 3)
 
 
 def test_engine_micro_batches_and_checkpointing_give_the_same_update(policy, tmp_path):

@@ -52,6 +52,7 @@ from refinery.rl.losses import policy_loss, rollout_correction
 from refinery.rl.rewards import RewardRouter
 from refinery.rl.sampling import difficulty_filter, informative_groups, overlong_mask
 from refinery.runs import RunDir, checkpoint_step
+from refinery.verifiers.thinking import prompt_opens_thinking, split_thinking
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -142,6 +143,12 @@ def chat(item: dict) -> list[dict[str, str]]:
     return item.get("messages") or [{"role": "user", "content": item["prompt"]}]
 
 
+def opens_thinking(tokenizer, item: dict) -> bool:
+    """Whether the item's rendered prompt leaves the policy inside ``<think>`` (DeepSeek-R1 templates): its
+    responses then start in the thinking, and one without ``</think>`` was cut off there."""
+    return prompt_opens_thinking(tokenizer.apply_chat_template(chat(item), tokenize=False, add_generation_prompt=True))
+
+
 def bootstrap_policy(cfg: RLConfig, progress: bool = True) -> Path:
     """The SFT starting policy when none is given: trained once, cached by its config hash."""
     from refinery.models.pretrain import cached_pretrain
@@ -173,7 +180,8 @@ def evaluate(gen: HFGenerator, router: RewardRouter, items: list[dict], max_new_
     """Greedy held-out accuracy, overall and per task, scored by the same verifiers as the reward."""
     from refinery.eval.accuracy import heldout_accuracy
 
-    return heldout_accuracy(gen, items, lambda it, text: router(it, text)[1], max_new_tokens)
+    return heldout_accuracy(gen, items, lambda it, text: router(it, text, opens_thinking(gen.tokenizer, it))[1],
+                            max_new_tokens)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------------
@@ -426,7 +434,8 @@ class RLRun:
                 results = self._sharded_round(items, round_params)
             else:
                 out = self.gen.generate([chat(it) for it in items], round_params)
-                results = [(out[k * G:(k + 1) * G], self.router.group(it, [c.text for c in out[k * G:(k + 1) * G]]))
+                results = [(out[k * G:(k + 1) * G], self.router.group(it, [c.text for c in out[k * G:(k + 1) * G]],
+                                                                      opens_thinking(self.tok, it)))
                            for k, it in enumerate(items)]
             for it, (comps, scored) in zip(items, results):
                 rewards = torch.tensor([s[0] for s in scored])
@@ -471,7 +480,8 @@ class RLRun:
         local = []
         for j, k in enumerate(mine):
             comps = out[j * G:(j + 1) * G]
-            local.append((comps, self.router.group(items[k], [c.text for c in comps])))
+            scored = self.router.group(items[k], [c.text for c in comps], opens_thinking(self.tok, items[k]))
+            local.append((comps, scored))
         gathered: list = [None] * self.env.world_size
         tdist.all_gather_object(gathered, local)  # rank order is item order: shard_rows blocks are contiguous
         return [res for part in gathered for res in part]
@@ -485,10 +495,12 @@ class RLRun:
         prompt_ids, resp_ids, truncated = [], [], []
         for it, comps, _, _ in groups:
             p = self.gen.encode(chat(it))
+            opened = opens_thinking(self.tok, it)
             for c in comps:
                 prompt_ids.append(p)
                 resp_ids.append(c.token_ids)
-                truncated.append(c.finish_reason == "length")
+                # a response that ends inside its thinking was cut off there too (the overlong case)
+                truncated.append(c.finish_reason == "length" or not split_thinking(c.text, opened).closed)
         batch = make_batch(prompt_ids, resp_ids, self.tok.pad_token_id)
         mask = batch.mask
         truncated_t = torch.tensor(truncated)
