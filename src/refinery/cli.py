@@ -308,6 +308,12 @@ def eval_cmd(
                                     "to compare models (ProRL's boundary analysis)."),
     backend: str = typer.Option("hf", "--backend", help="hf, openai or vllm."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", "--base-url"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai: env var with the API key "
+                                    "(e.g. the REFINERY_API_KEY of a `refinery serve --api-key` server)."),
+    opens_thinking: Optional[bool] = typer.Option(None, "--opens-thinking/--no-opens-thinking", help="Whether the "
+                                                  "prompt template opens <think> (DeepSeek-R1): a response without "
+                                                  "</think> is then cut off while thinking. Default: read from the "
+                                                  "model's tokenizer (hf, vllm); off for openai."),
     n: int = typer.Option(16, "--n", min=1, help="Samples per problem."),
     k: str = typer.Option("1,4,16", "--k", help="pass@k values (each <= n)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems (ppl: windows) only."),
@@ -368,7 +374,8 @@ def eval_cmd(
         raise RefineryError(f"every k must be between 1 and --n ({n}); got {ks}")
     _quiet_hf()
     results = run_eval(kind, data, model, backend=backend, base_url=base_url, n=n, ks=ks, limit=limit,
-                       temperature=temperature, max_new_tokens=max_new_tokens, template=template, seed=seed, out=out)
+                       temperature=temperature, max_new_tokens=max_new_tokens, template=template, seed=seed, out=out,
+                       opens_thinking=opens_thinking, api_key_env=api_key_env)
     from rich.table import Table
 
     table = Table(title=f"{kind} on {data}")
@@ -376,8 +383,15 @@ def eval_cmd(
     for x in ks:
         table.add_column(f"pass@{x}")
     table.add_column(f"avg@{n}")
+    unit = "tokens" if all("thinking_tokens" in r["lengths"] for r in results["models"].values()) else "chars"
+    table.add_column(f"thinking {unit}")
+    table.add_column(f"answer {unit}")
+    table.add_column("unclosed think")
     for name, r in results["models"].items():
-        table.add_row(name, *[f"{r['pass@'+str(x)]:.3f}" for x in ks], f"{r['avg@n']:.3f}")
+        ln = r["lengths"]
+        table.add_row(name, *[f"{r['pass@'+str(x)]:.3f}" for x in ks], f"{r['avg@n']:.3f}",
+                      f"{ln['thinking_' + unit]:.1f}", f"{ln['answer_' + unit]:.1f}",
+                      f"{ln['unclosed_think_rate']:.3f}")
     console.print(table)
     if out:
         console.print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from refinery.errors import DataError
+from refinery.verifiers.thinking import prompt_opens_thinking, split_thinking
 
 MATH_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CODE_TEMPLATE = "Complete this Python function. Answer with the whole function in a ```python block.\n\n{problem}"
@@ -86,7 +87,12 @@ def _scorer(kind: str):
     router = RewardRouter()
     math = router.math  # as lenient as the RL reward: an explicit final answer, no last-number fallback
 
-    def score(p: dict, text: str) -> bool:
+    def score(p: dict, text: str, opened: bool = False) -> bool:
+        """Scored on the answer after the thinking; a response that ends inside its thinking is wrong."""
+        split = split_thinking(text, opened)
+        if not split.closed:
+            return False
+        text = split.answer
         if p.get("task"):
             return router(p, text)[1]
         if "tests" in p:
@@ -101,11 +107,43 @@ def _scorer(kind: str):
     return score, router
 
 
+def prompts_open_thinking(generator, requests: list) -> list[bool]:
+    """Per request, whether its rendered prompt leaves the model inside ``<think>`` (DeepSeek-R1 templates), read
+    from the generator's tokenizer; False where the prompt is rendered elsewhere (a server)."""
+    tok = getattr(generator, "tokenizer", None)
+    if tok is None or not getattr(tok, "chat_template", None):
+        return [False] * len(requests)
+    return [prompt_opens_thinking(r if isinstance(r, str) else
+                                  tok.apply_chat_template(r, tokenize=False, add_generation_prompt=True))
+            for r in requests]
+
+
+def length_stats(texts: list[str], opened: list[bool], tokenizer=None) -> dict[str, float]:
+    """Mean thinking and answer lengths of responses (chars; tokens when a tokenizer is given, each part tokenised
+    on its own) and the share that ended inside their thinking (``unclosed_think_rate``)."""
+    splits = [split_thinking(t, o) for t, o in zip(texts, opened)]
+    n = max(len(splits), 1)
+    out = {"thinking_chars": sum(len(s.thinking) for s in splits) / n,
+           "answer_chars": sum(len(s.answer) for s in splits) / n,
+           "unclosed_think_rate": sum(not s.closed for s in splits) / n}
+    if tokenizer is not None and splits:
+        def tokens(parts: list[str]) -> float:
+            return sum(len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]) / n
+
+        out["thinking_tokens"] = tokens([s.thinking for s in splits])
+        out["answer_tokens"] = tokens([s.answer for s in splits])
+    return out
+
+
 def run_eval(kind: str, data: str, models: list[str], backend: str = "hf", base_url: str | None = None,
              n: int = 16, ks: list[int] | None = None, limit: int | None = None, temperature: float = 0.8,
              max_new_tokens: int = 512, template: str | None = None, seed: int = 0,
-             out: Path | None = None) -> dict[str, Any]:
-    """pass@k for each model on the same problems and samples budget; writes results/report/plot to ``out``."""
+             out: Path | None = None, opens_thinking: bool | None = None,
+             api_key_env: str = "OPENAI_API_KEY") -> dict[str, Any]:
+    """pass@k for each model on the same problems and samples budget, and the mean thinking / answer lengths of
+    its responses (``lengths``); writes results/report/plot to ``out``. Responses are scored on what follows their
+    thinking. ``opens_thinking``: whether the prompts open ``<think>`` (DeepSeek-R1 templates; None: read from the
+    model's tokenizer, False for a server)."""
     from refinery.generation import SamplingParams, get_generator
 
     ks = ks or [1]
@@ -116,13 +154,22 @@ def run_eval(kind: str, data: str, models: list[str], backend: str = "hf", base_
                                "models": {}}
     try:
         for model in models:
-            kwargs = {"base_url": base_url} if backend == "openai" and base_url else {}
+            kwargs: dict[str, Any] = {}
+            if backend == "openai":
+                kwargs = {"api_key_env": api_key_env, **({"base_url": base_url} if base_url else {})}
             gen = get_generator(backend, model, **kwargs)
             params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
             comps = gen.generate(requests, params)
-            correct = [sum(score(p, c.text) for c in comps[i * n:(i + 1) * n]) for i, p in enumerate(problems)]
+            opened = prompts_open_thinking(gen, requests) if opens_thinking is None else \
+                [opens_thinking] * len(requests)
+            correct = [sum(score(p, c.text, opened[i]) for c in comps[i * n:(i + 1) * n])
+                       for i, p in enumerate(problems)]
             r = {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
             r["avg@n"] = sum(correct) / (n * len(correct))
+            r["lengths"] = length_stats([c.text for c in comps], [opened[i // n] for i in range(len(comps))],
+                                        getattr(gen, "tokenizer", None))
+            r["lengths"]["completion_tokens"] = sum(len(c.token_ids) for c in comps) / max(len(comps), 1)
+            r["lengths"]["length_stop_rate"] = sum(c.finish_reason == "length" for c in comps) / max(len(comps), 1)
             r["per_problem_correct"] = dict(zip((p["id"] for p in problems), correct))
             results["models"][model] = r
     finally:
@@ -130,6 +177,11 @@ def run_eval(kind: str, data: str, models: list[str], backend: str = "hf", base_
     if out is not None:
         _write(results, Path(out))
     return results
+
+
+LENGTH_COLUMNS = [("thinking_tokens", ".1f"), ("answer_tokens", ".1f"), ("thinking_chars", ".1f"),
+                  ("answer_chars", ".1f"), ("completion_tokens", ".1f"), ("unclosed_think_rate", ".3f"),
+                  ("length_stop_rate", ".3f")]
 
 
 def _write(results: dict, out: Path) -> None:
@@ -142,6 +194,14 @@ def _write(results: dict, out: Path) -> None:
              "|---|" + "---|" * (len(ks) + 1)]
     for name, r in results["models"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r[f'pass@{k}']:.3f}" for k in ks) + f" | {r['avg@n']:.3f} |")
+    lines += ["", "Mean response lengths, thinking (inside `<think>…</think>`) and answer (what is scored) apart; "
+              "tokens re-tokenised per part (\u2013 where the tokenizer is not local).", "",
+              "| model | thinking tokens | answer tokens | thinking chars | answer chars | completion tokens | "
+              "unclosed `<think>` | stopped by length |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        ln = r.get("lengths", {})
+        cells = [format(ln[key], fmt) if key in ln else "\u2013" for key, fmt in LENGTH_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     try:
         import matplotlib
 
