@@ -654,6 +654,13 @@ def serve_cmd(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Served model id (default: dir name)."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most rows decoded together."),
     log_level: str = typer.Option("warning", "--log-level"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="REFINERY_API_KEY", show_envvar=True,
+                                          help="Require 'Authorization: Bearer <key>' on every /v1 route (401 "
+                                          "otherwise; /health stays open). Prefer the environment variable: a "
+                                          "flag is visible in the process list."),
+    max_request_tokens: int = typer.Option(262144, "--max-request-tokens", min=0, help="Most completion tokens "
+                                           "one request may ask for (prompts x n x max_tokens; 400 above it). "
+                                           "0: no cap."),
 ) -> None:
     """OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) over a local model."""
     from refinery.generation.server import serve
@@ -661,8 +668,12 @@ def serve_cmd(
 
     _quiet_hf()
     load_tokenizer(model_dir)  # fail fast with one line on a bad directory
-    console.print(f"serving {model_dir} on http://{host}:{port}/v1", highlight=False)
-    serve(str(model_dir), host=host, port=port, model_name=model_name, max_batch=max_batch, log_level=log_level)
+    if api_key is not None and not api_key.strip():
+        raise RefineryError("--api-key / REFINERY_API_KEY is set but empty; set a key or unset it")
+    auth = "API key required" if api_key else "no API key (anyone who can reach the port can use it)"
+    console.print(f"serving {model_dir} on http://{host}:{port}/v1 ({auth})", highlight=False)
+    serve(str(model_dir), host=host, port=port, model_name=model_name, max_batch=max_batch, log_level=log_level,
+          api_key=api_key, max_request_tokens=max_request_tokens or None)
 
 
 @app.command("generate")

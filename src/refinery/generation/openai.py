@@ -2,8 +2,9 @@
 
 Async with a concurrency limit; retries 429/5xx/timeouts/connection errors/malformed bodies with exponential
 backoff and jitter (honouring Retry-After); a per-request timeout; and an optional on-disk cache keyed by
-(model, request, params) so a re-run pays nothing for work already done. The API key comes from the
-environment and never appears in logs, errors or reprs.
+(model, request, params) so a re-run pays nothing for work already done. The API key (``api_key``, or the
+environment variable ``api_key_env``) is sent as ``Authorization: Bearer`` and never appears in logs, errors or
+reprs.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ class OpenAIGenerator:
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
-                 max_backoff: float = 8.0, cache_dir: str | Path | None = None):
+                 max_backoff: float = 8.0, cache_dir: str | Path | None = None, api_key: str | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self._api_key = os.environ.get(api_key_env) or None
+        self._api_key = api_key or os.environ.get(api_key_env) or None  # an explicit key wins
         self.concurrency, self.timeout = concurrency, timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.cache = ResponseCache(cache_dir) if cache_dir else None

@@ -4,11 +4,16 @@ Endpoints: ``/health``, ``/v1/models``, ``/v1/completions``, ``/v1/chat/completi
 merged into shared decode batches by a small batcher (rows with different sampling params batch together).
 Bad requests get 400/404/422 with an OpenAI-style JSON error body, never a bare 500.
 Each choice also carries ``token_ids`` (an extension, as vLLM offers), so RL clients get exact tokens.
+
+With an API key every ``/v1`` route needs ``Authorization: Bearer <key>`` (401 otherwise, as vLLM's ``--api-key``;
+``/health`` stays open for probes), compared in constant time. A request may ask for at most
+``max_request_tokens`` completion tokens in all (prompts x n x max_tokens); more is a 400 that states both numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +116,14 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param = status, message, type_, param
 
 
+DEFAULT_MAX_REQUEST_TOKENS = 262144  # 16 samples of 16K tokens (a ProRL rollout group); 0 or None: no cap
+
+
 def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max_wait: float = 0.005,
-               default_chat_max_tokens: int = 256):
-    """The FastAPI app serving ``generator`` under ``model_name``."""
+               default_chat_max_tokens: int = 256, api_key: str | None = None,
+               max_request_tokens: int | None = DEFAULT_MAX_REQUEST_TOKENS):
+    """The FastAPI app serving ``generator`` under ``model_name``; ``api_key`` guards the ``/v1`` routes and
+    ``max_request_tokens`` caps prompts x n x max_tokens per request (0 or None: no cap)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -130,9 +140,24 @@ def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max
     app = FastAPI(title="refinery serve", lifespan=lifespan)
     app.state.batcher = batcher
 
-    def error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
-        return JSONResponse(status_code=status,
-                            content={"error": {"message": message, "type": type_, "param": param, "code": status}})
+    def error(status: int, message: str, type_: str, param: str | None = None, code: int | str | None = None,
+              headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(status_code=status, headers=headers, content={
+            "error": {"message": message, "type": type_, "param": param, "code": status if code is None else code}})
+
+    key = api_key.encode() if api_key else None
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        # before routing and body validation: without the key nothing about the request is looked at
+        if key is not None and request.url.path.startswith("/v1"):
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)):
+                return error(401, "Invalid or missing API key: send the header 'Authorization: Bearer <key>' with "
+                             "the key this server was started with (--api-key or REFINERY_API_KEY)",
+                             "invalid_request_error", code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -154,6 +179,15 @@ def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max
                            "model_not_found", "model")
         if body.stream:
             raise APIError(400, "streaming is not supported by refinery serve", param="stream")
+
+    def check_budget(prompts: int, n: int, max_tokens: int) -> None:
+        total = prompts * n * max_tokens
+        if max_request_tokens and total > max_request_tokens:
+            what = (f"{prompts} prompts x n={n} x max_tokens={max_tokens}" if prompts > 1 else
+                    f"n={n} x max_tokens={max_tokens}")
+            raise APIError(400, f"{what} = {total} completion tokens, over this server's cap of "
+                           f"{max_request_tokens} per request (refinery serve --max-request-tokens); lower n or "
+                           "max_tokens, or split the request", param="max_tokens")
 
     async def run(requests, params: SamplingParams) -> list[Completion]:
         try:
@@ -185,6 +219,7 @@ def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise APIError(400, "prompt is empty", param="prompt")
+        check_budget(len(prompts), body.n, body.max_tokens)
         params = body.sampling(body.max_tokens, logprobs=body.logprobs is not None)
         out = await run(prompts, params)
         choices = []
@@ -206,6 +241,7 @@ def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max
     async def chat(body: ChatBody):
         check(body)
         max_tokens = body.max_completion_tokens or body.max_tokens or default_chat_max_tokens
+        check_budget(1, body.n, max_tokens)
         params = body.sampling(max_tokens, logprobs=body.logprobs)
         out = await run([[m.model_dump() for m in body.messages]], params)
         choices = []
@@ -223,7 +259,8 @@ def create_app(generator: HFGenerator, model_name: str, max_batch: int = 64, max
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-          max_batch: int = 64, log_level: str = "warning") -> None:
+          max_batch: int = 64, log_level: str = "warning", api_key: str | None = None,
+          max_request_tokens: int | None = DEFAULT_MAX_REQUEST_TOKENS) -> None:
     """Load the model and serve it until interrupted."""
     from pathlib import Path
 
@@ -231,5 +268,5 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, model_name:
 
     generator = HFGenerator(model_dir, batch_size=max_batch)
     name = model_name or Path(model_dir).resolve().name
-    app = create_app(generator, name, max_batch=max_batch)
+    app = create_app(generator, name, max_batch=max_batch, api_key=api_key, max_request_tokens=max_request_tokens)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
