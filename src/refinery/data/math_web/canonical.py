@@ -252,6 +252,8 @@ class _Canon:
 
     def env(self, env: str, body: list) -> list[str]:
         inner = _join(self.seq(body))
+        if self.lenient:
+            inner = inner.replace("&", "")
         if env in UNWRAP_ENVS:
             return self.seq(body)
         if env in MATRIX_DELIMS:
@@ -260,8 +262,6 @@ class _Canon:
         name = ENV_ALIASES.get(env, env)
         if self.lenient:
             name = LENIENT_ENVS.get(name, name)
-            if name == "matrix":
-                inner = inner.replace("&", "")
             if env in ("cases", "dcases"):
                 return [r"\{", r"\begin{matrix}" + inner + r"\end{matrix}"]
         return [r"\begin{" + name + "}" + inner + r"\end{" + name + "}"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
 
 from refinery.data.io import remove_encoding_declarations
+from refinery.data.math_web.mathjax3 import tex_from_container
 from refinery.data.math_web.mathml import convert, tex_annotation
 
 TOKEN = "MATHPHX{:06d}X"
@@ -226,14 +227,21 @@ def rewrite_math(html: str) -> Rewritten:
         for el in [e for e in root.iter() if isinstance(e.tag, str) and _classes(e) & MATHJAX_RENDERED]:
             if el.getparent() is not None:
                 _drop(el)
-    # 2. MathJax v3 containers: the assistive MathML is the formula; the CHTML/SVG glyphs go.
+    # 2. MathJax v3 containers: the assistive MathML is the formula; without it the formula is rebuilt from the
+    #    CHTML or SVG glyph tree. The glyphs themselves go.
     for el in list(root.iter("mjx-container")):
         if el.getparent() is None:
             continue
         maths = [m for m in el.iter() if _local(m.tag) == "math"]
+        display = el.get("display") == "true"
         if maths:
             tex = tex_annotation(maths[0]) or convert(maths[0])
-            _replace(el, token(tex, el.get("display") == "true", "mathjax3"))
+            _replace(el, token(tex, display, "mathjax3"))
+            continue
+        tex = tex_from_container(el)
+        if tex:
+            svg = any(_local(e.tag) == "svg" for e in el.iter())
+            _replace(el, token(tex, display, "mathjax3-svg" if svg else "mathjax3-chtml"))
         else:
             _drop(el)
     # 3. KaTeX: the TeX annotation replaces the whole rendering.
