@@ -274,3 +274,96 @@ def get_family(name: str) -> ChatFamily:
     if name not in TEMPLATES:
         raise ConfigError(f"unknown chat template '{name}' (supported: {', '.join(TEMPLATES)})")
     return TEMPLATES[name]
+
+
+# ---- where a chat template puts the assistant turn -------------------------------------------------------------
+THINK_OPEN = "<think>"
+
+
+def _content(message: dict) -> str:
+    c = message.get("content")
+    return c if isinstance(c, str) else ""
+
+
+def generation_prompt_end(prompt: str, full: str, last_content: str) -> int | None:
+    """Where, in ``full`` (the conversation rendered with the assistant's answer), the generation ``prompt``
+    ends: ``len(prompt)`` when it is a prefix; otherwise the end of the longest tail of ``prompt`` that ``full``
+    contains, provided that tail spans the whole last message (Mistral moves the system message into the last
+    user turn of a prompt only, so only the prompt's ending is shared). None when no such anchor exists."""
+    if full.startswith(prompt):
+        return len(prompt)
+    lo, hi = 0, len(prompt)  # the largest k with prompt[-k:] in full (monotone in k)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if prompt[-mid:] in full:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo <= len(last_content.strip()):
+        return None
+    return full.rindex(prompt[-lo:]) + lo
+
+
+def assistant_turn(tokenizer, messages: list[dict], response: str) -> tuple[str, str | None]:
+    """``(generation prompt, the assistant turn after it)`` as the tokenizer's template renders them: the turn is
+    the template's own text up to and including the turn end (Mistral's leading space, Qwen3's empty think block,
+    contents trimmed where the template trims them; nothing after the turn end). The turn is None where the
+    template does not render the response whole (DeepSeek-R1 drops the last turn's reasoning) or has no anchor."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    eos = tokenizer.eos_token or ""
+    try:
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                             tokenize=False)
+    except Exception:  # a template that refuses the turn (e.g. roles must alternate)
+        return prompt, None
+    start = generation_prompt_end(prompt, full, _content(messages[-1]) if messages else "")
+    if start is None or not eos or eos not in full[start:]:
+        return prompt, None
+    tail = full[start:]
+    tail = tail[: tail.index(eos) + len(eos)]
+    return prompt, tail if response.strip() in tail else None
+
+
+def sft_texts(tokenizer, messages: list[dict], response: str) -> tuple[str, str]:
+    """``(prompt, response)`` texts of one SFT example: the generation prompt (what the model sees at inference)
+    and the assistant turn the template renders after it; where the template does not render the response whole,
+    the raw response with the turn end, minus a ``<think>`` the generation prompt already opened (DeepSeek-R1)."""
+    prompt, turn = assistant_turn(tokenizer, messages, response)
+    if turn is not None:
+        return prompt, turn
+    if prompt.rstrip().endswith(THINK_OPEN):
+        opener = prompt[prompt.rindex(THINK_OPEN):]  # "<think>\n"
+        for head in (opener, THINK_OPEN):
+            if response.startswith(head):
+                response = response[len(head):]
+                break
+    return prompt, response + (tokenizer.eos_token or "")
+
+
+def _common_prefix(tokenizer, a: str, b: str) -> int:
+    """Characters of ``a`` that ``b`` shares, cut back to a token boundary of ``a`` (``<|assistant|>`` and
+    ``<|endoftext|>`` share ``<|`` as text, not as tokens)."""
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    try:
+        offsets = tokenizer(a, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
+        return n
+    return next((start for start, end in offsets if start < n < end), n)
+
+
+def user_turn_end(tokenizer, messages: list[dict], full: str) -> str:
+    """The text of ``full`` (the conversation rendered with an answer) up to the end of the last user turn, i.e.
+    without the assistant header: ArmoRM's gating position is its last token. Found from where the generation
+    prompt ends in ``full`` minus the header the generation prompt adds (the part of it a render without the
+    generation prompt lacks; Phi-3's prompt-only render ends in <|endoftext|>, so neither is a prefix of the
+    other); where there is no anchor, the render without generation prompt, cut to what ``full`` shares."""
+    gen = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bare = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    start = generation_prompt_end(gen, full, _content(messages[-1]) if messages else "")
+    if start is None:
+        return full[:_common_prefix(tokenizer, full, bare)]
+    header, region = gen[_common_prefix(tokenizer, gen, bare):], full[:start]
+    for k in range(len(header), 0, -1):  # DeepSeek-R1's header "<｜Assistant｜><think>\n" is only opened in full
+        if region.endswith(header[:k]):
+            return region[:-k]
+    return region

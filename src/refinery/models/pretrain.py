@@ -117,15 +117,20 @@ class TaskData:
         self.test_items = test_items
         self.pad = tokenizer.pad_token_id
 
+        from refinery.models.chat_templates import sft_texts
+
         def encode(items):
             chats = [it["messages"] if "messages" in it else [{"role": "user", "content": it["prompt"]}]
                      for it in items]
-            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-            prompts = tokenizer(texts, add_special_tokens=False)
-            sols = tokenizer([it.get("solution", it.get("response", "")) for it in items], add_special_tokens=False)
+            pairs = [sft_texts(tokenizer, c, it.get("solution", it.get("response", "")))
+                     for c, it in zip(chats, items)]
+            prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)
+            sols = tokenizer([r for _, r in pairs], add_special_tokens=False)
             seqs = []
             for p, s in zip(prompts["input_ids"], sols["input_ids"]):
-                ids = (p + s + [tokenizer.eos_token_id])[:seq_len]
+                if not s or s[-1] != tokenizer.eos_token_id:
+                    s = s + [tokenizer.eos_token_id]
+                ids = (p + s)[:seq_len]
                 seqs.append((ids, len(p) if completion_only else 0))
             return seqs
 

@@ -37,12 +37,15 @@ def messages_of(prompt: Any) -> list[dict[str, str]]:
 
 
 def _texts(tokenizer, prompt: Any, response: str) -> tuple[str, str]:
-    """``(the prompt without the generation prompt, the whole conversation)`` as text."""
+    """``(the whole conversation up to the end of the last user turn, the whole conversation)`` as text; the
+    first is a prefix of the second for every template (see ``user_turn_end``: a prompt rendered alone is not
+    always one, e.g. Phi-3 closes it with <|endoftext|>, Mistral moves the system message into its last turn)."""
     msgs = messages_of(prompt)
     if getattr(tokenizer, "chat_template", None):
-        turns = tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+        from refinery.models.chat_templates import user_turn_end
+
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
-        return turns, full
+        return user_turn_end(tokenizer, msgs, full), full
     turns = "".join(f"{'User' if m['role'] == 'user' else m['role'].title()}: {m['content']}\n\n" for m in msgs)
     return turns, turns + "Assistant: " + response + (tokenizer.eos_token or "")
 
@@ -64,6 +67,16 @@ def _last_content(tokenizer, ids: list[int], end: int) -> int:
     return max(j, 0)
 
 
+def _n_tokens_of_prefix(tokenizer, full: str, prefix: str) -> int:
+    """How many tokens of ``full``'s encoding cover its first ``len(prefix)`` characters (by offsets, so a token
+    merging across the boundary, e.g. Mistral's " Hello", counts once)."""
+    try:
+        offsets = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
+        return len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    return sum(1 for start, _ in offsets if start < len(prefix))
+
+
 def encode(tokenizer, prompt: Any, response: str, max_length: int) -> Encoded:
     """Chat-formatted ids, left-truncated to ``max_length`` (the response end is what the head reads).
 
@@ -77,8 +90,7 @@ def encode(tokenizer, prompt: Any, response: str, max_length: int) -> Encoded:
     pad = tokenizer.pad_token_id
     while pad is not None and len(ids) > 1 and ids[-1] == pad:
         ids = ids[:-1]
-    n_turns = len(tokenizer(turns, add_special_tokens=False)["input_ids"])
-    gate = _last_content(tokenizer, ids, n_turns)
+    gate = _last_content(tokenizer, ids, _n_tokens_of_prefix(tokenizer, full, turns.rstrip()))
     cut = max(0, len(ids) - max_length)
     return Encoded(ids[cut:], max(0, min(gate - cut, len(ids) - cut - 1)))
 

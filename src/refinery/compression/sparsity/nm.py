@@ -71,11 +71,28 @@ def candidates(n: int = 2, m: int = 4) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def block_names(model) -> list[str]:
+    """Qualified names of the model's decoder blocks, found by module type: the classes transformers lists in
+    ``_no_split_modules`` (LlamaDecoderLayer, Gemma2DecoderLayer, ...), outermost only; [] when it lists none."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    names: list[str] = []
+    for name, mod in model.named_modules():
+        if name and type(mod).__name__ in kinds and not any(name.startswith(n + ".") for n in names):
+            names.append(name)
+    return names
+
+
 def prunable_linears(model) -> dict[str, nn.Linear]:
-    """Every Linear inside the transformer blocks; embeddings and the LM head stay dense."""
+    """Every ``nn.Linear`` inside the decoder blocks (found by module type, else under a ``layers`` list):
+    attention and MLP projections, fused ones included (Phi-3's qkv_proj); embeddings, the LM head (tied or not),
+    a reward head, norms and biases stay dense."""
+    blocks = block_names(model)
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and ".layers." in f".{name}." and "lm_head" not in name:
+        if not isinstance(mod, nn.Linear):
+            continue
+        inside = any(name.startswith(b + ".") for b in blocks) if blocks else ".layers." in f".{name}."
+        if inside and "lm_head" not in name:
             out[name] = mod
     return out
 

@@ -67,6 +67,13 @@ class _Stop(Exception):
 
 
 def decoder_layers(model) -> nn.ModuleList:
+    """The decoder blocks in forward order: found by module type (``_no_split_modules``), else by path."""
+    from refinery.compression.sparsity.nm import block_names
+
+    blocks = dict(model.named_modules())
+    found = [blocks[n] for n in block_names(model)]
+    if found:
+        return nn.ModuleList(found)  # a view: the blocks stay where the model holds them
     for path in ("model.layers", "transformer.h", "model.decoder.layers"):
         obj = model
         try:
