@@ -108,7 +108,8 @@ class _Canon:
         n = nodes[i]
         if isinstance(n, Group):
             return list(n), i + 1
-        return [n], i + 1
+        arity = 1 if self.alias(n) in ONE_ARG else 2 if self.alias(n) in TWO_ARG else 0
+        return list(nodes[i: i + 1 + arity]), i + 1 + arity  # x^\mathbf{V}: the command takes its argument
 
     def seq(self, nodes: list) -> list[str]:
         """Canonical pieces of a node list (each piece a canonical string of one atom)."""
@@ -251,6 +252,8 @@ class _Canon:
         return out
 
     def env(self, env: str, body: list) -> list[str]:
+        while body and body[-1] == "\\\\":  # a trailing row break adds no row
+            body = body[:-1]
         inner = _join(self.seq(body))
         if self.lenient:
             inner = inner.replace("&", "")

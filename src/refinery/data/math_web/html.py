@@ -32,9 +32,14 @@ MATHJAX_RENDERED = {"MathJax_Preview", "MathJax", "MathJax_Display", "MathJax_SV
                     "MathJax_CHTML", "MathJax_MathML", "MJX_Assistive_MathML", "MathJax_PHTML"}
 SKIP_TEXT = {"pre", "code", "script", "style", "textarea", "kbd", "samp", "tt"}
 LATEX_SERVICES = ("codecogs.com", "wp.com/latex.php", "latex.php", "chart.apis.google.com", "chart.googleapis.com",
-                  "mathurl.com", "quicklatex.com", "latex.artofproblemsolving.com", "/math/render/")
+                  "mathurl.com", "quicklatex.com", "latex.artofproblemsolving.com", "/math/render/", "upmath.me",
+                  "mimetex.cgi", "mathtex.cgi", "mathtran", "/tex2img")
 RAW_MATH = re.compile(r"(\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\$\w])\$(?=\S)[^$\n]{1,400}?(?<=\S)\$(?!\w))",
                       re.S)
+ENVS = "equation|align|alignat|flalign|gather|multline|eqnarray|displaymath|math|dmath"
+ENV_MATH = re.compile(r"\\begin\{(" + ENVS + r")(\*?)\}.+?\\end\{\1\2\}", re.S)
+_OPEN_ENV = re.compile(r"\\begin\{(" + ENVS + r")(\*?)\}")
+_EQ_LABEL = re.compile(r"(?:\\q?quad|\\hfill|\\hspace\{[^}]*\}|~|\\,|\s)+\(\s*([0-9][\w.\-]*|[A-Za-z]\d*|\*+)\s*\)\s*$")
 _LATEXISH = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d|_\d|\\[{}()\[\]]")
 LIBXML_MAX_DEPTH = 2048  # libxml2's nesting limit with huge_tree (256 without): deeper content is silently lost
 FLATTEN_DEPTH = 1000  # pages that reach the limit are re-parsed with tags beyond this depth unwrapped
@@ -73,19 +78,46 @@ def looks_like_latex(text: str) -> bool:
     return bool(t) and (bool(_LATEXISH.search(t)) or (t.startswith("$") and t.endswith("$") and len(t) > 2))
 
 
+_CODECOGS_OPTS = re.compile(r"^(?:\\(?:dpi\{\d+\}|bg\{\w+\}|fn\{\w+\}|(?:dpi\d+|bg_[A-Za-z]+|fg_[A-Za-z]+|fn_[A-Za-z]+|"
+                            r"inline|tiny|small|normalsize|large|Large|LARGE|huge|Huge|displaystyle)(?![A-Za-z]))\s*)+")
+
+
 def tex_from_url(src: str) -> str | None:
-    """LaTeX encoded in a LaTeX-image-service URL (codecogs ``…?{tex}``, wp-latex ``latex=``, Google ``chl=``)."""
+    """LaTeX encoded in a LaTeX-image-service URL: codecogs ``…?{tex}`` (with its ``&space;``/``&plus;`` and
+    ``\\dpi``/``\\bg_white`` options), wp-latex ``latex.php?latex=``, Google charts ``chl=``, mimeTeX/mathTeX
+    ``.cgi?{tex}``, upmath ``/svg/{tex}``."""
     if not src or not any(s in src for s in LATEX_SERVICES):
         return None
+    import html as _html
+
     u = urlparse(src)
-    q = parse_qs(u.query)
+    if "codecogs.com" in src or ".cgi?" in src:
+        raw = src.split("?", 1)[1] if "?" in src else ""
+        raw = raw.replace("&space;", " ").replace("&plus;", "%2B").replace("&amp;", "&")
+        if re.search(r"%[0-9A-Fa-f]{2}", raw):  # URL-encoded by a generic encoder: + is a space
+            raw = raw.replace("+", " ")
+        tex = _html.unescape(unquote(raw)).replace("&space;", " ").replace("&plus;", "+")
+        return _CODECOGS_OPTS.sub("", tex.strip()).strip() or None
+    if "upmath.me" in src:
+        m = re.search(r"/(?:svg|png|gif)/(.+)$", u.path)
+        return unquote(m.group(1)).strip() or None if m else None
+    q = parse_qs(u.query.replace("&amp;", "&"))
     for key in ("latex", "chl", "tex", "eq"):
         if q.get(key):
             return q[key][0].strip() or None
-    if "codecogs.com" in src and u.query:
-        tex = unquote(u.query)
-        return re.sub(r"^\\(?:dpi\{\d+\}|bg_\w+|fn_\w+|large|Large|small|inline)\s*", "", tex).strip() or None
     return None
+
+
+_GENERIC_ALT = {"", "formula", "equation", "eq", "math", "latex", "image", "img", "tex", "quicklatex", "rendered",
+                "rendered by quicklatex.com"}
+
+
+def _trusted_alt(img) -> bool:
+    """Images whose alt text is the formula by construction (LaTeX services, QuickLaTeX, wp-latex, Wikipedia)."""
+    cls = " ".join(_classes(img))
+    src = img.get("src") or ""
+    return bool(re.search(r"\bql-img|\blatex\b|\btex\b|mwe-math-fallback|\bmathtex|\bwp-latex", cls)) or any(
+        s in src for s in LATEX_SERVICES)
 
 
 def _local(tag) -> str:
@@ -213,7 +245,10 @@ def rewrite_math(html: str) -> Rewritten:
     formulas = out.formulas
 
     def token(tex: str, display: bool, source: str) -> str:
-        formulas.append(Formula(normalise_tex(tex), display, source))
+        tex = normalise_tex(tex)
+        if display and (m := _EQ_LABEL.search(tex)) and r"\tag" not in tex:
+            tex = tex[: m.start()].rstrip() + r" \tag{" + m.group(1) + "}"  # a hand-written "(2)" is the tag
+        formulas.append(Formula(tex, display, source))
         t = TOKEN.format(len(formulas) - 1)
         return f" {t} " if display else t
 
@@ -279,18 +314,20 @@ def rewrite_math(html: str) -> Rewritten:
     for img in list(root.iter("img")):
         if img.getparent() is None:
             continue
+        display = any(c.endswith("display") or c.endswith("displayed-equation") for c in _classes(img))
         tex = tex_from_url(img.get("src") or "")
         if tex:
-            _replace(img, token(tex, False, "img-url"))
+            _replace(img, token(tex, display, "img-url"))
             continue
-        alt = img.get("alt") or ""
-        if looks_like_latex(alt):
-            _replace(img, token(alt, False, "img-alt"))
+        alt = (img.get("alt") or "").strip()
+        if looks_like_latex(alt) or (_trusted_alt(img) and alt.lower() not in _GENERIC_ALT):
+            _replace(img, token(alt, display, "img-alt"))
     # 7. Raw delimited LaTeX in text: protected from wrapping (delimiters kept by kind).
     for el in list(root.iter()):
         if not isinstance(el.tag, str) or el.tag in SKIP_TEXT or any(
                 a.tag in SKIP_TEXT for a in el.iterancestors() if isinstance(a.tag, str)):
             continue
+        _merge_breaks(el)
         el.text = _protect(el.text, token)
         for child in el:  # a child's tail is this element's text, even when the child itself is code
             child.tail = _protect(child.tail, token)
@@ -301,16 +338,51 @@ def rewrite_math(html: str) -> Rewritten:
     return out
 
 
+def _unclosed(text: str) -> bool:
+    """Text that opens a display formula (an environment, ``\\[``, ``$$``) it does not close."""
+    for m in _OPEN_ENV.finditer(text):
+        if f"\\end{{{m.group(1)}{m.group(2)}}}" not in text[m.end():]:
+            return True
+    return text.count("\\[") > text.count("\\]") or text.count("$$") % 2 == 1
+
+
+def _merge_breaks(el) -> None:
+    """A display formula written over several lines (``\\begin{align}<br>a &= b<br>\\end{align}``) is joined into
+    one text node so it can be recognised; only ``<br>`` elements between its pieces are removed."""
+    kids = list(el)
+    if not kids or not any("\\" in (t or "") or "$$" in (t or "") for t in [el.text] + [k.tail for k in kids]):
+        return
+    i = -1  # -1: el.text; k: kids[k].tail
+    while i < len(kids):
+        text = el.text if i < 0 else kids[i].tail
+        if text and _unclosed(text):
+            acc, j = text, i + 1
+            while j < len(kids) and kids[j].tag in ("br", "wbr"):
+                acc += "\n" + (kids[j].tail or "")
+                if not _unclosed(acc):
+                    break
+                j += 1
+            if j < len(kids) and kids[j].tag in ("br", "wbr") and not _unclosed(acc):
+                for k in kids[i + 1: j + 1]:
+                    el.remove(k)
+                if i < 0:
+                    el.text = acc
+                else:
+                    kids[i].tail = acc
+                kids = list(el)
+        i += 1
+
+
 def _protect(text: str | None, token) -> str | None:
     if not text or ("$" not in text and "\\" not in text):
         return text
 
     def sub(m):
         raw = m.group(0)
-        display = raw.startswith(("$$", "\\["))
+        display = raw.startswith(("$$", "\\[", "\\begin"))
         return token(raw, display, "raw")
 
-    return RAW_MATH.sub(sub, text)
+    return ENV_MATH.sub(sub, RAW_MATH.sub(sub, text))
 
 
 def restore(text: str, formulas: list[Formula]) -> str:

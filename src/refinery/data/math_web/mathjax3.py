@@ -150,6 +150,14 @@ def chtml_node(el):
     if tag == "mroot":
         root, box = _find(el, {"mjx-root"}), _find(el, {"mjx-box"})
         return _el("mroot", [_row(_kids(box[0]) if box else []), _row(_kids(root[0]) if root else [])])
+    if tag in ("mover", "munder", "munderover") and _find(el, {"mjx-script"}) and not _find(el, {"mjx-base"}):
+        # movable limits in inline math: CHTML lays them out as scripts (superscript first)
+        nodes = [c for c in el if isinstance(c.tag, str) and c.tag != "mjx-script" and c.tag not in LAYOUT]
+        b = chtml_node(nodes[0]) if nodes else _el("mrow")
+        parts = _kids(_find(el, {"mjx-script"})[0])
+        if tag == "munderover" and len(parts) >= 2:
+            return _el("munderover", [b, parts[1], parts[0]])
+        return _el(tag, [b, _row(parts) if parts else _el("mrow")])
     if tag in ("mover", "munder", "munderover"):
         base, under, over = _find(el, {"mjx-base"}), _find(el, {"mjx-under"}), _find(el, {"mjx-over"})
         if not base:  # munderover nests its munder in a box
@@ -334,8 +342,10 @@ def _svg_math(top):
         if tag in ("msqrt", "mroot"):
             kids = [k for k in kids if not (k.tag == "mo" and (k.text or "") == "√")]
             return _el("msqrt", [_row(kids)]) if tag == "msqrt" else _el("mroot", kids[:2])
-        if tag == "msubsup" and len(kids) == 3:  # SVG draws the superscript before the subscript
-            kids = [kids[0], kids[2], kids[1]]
+        if tag in ("msubsup", "munderover") and len(kids) == 3:  # sub/under is the lower of the two (y is up)
+            ys = [_y(c) for c in el if isinstance(c.tag, str) and c.get("data-mml-node")][1:3]
+            if len(ys) == 2 and ys[0] is not None and ys[1] is not None and ys[0] > ys[1]:
+                kids = [kids[0], kids[2], kids[1]]
         if tag == "mfrac":
             line = any(_svg_local(c.tag) == "rect" for c in el)
             return _el("mfrac", kids[:2], linethickness=None if line else "0")
@@ -360,6 +370,11 @@ def _svg_build_all(el, build) -> list:
         elif _svg_local(c.tag) in ("g", "svg"):
             out.extend(_svg_build_all(c, build))
     return out
+
+
+def _y(el) -> float | None:
+    m = re.search(r"translate\(\s*[-\d.e]+\s*[, ]\s*([-\d.e]+)", el.get("transform") or "")
+    return float(m.group(1)) if m else 0.0
 
 
 def _nearest_table(row):

@@ -21,7 +21,11 @@ SYMBOLS = {
     "∇": r"\nabla", "∈": r"\in", "∉": r"\notin", "⊂": r"\subset", "⊆": r"\subseteq", "∪": r"\cup", "∩": r"\cap",
     "∅": r"\emptyset", "∀": r"\forall", "∃": r"\exists", "¬": r"\neg", "∧": r"\wedge", "∨": r"\vee",
     "…": r"\ldots", "⋯": r"\cdots", "⋮": r"\vdots", "⋱": r"\ddots", "′": "'", "″": "''", "∘": r"\circ",
-    "⊗": r"\otimes", "⊕": r"\oplus", "†": r"\dagger", "ℝ": r"\mathbb{R}", "ℕ": r"\mathbb{N}", "ℤ": r"\mathbb{Z}",
+    "⊗": r"\otimes", "∗": r"\ast", "⋆": r"\star", "∖": r"\setminus", "⊥": r"\perp", "∥": r"\parallel",
+    "⊇": r"\supseteq", "⊃": r"\supset", "⊊": r"\subsetneq", "≪": r"\ll", "≫": r"\gg", "⟶": r"\longrightarrow",
+    "⟹": r"\Longrightarrow", "⇐": r"\Leftarrow", "↔": r"\leftrightarrow", "∋": r"\ni", "≜": r"\triangleq",
+    "≔": ":=", "⊤": r"\top", "⊢": r"\vdash", "⊨": r"\models", "∠": r"\angle", "△": r"\triangle",
+    "⊕": r"\oplus", "†": r"\dagger", "ℝ": r"\mathbb{R}", "ℕ": r"\mathbb{N}", "ℤ": r"\mathbb{Z}",
     "ℚ": r"\mathbb{Q}", "ℂ": r"\mathbb{C}", "ℓ": r"\ell", "ħ": r"\hbar", "⟨": r"\langle", "⟩": r"\rangle",
     "∣": "|", "‖": r"\|", "°": r"^\circ", "\u2061": "", "\u2062": "", "\u2063": ",", "\u2064": "+", "\u00a0": " ",
 }
@@ -43,7 +47,7 @@ def _sym(text: str) -> str:
 
 def _group(s: str) -> str:
     s = s.strip()
-    atomic = len(s) == 1 or re.fullmatch(r"\\[A-Za-z]+", s) or (s.startswith("{") and s.endswith("}")
+    atomic = len(s) == 1 or re.fullmatch(r"\\[A-Za-z]+(?:\{[^{}]*\})?", s) or (s.startswith("{") and s.endswith("}")
                                                                    and _balanced_outer(s))
     return s if atomic else "{" + s + "}"
 
@@ -221,6 +225,14 @@ def convert(el, variant: str | None = None) -> str:
         return _fence(open_) + inner + _fence(close)
     if tag == "mtable":
         return _table(el, kids, v)
+    if tag == "menclose":
+        notation = set((el.get("notation") or "").split())
+        inner = _row(kids, v)
+        for n, cmd in (("top", r"\overline"), ("bottom", r"\underline"), ("box", r"\boxed"),
+                       ("roundedbox", r"\boxed"), ("updiagonalstrike", r"\cancel")):
+            if n in notation:
+                return cmd + "{" + inner + "}"
+        return inner
     if tag in ("mphantom", "none", "mprescripts"):
         return ""
     if tag == "semantics":
