@@ -94,7 +94,8 @@ class GKDConfig(Section):
 class PuzzleRecipe(Section):
     name: str = Field("puzzle", description="run name")
     seed: int = Field(0, description="seed for data windows, BLD and GKD")
-    parent: str | None = Field(None, description="HF Llama directory; null trains the default parent (pretrain)")
+    parent: str | None = Field(None, description="HF directory of a Llama, Qwen2, Qwen3 or Mistral "
+                                                   "model; null trains the default parent (pretrain)")
     pretrain: PretrainConfig = Field(default_factory=_default_parent, description="the parent built when parent "
                                                                                   "is null (cached)")
     data: PuzzleData = Field(default_factory=PuzzleData)

@@ -1,4 +1,5 @@
-"""The heterogeneous child: a Llama whose every layer has its own attention and FFN (Puzzle / DeciLM style).
+"""The heterogeneous child: a decoder whose every layer has its own attention and FFN (Puzzle / DeciLM style),
+built from the parent family's own sub-block classes (Llama, Qwen2, Qwen3, Mistral; see ``FAMILIES``).
 
 A block is ``{"attention": AttnSpec, "ffn": FFNSpec}``:
 
@@ -8,8 +9,8 @@ A block is ``{"attention": AttnSpec, "ffn": FFNSpec}``:
 
 ``PuzzleConfig`` / ``PuzzleForCausalLM`` are registered with ``AutoConfig`` / ``AutoModelForCausalLM`` on import,
 so ``from_pretrained`` of a child directory works once ``refinery.compression.puzzle`` is imported
-(``refinery.models.io.load_model`` does that for you). Parameter names follow Llama's, so a parent checkpoint's
-state dict loads unchanged into the all-parent-blocks child (``from_llama``).
+(``refinery.models.io.load_model`` does that for you). Parameter names are the family's, so a parent checkpoint's
+state dict loads unchanged into the all-parent-blocks child (``from_llama``, any supported family).
 """
 
 from __future__ import annotations
@@ -20,13 +21,10 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
     LlamaDecoderLayer,
     LlamaForCausalLM,
-    LlamaMLP,
     LlamaModel,
     LlamaPreTrainedModel,
-    LlamaRMSNorm,
 )
 
 MODEL_TYPE = "refinery_puzzle"
@@ -99,13 +97,76 @@ class BlockSpec:
         return BlockSpec(AttnSpec.parse(d.get("attention", {})), FFNSpec.parse(d.get("ffn", {})))
 
 
+# Families whose decoder layer is Llama's shape (pre-norm attention, pre-norm gated FFN, one RMSNorm each) and whose
+# sub-blocks Puzzle can swap: the child builds its attention / FFN / norms from the parent family's own classes, so
+# attention biases (Qwen2), per-head q/k norms (Qwen3) and sliding-window attention (Mistral) come with them.
+FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+UNSUPPORTED = {
+    "gemma2": "its layers carry four norms (pre/post attention and FFN), alternate sliding-window and global "
+              "attention, and its logits are soft-capped: the child's block layout does not express that yet",
+    "phi3": "its attention and FFN projections are fused (qkv_proj, gate_up_proj): KV-head pooling and FFN channel "
+            "pruning need them split",
+}
+
+
+def family_of(config) -> str:
+    """The parent family of a Puzzle child or of a parent config; a clear error for families Puzzle cannot cut."""
+    family = getattr(config, "parent_model_type", None) if config.model_type == MODEL_TYPE else config.model_type
+    family = family or "llama"
+    if family in FAMILIES:
+        return family
+    why = UNSUPPORTED.get(family, "it is not a Llama-shaped decoder Puzzle knows")
+    raise ValueError(f"Puzzle does not support {family!r} models: {why} (supported: {', '.join(FAMILIES)})")
+
+
+def _classes(family: str) -> dict:
+    import importlib
+
+    mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    p = FAMILIES[family]
+    return {"attention": getattr(mod, f"{p}Attention"), "mlp": getattr(mod, f"{p}MLP"),
+            "norm": getattr(mod, f"{p}RMSNorm"), "model": getattr(mod, f"{p}Model")}
+
+
+def _fit_layer_types(d: dict) -> dict:
+    """A config dict whose (uniform) ``layer_types`` follow its ``num_hidden_layers``: the cost model builds
+    stacks of another depth than the parent's."""
+    types = d.get("layer_types")
+    n = d.get("num_hidden_layers")
+    if types and n and len(types) != n and len(set(types)) == 1:
+        d["layer_types"] = [types[0]] * n
+    return d
+
+
+def family_config(config):
+    """The parent family's own config with the same fields (what its attention / MLP classes expect)."""
+    family = family_of(config)
+    if config.model_type == family:
+        sub = copy.copy(config)
+    else:
+        d = config.to_dict()
+        for key in ("model_type", "architectures", "block_configs", "parent_model_type", "transformers_version",
+                    "auto_map"):
+            d.pop(key, None)
+        sub = AutoConfig.for_model(family, **_fit_layer_types(d))
+    sub._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    types = getattr(sub, "layer_types", None)
+    if types and len(set(types)) > 1:
+        raise ValueError(f"Puzzle does not support mixed attention layer types ({sorted(set(types))}): the child "
+                         "renumbers its attention layers for the KV cache")
+    return sub
+
+
 class PuzzleConfig(LlamaConfig):
-    """A LlamaConfig plus ``block_configs``: one ``{"attention": ..., "ffn": ...}`` dict per layer."""
+    """A LlamaConfig plus ``block_configs``: one ``{"attention": ..., "ffn": ...}`` dict per layer, and
+    ``parent_model_type``: the family whose sub-blocks the child is built from (the parent's other config fields,
+    e.g. ``sliding_window``, are kept as they are)."""
 
     model_type = MODEL_TYPE
 
-    def __init__(self, block_configs: list[dict] | None = None, **kwargs):
+    def __init__(self, block_configs: list[dict] | None = None, parent_model_type: str = "llama", **kwargs):
         super().__init__(**kwargs)
+        self.parent_model_type = parent_model_type
         if block_configs is None:
             block_configs = [parent_block(self).to_dict()] * self.num_hidden_layers
         if len(block_configs) != self.num_hidden_layers:
@@ -155,13 +216,11 @@ def make_attention(config, spec: AttnSpec, cache_idx: int) -> nn.Module | None:
         return None
     if spec.kind == "linear":
         return LinearAttention(config.hidden_size)
-    sub = copy.copy(config)
+    sub = family_config(config)  # a standalone block (BLD, cost model) gets SDPA
     sub.num_key_value_heads = spec.kv_heads
-    if getattr(config, "head_dim", None) is None:
+    if getattr(sub, "head_dim", None) is None:
         sub.head_dim = config.hidden_size // config.num_attention_heads
-    if getattr(sub, "_attn_implementation", None) is None:  # a standalone block (BLD, cost model): use SDPA
-        sub._attn_implementation = "sdpa"
-    return LlamaAttention(sub, cache_idx)
+    return _classes(family_of(config))["attention"](sub, cache_idx)
 
 
 def make_ffn(config, spec: FFNSpec) -> nn.Module | None:
@@ -169,9 +228,9 @@ def make_ffn(config, spec: FFNSpec) -> nn.Module | None:
         return None
     if spec.kind == "linear":
         return LinearFFN(config.hidden_size)
-    sub = copy.copy(config)
+    sub = family_config(config)
     sub.intermediate_size = spec.intermediate_size
-    return LlamaMLP(sub)
+    return _classes(family_of(config))["mlp"](sub)
 
 
 class PuzzleDecoderLayer(LlamaDecoderLayer):
@@ -186,8 +245,11 @@ class PuzzleDecoderLayer(LlamaDecoderLayer):
         self.spec = spec
         self.self_attn = make_attention(config, spec.attention, cache_idx)
         self.mlp = make_ffn(config, spec.ffn)
-        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if self.self_attn else None
-        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if self.mlp else None
+        norm = _classes(family_of(config))["norm"]
+        self.input_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps) if self.self_attn else None
+        self.post_attention_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps) if self.mlp else None
+        types = getattr(config, "layer_types", None)
+        self.attention_type = types[0] if types else "full_attention"
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
                 position_embeddings=None, **kwargs):
@@ -211,7 +273,13 @@ class PuzzleModel(LlamaModel):
             layers.append(PuzzleDecoderLayer(config, spec, k))
             k += spec.attention.kind == "gqa"
         self.layers = nn.ModuleList(layers)
+        # what the Qwen family's forward reads (set by its own __init__)
+        self.has_sliding_layers = "sliding_attention" in (getattr(config, "layer_types", None) or [])
         self.post_init()
+
+    def forward(self, *args, **kwargs):
+        # the parent family's own forward: its masks (sliding windows for Mistral), rotary set-up and cache
+        return _classes(family_of(self.config))["model"].forward(self, *args, **kwargs)
 
 
 class PuzzleForCausalLM(LlamaForCausalLM):
@@ -230,11 +298,14 @@ AutoModelForCausalLM.register(PuzzleConfig, PuzzleForCausalLM, exist_ok=True)
 
 
 def puzzle_config(parent_config, blocks: list[BlockSpec], **overrides) -> PuzzleConfig:
-    """A child config: the parent's (Llama) config with one block spec per layer (and any field overridden)."""
+    """A child config: the parent's config (Llama, Qwen2, Qwen3, Mistral) with one block spec per layer (and any
+    field overridden)."""
     d = parent_config.to_dict()
     for key in ("model_type", "architectures", "block_configs", "transformers_version", "auto_map"):
         d.pop(key, None)
     d.update(overrides)
+    d.setdefault("parent_model_type", family_of(parent_config))
+    _fit_layer_types(d)
     cfg = PuzzleConfig(block_configs=[b.to_dict() for b in blocks], **d)
     cfg.architectures = ["PuzzleForCausalLM"]
     return cfg

@@ -23,6 +23,7 @@ from refinery.compression.puzzle.model import (
     BlockSpec,
     FFNSpec,
     PuzzleForCausalLM,
+    family_of,
     parent_block,
     puzzle_config,
 )
@@ -269,9 +270,10 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
     torch.manual_seed(cfg.seed)
     parent_dir = resolve_parent(cfg, progress)
     parent, tok = load_model(parent_dir), load_tokenizer(parent_dir)
-    if parent.config.model_type != "llama":
-        raise ConfigError(f"parent {parent_dir} is a {parent.config.model_type!r} model; Puzzle starts from a Llama "
-                          "checkpoint")
+    try:
+        family_of(parent.config)  # Llama, Qwen2, Qwen3, Mistral; others say why not
+    except ValueError as e:
+        raise ConfigError(f"parent {parent_dir}: {e}") from None
     parent.eval()
     for p_ in parent.parameters():
         p_.requires_grad_(False)

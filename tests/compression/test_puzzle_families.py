@@ -1,0 +1,110 @@
+"""Puzzle on the families the papers start from: the child is built from the parent family's own sub-blocks, so
+attention biases (Qwen2), q/k norms (Qwen3) and sliding-window attention (Mistral) survive; the all-parent child
+reproduces the parent, a heterogeneous child saves, loads back and generates; other families fail clearly."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from refinery.compression.puzzle import distill, library
+from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, family_of, from_llama, parent_block
+
+ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
+
+
+def _parent(family_ckpt, arch):
+    parent = AutoModelForCausalLM.from_pretrained(family_ckpt(arch)).eval()
+    with torch.no_grad():  # random init leaves biases / norms at 0 / 1: make every weight matter
+        g = torch.Generator().manual_seed(0)
+        for p in parent.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return parent
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_all_parent_child_reproduces_the_parent(family_ckpt, arch):
+    parent = _parent(family_ckpt, arch)
+    child = from_llama(parent)
+    assert child.config.parent_model_type == arch
+    # 96 tokens: past the tiny Mistral's 64-token sliding window, so its windowed mask must come along
+    x = torch.randint(0, parent.config.vocab_size, (2, 96), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(child(x).logits, parent(x).logits, atol=1e-4)
+    feature = {"qwen2": "self_attn.q_proj.bias", "qwen3": "self_attn.q_norm.weight"}.get(arch)
+    if feature:
+        assert f"model.layers.0.{feature}" in child.state_dict()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heterogeneous_child_saves_loads_and_generates(family_ckpt, arch, tmp_path):
+    from refinery.generation import SamplingParams
+    from refinery.generation.hf import HFGenerator
+    from refinery.models.io import load_model
+
+    parent = _parent(family_ckpt, arch)
+    cfg = parent.config
+    stats = library.collect_stats(parent, torch.randint(0, cfg.vocab_size, (4, 16),
+                                                        generator=torch.Generator().manual_seed(2)))
+    attn_lib, ffn_lib = [], []
+    for i, layer in enumerate(parent.model.layers):
+        attn_lib.append({a.name: library.init_attention(layer, cfg, a) for a in library.attention_variants(cfg, [1])})
+        ffn_lib.append({f.name: library.init_ffn(layer, stats.layers[i], f) for f in library.ffn_variants(cfg, [0.5])})
+    blocks = [BlockSpec(AttnSpec("gqa", 1), FFNSpec("swiglu", cfg.intermediate_size // 2)),
+              BlockSpec(AttnSpec("linear"), FFNSpec("no_op"))]
+    child = distill.assemble(parent, blocks, attn_lib, ffn_lib)
+    if arch == "qwen2":  # the pooled KV head keeps the mean of its parents' k/v biases
+        kb = parent.model.layers[0].self_attn.k_proj.bias.detach().reshape(2, -1).mean(0)
+        assert torch.allclose(child.model.layers[0].self_attn.k_proj.bias, kb, atol=1e-6)
+    child.save_pretrained(tmp_path / "child")
+    parent_tok = tmp_path / "child"
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(family_ckpt(arch)).save_pretrained(parent_tok)
+    again = load_model(tmp_path / "child")
+    x = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(again(x).logits, child(x).logits, atol=1e-5)
+    out = HFGenerator(tmp_path / "child").generate([[{"role": "user", "content": "hi"}]],
+                                                    SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert len(out[0].token_ids) >= 1
+
+
+@pytest.mark.parametrize("arch,why", [("gemma2", "soft-capped"), ("phi3", "fused")])
+def test_unsupported_families_say_why(family_ckpt, arch, why):
+    parent = AutoModelForCausalLM.from_pretrained(family_ckpt(arch))
+    with pytest.raises(ValueError, match=f"Puzzle does not support '{arch}'.*{why}"):
+        family_of(parent.config)
+    with pytest.raises(ValueError, match="does not support"):
+        parent_block(parent.config) and from_llama(parent)
+
+
+def test_puzzle_cli_on_a_qwen2_parent(family_ckpt, tmp_path):
+    """The whole recipe (library, BLD, scoring, costs, MILP, GKD) from a Qwen2-architecture parent: the child
+    keeps the family's sub-blocks and loads back."""
+    import json
+
+    from refinery.cli import main
+    from refinery.models.io import load_model
+
+    out = tmp_path / "run"
+    args = ["compress", "puzzle", "recipes/puzzle.yaml", f"parent={family_ckpt('qwen2')}", "data.tasks=[arithmetic]",
+            "data.n_items=60", "data.seq_len=32", "data.n_calib=8", "data.n_score=4", "data.n_eval=4",
+            "data.n_distill=8", "space.ffn_fractions=[0.5]", "bld.steps=2", "bld.executor=serial",
+            "cost.batch_size=2", "cost.seq_len=16", "cost.repeats=1", "cost.model_repeats=1", "cost.new_tokens=2",
+            "search.target_speedup=1.1", "search.n_solutions=1", "search.calibrate_rounds=0", "gkd.steps=2",
+            "baseline=false", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    child = load_model(out / "child")
+    assert child.config.parent_model_type == "qwen2"
+    assert [b.name for b in child.config.blocks] == summary["architecture"].split()
+    assert any(k.endswith("q_proj.bias") for k in child.state_dict()) or "kv" not in summary["architecture"]
+
+
+def test_puzzle_cli_refuses_an_unsupported_family_clearly(family_ckpt, tmp_path, capsys):
+    from refinery.cli import main
+
+    assert main(["compress", "puzzle", "recipes/puzzle.yaml", f"parent={family_ckpt('phi3')}",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "Puzzle does not support 'phi3'" in err and "fused" in err and "Traceback" not in err
