@@ -7,6 +7,13 @@ pure-Python renderers), plain lynx, trafilatura and resiliparse's extract_plain_
 Pages: generated lessons in 10 math formats (MathJax v2 inline/display, KaTeX, MathML+TeX, data-tex, LaTeX alt
 text, codecogs and wp-latex image URLs, raw $…$ and \\(…\\)), whose formulas are known, plus the two real Wikipedia
 pages in ../shared/data (MathML; truth = their TeX annotations).
+
+Real-page section (``--real``, on by default): the regression set of tests/data/math_pages.py — pages from the real
+renderers (MathJax 3 CHTML/SVG without assistive MathML, MathJax MathML, Temml, KaTeX, MathJax 2), hand-written
+image-service / raw-environment / numbered-equation pages, and the real shared pages (MathJax demo with and without
+its assistive MathML, Wikipedia with TeX, without TeX annotations, without MathML) — scored with canonical LaTeX
+(refinery.data.math_web.canonical): "in text" = the formula's canonical form occurs in the canonicalised output (the
+same rule for every tool), "formula" = equal to one extracted $…$ formula (Refinery only); dev and holdout apart.
 """
 
 from __future__ import annotations
@@ -71,10 +78,47 @@ def methods():
     return out
 
 
+def real_section(fns: dict) -> list[str]:
+    """Recall on the real-renderer regression set, per renderer and split, canonical LaTeX."""
+    from _common import shared_data
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.data.math_pages import own_pages, shared_pages
+
+    from refinery.data.math_web.canonical import formula_recall, formulas_in, text_recall
+
+    pages = own_pages() + shared_pages(shared_data())
+    kinds = sorted({p["renderer"] for p in pages})
+    n_dev = sum(p["split"] == "dev" for p in pages)
+    lines = [f"- real-renderer regression set: {len(pages)} pages ({n_dev} dev, {len(pages) - n_dev} holdout), "
+             f"{sum(len(p['formulas']) for p in pages)} formulas; canonical LaTeX; cells = mean page recall", "",
+             "| method | score | " + " | ".join(kinds) + " | dev | holdout | holdout, lenient |",
+             "|" + "---|" * (len(kinds) + 5)]
+    for name, fn in fns.items():
+        outs = [fn(p["html"]) for p in pages]
+        scorers = [("in text", lambda o, p, le=False: text_recall(p["formulas"], o, le))]
+        if name.startswith("refinery"):
+            scorers.append(("formula", lambda o, p, le=False: formula_recall(p["formulas"], formulas_in(o), le)))
+        for label, score in scorers:
+            rec = [score(o, p) for o, p in zip(outs, pages)]
+            lenient = [score(o, p, True) for o, p in zip(outs, pages)]
+
+            def mean(xs):
+                return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+            cells = [mean([r for r, p in zip(rec, pages) if p["renderer"] == k]) for k in kinds]
+            cells += [mean([r for r, p in zip(rec, pages) if p["split"] == s]) for s in ("dev", "holdout")]
+            cells.append(mean([r for r, p in zip(lenient, pages) if p["split"] == "holdout"]))
+            row = f"| {name} | {label} | " + " | ".join(cells) + " |"
+            lines.append(row)
+            print(row, flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, default=200)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--no-real", action="store_true", help="skip the real-renderer section")
     args = ap.parse_args()
     pages = corpus(args.pages)
     groups = sorted({p["format"] for p in pages})
@@ -92,10 +136,13 @@ def main() -> None:
         lines.append(row)
         print(row, flush=True)
     print("\n".join(lines[:4]))
+    if not args.no_real:
+        lines += ["", "Real renderers (canonical LaTeX):", ""] + real_section(methods())
     if args.record:
         from _common import record
 
-        record("Math-preserving extraction: formula recall and speed vs lynx, trafilatura, resiliparse", lines)
+        title = "Math-preserving extraction: formula recall and speed vs lynx, trafilatura, resiliparse"
+        record(title + ("" if args.no_real else " (+ real renderers, canonical LaTeX; pages/s under load)"), lines)
 
 
 if __name__ == "__main__":
