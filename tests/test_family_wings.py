@@ -387,3 +387,43 @@ def test_prunable_layers_are_found_by_module_type():
     assert list(decoder_layers(net)) == list(net.stack)
     Net._no_split_modules = []
     assert prunable_linears(net) == {}
+
+
+def test_a_family_that_cannot_be_pruned_says_which_and_why():
+    from torch import nn
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from refinery.compression.sparsity.runner import check_prunable
+    from refinery.errors import ConfigError
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32, n_positions=16))
+    with pytest.raises(ConfigError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\): no Linear layers found"):
+        check_prunable(gpt2)  # its projections are Conv1D, not nn.Linear
+    gpt2.transformer.h[0].mlp.c_proj = nn.Linear(6, 16)
+    with pytest.raises(ConfigError, match=r"model_type 'gpt2'.*input width 6, not a multiple of M=4"):
+        check_prunable(gpt2)
+
+
+def test_family_table_renders_recorded_cells(tmp_path):
+    """benchmarks/family_table.py: a column is yes only when all its cells passed; a failure is shown with its
+    reason; a cell that never ran is '-'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("family_table", ROOT / "benchmarks" / "family_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = tmp_path / "r.jsonl"
+    rows = [("llama", "generate", "ok", ""), ("llama", "sft mask", "ok", ""), ("llama", "sft train", "ok", ""),
+            ("qwen2", "generate", "ok", ""), ("qwen2", "sft mask", "ok", ""),
+            ("qwen2", "sft train", "fail", "qwen2: no chat template")]
+    rec.write_text("".join(json.dumps(dict(zip(("arch", "wing", "outcome", "detail"), r))) + "\n" for r in rows))
+    table = mod.render(rec).splitlines()
+    cols = table[0].split(" | ")
+    gen, sft, rl = (cols.index(c) for c in ("generate", "SFT", "RL step"))
+    llama, qwen2 = (ln.split(" | ") for ln in table[2:4])
+    assert (llama[gen], llama[sft], llama[rl]) == ("yes", "yes", "-")
+    assert (qwen2[gen], qwen2[sft]) == ("yes", "no [1]") and "[1] qwen2 / sft train: qwen2: no chat template" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{mod.START}\nold\n{mod.END}\nb\n")
+    mod.write_readme("T\n", readme)
+    assert readme.read_text() == f"a\n{mod.START}\nT\n{mod.END}\nb\n"

@@ -56,6 +56,22 @@ def load_transfer_masks(path: str | Path, n: int = 2, m: int = 4) -> dict[str, t
     return masks_from_logits(data, n, m)
 
 
+def check_prunable(model, m: int = 4) -> None:
+    """A ConfigError naming the model's family and the reason where N:M pruning cannot apply to it: no decoder
+    blocks found (by module type or a ``layers`` list), or a block Linear whose input width is not a multiple of M."""
+    from refinery.compression.sparsity.nm import prunable_linears
+
+    family = f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', '?')!r})"
+    linears = prunable_linears(model)
+    if not linears:
+        raise ConfigError(f"{family}: no Linear layers found inside decoder blocks (its class lists no "
+                          "_no_split_modules and it has no 'layers' list), so there is nothing to prune to N:M")
+    for name, lin in linears.items():
+        if lin.in_features % m:
+            raise ConfigError(f"{family}: layer {name} has input width {lin.in_features}, not a multiple of M={m}, "
+                              f"so it cannot be {m // 2}:{m} sparse")
+
+
 def calibration_windows(tokenizer, text: str, n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     """``n`` random windows of ``seq_len`` tokens from the text (MaskLLM/SparseGPT: 128 windows of the context)."""
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -101,6 +117,7 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
         raise ConfigError(f"--out {out} exists and is not empty")
     torch.manual_seed(seed)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    check_prunable(model, m)
     L = seq_len or min(model.config.max_position_embeddings, DEFAULT_SEQ_LEN)
     calib = calibration_windows(tok, read_text(calib_file), n_calib, L, seed)
     t0 = time.perf_counter()
