@@ -488,6 +488,8 @@ def compress_sparsify(
                                          "calibrated (e.g. cuda); the rest of the model stays on CPU. maskllm: "
                                          "where the model and mask logits train (default: CUDA when present)."),
     precision: str = typer.Option("fp32", "--precision", help="maskllm: fp32 or bf16 (autocast; logits fp32)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Load and write the model in its checkpoint's dtype (auto), "
+                              "or fp32 / bf16 / fp16."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="maskllm: windows per "
                                               "forward/backward; one mask sample and one token-mean per step."),
     checkpointing: bool = typer.Option(False, "--activation-checkpointing/--no-activation-checkpointing",
@@ -502,7 +504,7 @@ def compress_sparsify(
     rep = sparsify(model, method, calib, out, n_calib=n_calib, seq_len=seq_len, steps=steps, lr=lr,
                    batch_size=batch_size, prior=prior, init_logits=init_logits, seed=seed, progress=progress,
                    fmt=fmt, device=device, precision=precision, micro_batch=micro_batch,
-                   activation_checkpointing=checkpointing)
+                   activation_checkpointing=checkpointing, dtype=dtype)
     console.print(f"{method}: {rep['sparsity']['overall']:.1%} of block weights zero ({rep['pattern']}, "
                   f"{rep['format']}), {rep['seconds']:.1f}s -> {out}", highlight=False)
 

@@ -99,7 +99,8 @@ class MaskedLinear(nn.Module):
         mask = self.mask()  # one Gumbel sample per forward, shared by the output and the regulariser
         if self.training:
             self.sparse_weight_norm = (self.linear.weight.detach() * mask).pow(2).sum()
-        return F.linear(x, self.linear.weight * mask, self.linear.bias)
+        w = self.linear.weight
+        return F.linear(x, w * mask.to(w.dtype), self.linear.bias)  # a bf16 checkpoint stays bf16 (logits fp32)
 
 
 def masks_from_logits(logits: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> dict[str, torch.Tensor]:

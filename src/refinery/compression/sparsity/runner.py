@@ -87,12 +87,15 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
              seq_len: int | None = None, n: int = 2, m: int = 4, steps: int = 200, lr: float = 5e-5,
              batch_size: int = 8, prior: str = "sparsegpt", init_logits: str | Path | None = None, seed: int = 0,
              progress: bool = True, fmt: str = "dense", device: str | None = None, precision: str = "fp32",
-             micro_batch: int | None = None, activation_checkpointing: bool = False) -> dict[str, Any]:
+             micro_batch: int | None = None, activation_checkpointing: bool = False,
+             dtype: str = "auto") -> dict[str, Any]:
     """``lr``: MaskLLM base LR, logits at 10x (NVlabs/MaskLLM llama2_7b_mask_only_tp8_c4.sh: LR=5e-5, --lr-mult 10).
     ``init_logits``: a mask_logits.safetensors or masks.safetensors whose mask becomes the prior (transfer).
     ``device``: where Wanda/SparseGPT run the layer being calibrated (e.g. cuda), the rest stays on CPU; for
     MaskLLM, the engine device the model and logits train on (default ``auto``), with ``precision``,
-    ``micro_batch`` rows per forward and ``activation_checkpointing``."""
+    ``micro_batch`` rows per forward and ``activation_checkpointing``. ``dtype``: ``auto`` loads (and writes) the
+    checkpoint's own dtype (a bf16 8B model is held once, in 16 GB, not as 32 GB of fp32), or fp32 / bf16 / fp16;
+    the statistics (Wanda norms, SparseGPT Hessians) are accumulated in fp32/fp64 either way."""
     from safetensors.torch import save_file
 
     from refinery.compression.sparsity.export import FORMATS, save_sparse
@@ -106,6 +109,9 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
         raise ConfigError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
     if method == "maskllm" and prior not in ("magnitude", "wanda", "sparsegpt", "none"):
         raise ConfigError(f"unknown prior {prior!r} (magnitude, wanda, sparsegpt or none)")
+    dtypes = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in dtypes:
+        raise ConfigError(f"unknown --dtype {dtype!r} (auto, fp32, bf16 or fp16)")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"unknown --precision {precision!r} (fp32 or bf16)")
     if fmt not in FORMATS:
@@ -116,7 +122,7 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty")
     torch.manual_seed(seed)
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    model, tok = load_model(model_dir, dtype=dtypes[dtype]), load_tokenizer(model_dir)
     check_prunable(model, m)
     L = seq_len or min(model.config.max_position_embeddings, DEFAULT_SEQ_LEN)
     calib = calibration_windows(tok, read_text(calib_file), n_calib, L, seed)
@@ -161,6 +167,7 @@ def sparsify(model_dir: str | Path, method: str, calib_file: str | Path, out: st
     if logits is not None:
         save_file({k: v.contiguous() for k, v in logits.items()}, str(out / "mask_logits.safetensors"))
     report = {"method": method, "pattern": f"{n}:{m}", "format": fmt, "calibration_windows": int(calib.shape[0]),
+              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
               "seq_len": L,
               "seconds": round(seconds, 2), "sparsity": sparsity_report(model), **extra}
     (out / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
