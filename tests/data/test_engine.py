@@ -76,20 +76,46 @@ def test_counts_rejects_and_global_stage(tmp_path):
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["records_out"] == 5
 
 
-def test_resume_skips_finished_shards(tmp_path):
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: the engine does not catch it)."""
+
+
+class CrashOnKiwi(Stage):
+    name = "crash"
+
+    def __init__(self, flag: Path):
+        self.flag = flag
+
+    def process(self, records):
+        if self.flag.exists() and any(r["text"] == "kiwi" for r in records):
+            raise Crash
+        return records
+
+
+def crashing_stages(flag: Path):
+    return [Upper(), KeepFirstLetter(), CrashOnKiwi(flag)]
+
+
+def test_resume_skips_finished_shards_and_a_complete_run_is_not_redone(tmp_path):
     files = write_inputs(tmp_path / "in")
-    out = tmp_path / "out"
-    spec = RunSpec(toy_stages, str(out))
-    run_pipeline(spec, plan_shards(files), workers=1, progress=False)
+    out, flag = tmp_path / "out", tmp_path / "crash"
+    flag.touch()
+    spec = RunSpec(functools.partial(crashing_stages, flag), str(out))
+    with pytest.raises(Crash):  # shard 1 of the last segment dies; shard 0 is finished
+        run_pipeline(spec, plan_shards(files), workers=1, progress=False)
+    assert (out / "_work").is_dir() and not (out / "stats.json").exists()
     before = {p: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
-    # A crash in the last segment of shard 1: its stats (the done marker) and output are gone.
-    (out / "_work" / "seg1" / "shard-00001.stats.json").unlink()
-    (out / "data" / "shard-00001.jsonl").unlink()
-    run_pipeline(spec, plan_shards(files), workers=1, progress=False)
+    assert list(before) == [out / "data" / "shard-00000.jsonl"]
+    flag.unlink()
+    stats = run_pipeline(spec, plan_shards(files), workers=1, progress=False)
     after = {p: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
     assert after[out / "data" / "shard-00000.jsonl"] == before[out / "data" / "shard-00000.jsonl"]
-    assert (out / "data" / "shard-00001.jsonl") in after
     assert [r["text"] for r in output_records(out)] == ["apple", "cherry", "banana", "kiwi", "date"]
+    # Done: _work/ is gone, stats.json says complete, and the same run again changes nothing.
+    assert stats["complete"] and not (out / "_work").exists()
+    flag.touch()  # would crash if anything ran again
+    assert run_pipeline(spec, plan_shards(files), workers=1, progress=False) == stats
+    assert {p: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == after
 
 
 def test_process_pool_matches_serial(tmp_path):

@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -395,37 +396,52 @@ def read_jsonl(paths: tuple[str, ...], start: int = 0, stop: int | None = None) 
                     yield {"source": f"{path}:{i}", "_reject": "not_an_object"}
             continue
         opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for line_no, line in enumerate(f, 1):
-                if line_no <= start:
-                    continue
-                if stop is not None and line_no > stop:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield {"source": f"{path}:{line_no}", "_reject": "bad_json", "_detail": e.msg}
-                    continue
-                if not isinstance(rec, dict):
-                    yield {"source": f"{path}:{line_no}", "_reject": "not_an_object"}
-                    continue
-                rec.setdefault("source", f"{path}:{line_no}")
-                yield rec
+        line_no = 0
+        try:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                for line_no, line in enumerate(f, 1):
+                    if line_no <= start:
+                        continue
+                    if stop is not None and line_no > stop:
+                        break
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield {"source": f"{path}:{line_no}", "_reject": "bad_json", "_detail": e.msg}
+                        continue
+                    if not isinstance(rec, dict):
+                        yield {"source": f"{path}:{line_no}", "_reject": "not_an_object"}
+                        continue
+                    rec.setdefault("source", f"{path}:{line_no}")
+                    yield rec
+        except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt gzip: what was read is kept
+            yield _broken_file(path, line_no, e)
+
+
+def _broken_file(path: str, n: int, e: Exception) -> dict[str, Any]:
+    """The reject that ends a file which cannot be read to its end (truncated or corrupt compression, a damaged
+    Parquet footer or row group): ``truncated_input`` or ``corrupt_input``."""
+    reason = "truncated_input" if isinstance(e, EOFError) or "truncat" in str(e).lower() else "corrupt_input"
+    return {"source": f"{path}#{n + 1}", "_reject": reason,
+            "_detail": f"unreadable after {n} lines/rows: {type(e).__name__}: {e}"}
 
 
 def read_parquet(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     for path in paths:
-        pf = pq.ParquetFile(path)
         row = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                row += 1
-                rec.setdefault("source", f"{path}:{row}")
-                yield rec
+        try:
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=1024):
+                for rec in batch.to_pylist(maps_as_pydicts="lossy"):
+                    row += 1
+                    rec.setdefault("source", f"{path}:{row}")
+                    yield rec
+        except (OSError, ValueError, EOFError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError OSError
+            yield _broken_file(path, row, e)
 
 
 def read_html_files(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -440,9 +456,162 @@ def read_html_files(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
                "encoding_source": dec.source}
 
 
-# ---- writers -------------------------------------------------------------------------------------------------
-def write_records(records: list[dict[str, Any]], path: Path, fmt: str) -> None:
-    """Write atomically (temp file + rename): a crash never leaves half a shard."""
+# ---- writers ------------------------------------------------------------------------------------------------
+# Types of the fields the readers produce (used for a field when it is present in the output).
+READER_TYPES: dict[str, str] = {
+    "source": "string", "warc_record_id": "string", "warc_date": "string", "http_status": "int64",
+    "content_type": "string", "format": "string", "html": "string", "body": "string", "encoding": "string",
+    "encoding_source": "string", "_row": "string"}
+JSON = "json"  # a declared/resolved type: the value is stored as its JSON text (a string column)
+_SCALARS = {"string": "string", "str": "string", "int64": "int64", "int": "int64", "int32": "int32",
+            "float64": "float64", "float": "float64", "double": "float64", "float32": "float32", "bool": "bool",
+            "binary": "binary", "null": "null"}
+
+
+def arrow_type(spec: str):
+    """A declared type (``string``, ``int64``, ``float64``, ``bool``, ``list<T>``, ``map<K,V>``) → a pyarrow
+    type (``json`` stays a string column holding JSON text)."""
+    import pyarrow as pa
+
+    t = spec.strip().lower()
+    if t == JSON:
+        return pa.string()
+    if t in _SCALARS:
+        return getattr(pa, _SCALARS[t])()
+    if t.startswith("list<") and t.endswith(">"):
+        return pa.list_(arrow_type(t[5:-1]))
+    if t.startswith("map<") and t.endswith(">"):
+        inner, depth = t[4:-1], 0
+        for k, ch in enumerate(inner):
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "," and depth == 0:
+                return pa.map_(arrow_type(inner[:k]), arrow_type(inner[k + 1:]))
+    raise DataError(f"unknown field type {spec!r} (string, int64, float64, bool, binary, json, list<T>, map<K,V>)")
+
+
+def type_name(t) -> str:
+    """A pyarrow type in the declared notation (``float64``, ``list<string>``, ``map<string,int64>``)."""
+    import pyarrow as pa
+
+    if pa.types.is_map(t):
+        return f"map<{type_name(t.key_type)},{type_name(t.item_type)}>"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    return {"double": "float64", "float": "float32"}.get(str(t), str(t))
+
+
+def _unwritable(t) -> bool:
+    """Types Parquet cannot store (a struct without fields, as inferred from ``{}``), anywhere inside ``t``."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return t.num_fields == 0 or any(_unwritable(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _unwritable(t.value_type)
+    if pa.types.is_map(t):
+        return _unwritable(t.key_type) or _unwritable(t.item_type)
+    return False
+
+
+def infer_types(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per field (in order of first appearance), the arrow type its values infer to, or ``json`` where they do
+    not infer to one type (mixed types)."""
+    import pyarrow as pa
+
+    fields: dict[str, None] = {}
+    for r in records:
+        fields.update(dict.fromkeys(r))
+    out: dict[str, Any] = {}
+    for f in fields:
+        try:
+            t = pa.array([r.get(f) for r in records]).type
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            out[f] = JSON
+            continue
+        out[f] = t  # may be unwritable (``{}`` → an empty struct): a declaration or the resolution decides
+    return out
+
+
+def encode_types(types: dict[str, Any]) -> dict[str, Any]:
+    """Inferred types → something JSON can carry (``{"json": [...], "arrow": base64 IPC schema}``)."""
+    import base64
+
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field(f, t) for f, t in types.items() if t != JSON])
+    return {"order": list(types), "json": [f for f, t in types.items() if t == JSON],
+            "arrow": base64.b64encode(schema.serialize().to_pybytes()).decode()}
+
+
+def decode_types(enc: dict[str, Any]) -> dict[str, Any]:
+    import base64
+
+    import pyarrow as pa
+
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(enc["arrow"])))
+    by = {f.name: f.type for f in schema}
+    return {f: (JSON if f in enc["json"] else by[f]) for f in enc["order"]}
+
+
+def resolve_schema(declared: dict[str, str], observed: list[dict[str, Any]]) -> tuple[Any, list[str], list[str]]:
+    """One schema for a whole output: a field seen in any shard gets its declared type, else the types its shards
+    inferred, unified (null → anything, int → float). Returns ``(schema, json_fields, mismatched)``: fields whose
+    values only fit as JSON text, and declared fields whose values did not fit the declaration (stored as JSON)."""
+    import pyarrow as pa
+
+    order: dict[str, None] = {}
+    for obs in observed:
+        order.update(dict.fromkeys(obs))
+    fields, json_fields, mismatched = [], [], []
+    for f in order:
+        types = [obs[f] for obs in observed if f in obs]
+        t = None
+        if JSON not in types:
+            try:
+                t = pa.unify_schemas([pa.schema([pa.field(f, x)]) for x in types],
+                                     promote_options="permissive").field(f).type
+            except (pa.ArrowException, TypeError, ValueError):
+                t = None
+        if f in declared:
+            want = arrow_type(declared[f])
+            ok = declared[f] != JSON and JSON not in types and all(pa.types.is_null(x) or _fits(x, want)
+                                                                   for x in types)
+            if declared[f] == JSON or not ok:
+                json_fields.append(f)
+                if declared[f] != JSON:
+                    mismatched.append(f)
+            fields.append(pa.field(f, want if ok else pa.string()))
+        elif t is None or _unwritable(t):
+            json_fields.append(f)
+            fields.append(pa.field(f, pa.string()))
+        else:
+            fields.append(pa.field(f, t))
+    return pa.schema(fields), json_fields, mismatched
+
+
+def _fits(observed, declared) -> bool:
+    """Whether values inferred as ``observed`` convert to ``declared`` without loss of meaning."""
+    import pyarrow as pa
+
+    if observed == declared:
+        return True
+    if pa.types.is_integer(observed) and (pa.types.is_integer(declared) or pa.types.is_floating(declared)):
+        return True
+    if pa.types.is_floating(observed) and pa.types.is_floating(declared):
+        return True
+    if pa.types.is_struct(observed) and pa.types.is_map(declared):  # dicts inferred as structs → a map
+        return all(_fits(observed.field(i).type, declared.item_type) or pa.types.is_null(observed.field(i).type)
+                   for i in range(observed.num_fields))
+    if pa.types.is_list(observed) and pa.types.is_list(declared):
+        return pa.types.is_null(observed.value_type) or _fits(observed.value_type, declared.value_type)
+    return False
+
+
+def write_records(records: list[dict[str, Any]], path: Path, fmt: str, schema=None,
+                  json_fields: tuple[str, ...] | list[str] = ()) -> None:
+    """Write atomically (temp file + rename): a crash never leaves half a shard. Parquet is written under
+    ``schema`` when one is given (``json_fields`` stored as their JSON text), else inferred from the records."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if fmt == "jsonl":
@@ -453,7 +622,14 @@ def write_records(records: list[dict[str, Any]], path: Path, fmt: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(records) if records else pa.table({})
+        if json_fields:
+            jf = set(json_fields)
+            records = [{k: (json.dumps(v, ensure_ascii=False, default=str) if k in jf and v is not None else v)
+                        for k, v in r.items()} for r in records]
+        if schema is not None:
+            table = pa.Table.from_pylist(records, schema=schema)
+        else:
+            table = pa.Table.from_pylist(records) if records else pa.table({})
         pq.write_table(table, tmp)
     else:
         raise DataError(f"unknown output format {fmt!r} (jsonl or parquet)")
@@ -461,9 +637,10 @@ def write_records(records: list[dict[str, Any]], path: Path, fmt: str) -> None:
 
 
 def read_output(path: Path) -> list[dict[str, Any]]:
+    """Records of one output or work file (Parquet maps come back as dicts, as they were written)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        return pq.read_table(path).to_pylist(maps_as_pydicts="lossy")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

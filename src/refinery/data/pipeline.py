@@ -9,9 +9,18 @@
   ``_work/`` until the run ends.
 - **Executors**: ``local`` (a spawn process pool over shards, one shard in memory per worker) and ``ray``
   (Ray Data over the same shard function, on a local instance or a cluster). Same pipeline, same output.
+- **Records** get an internal row id ``_row`` when read (``<shard>-<n>``, plus ``.k`` for the k-th extra record
+  a stage makes from one): global stages (dedup, blend) decide by it, never by the input's ``id``, so two inputs
+  with overlapping ids lose nothing. An input without ``id`` gets the row id as its ``id``.
 - **Output** per shard, atomically (temp + rename): ``data/shard-NNNNN.{jsonl,parquet}``, rejects in
   ``rejects/``, counts in ``_work/``; a shard's stats file is written last and marks it done, so a re-run skips
-  finished shards and a crash loses at most the shards in flight. ``stats.json`` sums the per-stage counts.
+  finished shards and a crash loses at most the shards in flight. ``stats.json`` sums the per-stage counts and
+  says ``complete``; ``_work/`` is removed then, and a re-run of a complete run does nothing.
+- **Parquet** output has one schema for the whole run (``schema.json``): the types stages declare for the fields
+  they add (``Stage.schema``), the readers' types, and for any other field its per-shard types unified (null →
+  anything, int → float); values that fit no single type are stored as JSON text and listed there.
+- **Retry** (:func:`retry_rejects`): records rejected for a transient reason (``llm_error``) run again from the
+  stage that rejected them; survivors go to ``data/shard-retryNN``, the counts in ``stats.json`` are corrected.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from refinery.data.io import Shard, read_output, read_shard, write_records
 from refinery.errors import ConfigError, DataError
 
 Record = dict[str, Any]
+TRANSIENT_REASONS = ("llm_error",)  # reject reasons a retry may cure (a server down, a request timed out)
 
 
 class Stage:
@@ -37,6 +47,7 @@ class Stage:
 
     name: str = "stage"
     adds: tuple[str, ...] = ()
+    schema: dict[str, str] = {}  # output types of the fields it adds (io.arrow_type names: int64, map<K,V>, ...)
 
     def setup(self) -> None:
         """Expensive initialisation, run once per worker before the first batch."""
@@ -56,6 +67,11 @@ class GlobalStage(Stage):
 
     def apply(self, records: list[Record], decision: Any) -> list[Record]:
         raise NotImplementedError
+
+
+def row_id(record: Record) -> str:
+    """A record's engine row id (``_row``); records made outside the engine fall back to their ``id``."""
+    return record.get("_row") or str(record["id"])
 
 
 def reject(record: Record, reason: str, detail: str | None = None) -> Record:
@@ -89,6 +105,7 @@ def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]],
                counts: StageCounts, rejects: list[Record], batch_size: int) -> list[Record]:
     t0 = time.perf_counter()
     out: list[Record] = []
+    rows: set[str] = set()
     for s in range(0, len(records), batch_size):
         batch = records[s: s + batch_size]
         try:
@@ -100,6 +117,7 @@ def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]],
                     result += fn([rec])
                 except Exception as e:
                     result.append(reject(rec, "error", f"{stage.name}: {type(e).__name__}: {e}"))
+        _unique_rows(result, rows)
         for rec in result:
             if "_reject" in rec:
                 counts.dropped[rec["_reject"]] += 1
@@ -110,6 +128,22 @@ def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]],
     counts.kept += len(out)
     counts.seconds += time.perf_counter() - t0
     return out
+
+
+def _unique_rows(records: list[Record], seen: set[str]) -> None:
+    """A stage that makes several records from one (chunks, templates) copies its ``_row``: the extra ones get
+    ``<row>.0001``, ``<row>.0002``, … in output order (deterministic), so every row id stays unique."""
+    for i, rec in enumerate(records):
+        row = rec.get("_row")
+        if row is None:
+            continue
+        new, k = row, 0
+        while new in seen:
+            k += 1
+            new = f"{row}.{k:04d}"
+        seen.add(new)
+        if new != row:
+            records[i] = {**rec, "_row": new}
 
 
 # ---- segments ------------------------------------------------------------------------------------------------
@@ -141,6 +175,7 @@ class RunSpec:
     output: str
     fmt: str = "jsonl"
     batch_size: int = 64
+    schema: dict[str, str] = field(default_factory=dict)  # declared output types, over the stages' own
 
 
 def _work(spec: RunSpec) -> Path:
@@ -152,7 +187,7 @@ def _stats_path(spec: RunSpec, seg: int, shard: Shard) -> Path:
 
 
 def _seg_output(spec: RunSpec, seg: int, shard: Shard, last: bool) -> Path:
-    if last:
+    if last and spec.fmt == "jsonl":  # Parquet is written at the end, under the run's one schema
         return Path(spec.output) / "data" / f"{shard.name}.{spec.fmt}"
     return _work(spec) / f"seg{seg}" / f"{shard.name}.jsonl"
 
@@ -185,7 +220,8 @@ def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> d
         records = []
         read = StageCounts("read")
         for n, rec in enumerate(read_shard(shard)):
-            rec.setdefault("id", f"{shard.index:05d}-{n:07d}")  # corpus order: dedup keeps the first
+            rec["_row"] = f"{shard.index:05d}-{n:09d}"  # corpus order: dedup keeps the first
+            rec.setdefault("id", rec["_row"])
             read.seen += 1
             if "_reject" in rec:
                 read.dropped[rec["_reject"]] += 1
@@ -208,7 +244,7 @@ def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> d
         records = _run_stage(st, records, st.process, c, rejects, spec.batch_size)
         counts.append(c)
     last = seg.index == n_segments - 1
-    write_records(records, _seg_output(spec, seg.index, shard, last), spec.fmt if last else "jsonl")
+    write_records(records, _seg_output(spec, seg.index, shard, last), "jsonl")
     if rejects:
         write_records(rejects, Path(spec.output) / "rejects" / f"seg{seg.index}-{shard.name}.jsonl", "jsonl")
     if seg.collect_global is not None:
@@ -217,6 +253,10 @@ def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> d
         tmp.write_bytes(pickle.dumps(summary))
         os.replace(tmp, tmp.with_suffix(""))
     stats = {"shard": shard.name, "out": len(records), "stages": [c.to_dict() for c in counts]}
+    if last and spec.fmt == "parquet":  # types as the finishing step will read them back (after JSON)
+        from refinery.data.io import encode_types, infer_types
+
+        stats["types"] = encode_types(infer_types(read_output(_seg_output(spec, seg.index, shard, last))))
     write_records([stats], stats_path, "jsonl")  # last: marks the shard-segment done
     return stats
 
@@ -257,16 +297,22 @@ def _ray(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) -> N
 
 def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", workers: int | None = None,
                  progress: bool = True) -> dict:
-    """Run every segment over every shard (skipping finished ones); returns and writes ``stats.json``."""
+    """Run every segment over every shard (skipping finished ones); returns and writes ``stats.json``. A complete
+    run (``stats.json`` says so) is not run again: its stats are returned."""
+    import shutil
+
     from refinery.progress import StepBar
     from refinery.runs import atomic_write_text
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r} (local or ray)")
+    out = Path(spec.output)
+    done_stats = completed(out)
+    if done_stats is not None:
+        return done_stats
     stages = spec.factory()
     segs = segments(stages)
     workers = workers or os.cpu_count() or 1
-    out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     totals: dict[str, StageCounts] = {}
@@ -308,10 +354,57 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
                     order.append(c["name"])
                 totals[c["name"]].merge(c)
     summary = {"shards": len(shards), "records_out": totals[order[-1]].kept if order else 0,
-               "seconds": round(time.perf_counter() - t0, 2), "executor": executor,
-               "stages": [totals[n].to_dict() for n in order]}
+               "seconds": 0.0, "executor": executor, "stages": [totals[n].to_dict() for n in order]}
+    if spec.fmt == "parquet":
+        summary["schema"] = _finish_parquet(spec, shards, segs[-1].index, declared_types(stages, spec.schema))
+    summary.update(seconds=round(time.perf_counter() - t0, 2), complete=True)
     atomic_write_text(out / "stats.json", json.dumps(summary, indent=1) + "\n")
+    shutil.rmtree(_work(spec), ignore_errors=True)  # stats.json now marks the run done
     return summary
+
+
+def completed(output: str | Path) -> dict | None:
+    """The stats of a complete run in ``output``, or None (no run, or one still to finish)."""
+    path = Path(output) / "stats.json"
+    if not path.exists() or (Path(output) / "_work").exists():
+        return None
+    stats = json.loads(path.read_text())
+    return stats if stats.get("complete") else None
+
+
+def declared_types(stages: list[Stage], overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Output field → declared type: the readers' fields, then each stage's ``schema``, then ``overrides``."""
+    from refinery.data.io import READER_TYPES
+
+    out = dict(READER_TYPES)
+    for st in stages:
+        out.update(st.schema)
+    out.update(overrides or {})
+    return out
+
+
+def _finish_parquet(spec: RunSpec, shards: list[Shard], last: int, declared: dict[str, str]) -> dict:
+    """Write every shard's Parquet file under one schema resolved over all shards (``schema.json``); files already
+    written under the same schema are kept (a resumed finish redoes only what a crash left)."""
+    from refinery.data.io import decode_types, resolve_schema, type_name
+    from refinery.runs import atomic_write_text
+
+    observed = [decode_types(read_output(_stats_path(spec, last, s))[0]["types"]) for s in shards]
+    schema, json_fields, mismatched = resolve_schema(declared, observed)
+    desc = {"fields": [{"name": f.name, "type": "json" if f.name in json_fields else type_name(f.type)}
+                       for f in schema],
+            "declared_but_mismatched": mismatched}
+    text = json.dumps(desc, indent=1) + "\n"
+    path = Path(spec.output) / "schema.json"
+    same = path.exists() and path.read_text() == text
+    if path.exists() and not same:
+        path.unlink()  # the files it described are rewritten below
+    for s in shards:
+        dst = Path(spec.output) / "data" / f"{s.name}.parquet"
+        if not (same and dst.exists()):
+            write_records(read_output(_seg_output(spec, last, s, last=False)), dst, "parquet", schema, json_fields)
+    atomic_write_text(path, text)
+    return desc
 
 
 def output_records(output: str | Path) -> list[Record]:

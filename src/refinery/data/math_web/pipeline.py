@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from refinery.config import Section
-from refinery.data.pipeline import GlobalStage, Record, Stage, reject
+from refinery.data.pipeline import GlobalStage, Record, Stage, reject, row_id
 from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
 
 STAGES = ("extract", "cleanup", "quality", "dedup_exact", "dedup_fuzzy", "decontaminate")
@@ -106,6 +106,8 @@ class Extract(Stage):
     ``render_failed``, ``empty_text``, ``no_math``."""
 
     name, adds = "extract", ("text", "formulas", "formula_sources", "renderer", "format")
+    schema = {"text": "string", "formulas": "int64", "formula_sources": "map<string,int64>", "renderer": "string",
+              "format": "string"}
 
     def __init__(self, cfg: ExtractConfig):
         self.cfg = cfg
@@ -173,6 +175,7 @@ class Extract(Stage):
 
 class Cleanup(LLMStage):
     name, adds = "cleanup", ("text", "raw_text", "cleanup_chunks")
+    schema = {"text": "string", "raw_text": "string", "cleanup_chunks": "int64"}
 
     def __init__(self, cfg: CleanupConfig):
         super().__init__(cfg, cfg)
@@ -201,6 +204,7 @@ class Cleanup(LLMStage):
 
 class Quality(Stage):
     name, adds = "quality", ("quality_score", "quality_int")
+    schema = {"quality_score": "float64", "quality_int": "int64"}
 
     def __init__(self, cfg: QualityConfig):
         self.cfg = cfg
@@ -230,23 +234,18 @@ class ExactDedup(GlobalStage):
     def collect(self, records):
         from refinery.data.text.dedup import exact_key
 
-        return [(r["id"], r.get("source"), exact_key(r.get("text", ""))) for r in records]
+        return [(row_id(r), r.get("id"), r.get("source"), exact_key(r.get("text", ""))) for r in records]
 
     def decide(self, summaries, out_dir: Path):
-        first: dict[str, str] = {}
         groups: dict[str, list] = {}
-        for rid, src, key in sorted((x for s in summaries for x in s), key=lambda x: x[0]):
-            if key in first:
-                groups[key].append((rid, src))
-            else:
-                first[key] = rid
-                groups[key] = [(rid, src)]
+        for row, rid, src, key in sorted((x for s in summaries for x in s), key=lambda x: x[0]):
+            groups.setdefault(key, []).append((row, rid, src))
         clusters = [g for g in groups.values() if len(g) > 1]
         _write_clusters(out_dir / "duplicates" / "exact_clusters.jsonl", clusters)
-        return {rid for g in clusters for rid, _ in g[1:]}
+        return {row for g in clusters for row, _, _ in g[1:]}
 
     def apply(self, records, drop):
-        return [reject(r, "duplicate_exact") if r["id"] in drop else r for r in records]
+        return [reject(r, "duplicate_exact") if row_id(r) in drop else r for r in records]
 
 
 class FuzzyDedup(GlobalStage):
@@ -263,7 +262,7 @@ class FuzzyDedup(GlobalStage):
         a, b = permutations(self.cfg.bands * self.cfg.rows, self.cfg.seed)
         sigs = np.stack([minhash(r.get("text", ""), a, b, self.cfg.shingle) for r in records]) if records \
             else np.zeros((0, len(a)), dtype=np.uint32)
-        return [r["id"] for r in records], [r.get("source") for r in records], sigs
+        return [row_id(r) for r in records], [(r.get("id"), r.get("source")) for r in records], sigs
 
     def decide(self, summaries, out_dir: Path):
         import numpy as np
@@ -277,18 +276,20 @@ class FuzzyDedup(GlobalStage):
         sigs = np.concatenate([s[2] for s in summaries])
         clusters = lsh_clusters(ids, sigs, self.cfg.bands, self.cfg.rows, self.cfg.threshold)
         _write_clusters(out_dir / "duplicates" / "minhash_clusters.jsonl",
-                        [[(i, sources[i]) for i in c] for c in clusters])
+                        [[(i, *sources[i]) for i in c] for c in clusters])
         return {i for c in clusters for i in c[1:]}
 
     def apply(self, records, drop):
-        return [reject(r, "duplicate_fuzzy") if r["id"] in drop else r for r in records]
+        return [reject(r, "duplicate_fuzzy") if row_id(r) in drop else r for r in records]
 
 
 def _write_clusters(path: Path, clusters: list[list[tuple]]) -> None:
+    """One line per cluster of ``(row, id, source)`` members: the kept one first (input ids and row ids both)."""
     from refinery.data.io import write_records
 
-    write_records([{"kept": c[0][0], "kept_source": c[0][1], "removed": [i for i, _ in c[1:]],
-                    "removed_sources": [s for _, s in c[1:]]} for c in clusters], path, "jsonl")
+    write_records([{"kept": c[0][1], "kept_row": c[0][0], "kept_source": c[0][2],
+                    "removed": [i for _, i, _ in c[1:]], "removed_rows": [r for r, _, _ in c[1:]],
+                    "removed_sources": [s for _, _, s in c[1:]]} for c in clusters], path, "jsonl")
 
 
 class Decontaminate(Stage):

@@ -135,6 +135,7 @@ class Normalize(Stage):
     """Map known layouts (GSM8K, MATH, HumanEval, generic) to ``problem`` / ``reference`` / ``tests``."""
 
     name, adds = "normalize", ("problem", "reference", "text")
+    schema = {"problem": "string", "reference": "string", "text": "string"}
 
     def __init__(self, domain: str):
         self.domain = domain
@@ -201,6 +202,7 @@ class VerifyAnswer(LLMStage):
     """Keep a math problem only if the majority of N sampled answers equals its reference (AceReason)."""
 
     name, adds = "verify_answer", ("difficulty", "majority_answer", "samples")
+    schema = {"difficulty": "float64", "majority_answer": "string", "samples": "int64"}
 
     def __init__(self, cfg: CurationConfig):
         super().__init__(cfg, cfg.generator)
@@ -270,6 +272,7 @@ class Solvability(LLMStage):
     """Sample N programs; drop problems every sample fails (AceReason); pass rate kept as difficulty."""
 
     name, adds = "solvability", ("difficulty", "samples")
+    schema = {"difficulty": "float64", "samples": "int64"}
 
     def __init__(self, cfg: CurationConfig):
         super().__init__(cfg, cfg.generator)

@@ -122,6 +122,8 @@ class CrossThinkConfig(DataRunConfig):
 
 class Synthesize(LLMStage):
     name, adds = "synthesize", ("question", "answer", "options", "template", "domain", "source_doc")
+    schema = {"question": "string", "answer": "string", "options": "map<string,string>", "template": "string",
+              "domain": "string"}
 
     def __init__(self, cfg: CrossThinkConfig):
         super().__init__(cfg, cfg.generator)
@@ -149,6 +151,7 @@ class Synthesize(LLMStage):
 
 class ConvertMCQ(Stage):
     name, adds = "mcq_to_open", ("converted_from_mcq",)
+    schema = {"converted_from_mcq": "bool"}
 
     def __init__(self, cfg: CrossThinkConfig):
         self.cfg = cfg
@@ -173,6 +176,7 @@ class Verifiable(Stage):
     """Keep only items whose answers a verifier can check."""
 
     name, adds = "verifiable", ("prompt",)
+    schema = {"prompt": "string", "verifier": "string", "domain_label": "string"}
 
     def __init__(self, cfg: CrossThinkConfig):
         self.cfg = cfg
@@ -201,6 +205,7 @@ class Difficulty(LLMStage):
     """Drop items a small model already solves: pass rate over N samples above ``max_pass_rate``."""
 
     name, adds = "difficulty", ("pass_rate",)
+    schema = {"pass_rate": "float64"}
 
     def __init__(self, cfg: CrossThinkConfig):
         super().__init__(cfg, cfg.generator)

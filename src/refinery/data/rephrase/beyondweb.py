@@ -143,6 +143,7 @@ class BeyondWebConfig(DataRunConfig):
 
 class Select(Stage):
     name, adds = "select", ("source_text",)
+    schema = {"source_text": "string", "quality": "float64"}
 
     def __init__(self, cfg: BeyondWebConfig):
         self.cfg = cfg
@@ -177,6 +178,7 @@ class Chunk(Stage):
     """One record per paragraph-aligned chunk (``chunk``, ``chunk_index``, ``doc_id``)."""
 
     name, adds = "chunk", ("chunk", "chunk_index", "doc_id")
+    schema = {"chunk": "string", "chunk_index": "int64"}  # doc_id: the input id, of whatever type it has
 
     def __init__(self, cfg: BeyondWebConfig):
         self.cfg = cfg
@@ -194,6 +196,8 @@ class Chunk(Stage):
 
 class Rephrase(LLMStage):
     name, adds = "rephrase", ("text", "strategy", "input_tokens", "output_tokens", "fidelity")
+    schema = {"text": "string", "strategy": "string", "input_tokens": "int64", "output_tokens": "int64",
+              "fidelity": "float64"}
 
     def __init__(self, cfg: BeyondWebConfig):
         super().__init__(cfg, cfg.generator)
