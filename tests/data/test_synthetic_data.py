@@ -137,7 +137,7 @@ def test_blend_follows_ratios(tmp_path):
     st = Blend(cfg)
     recs = [{"id": f"g{i}", "domain": "general"} for i in range(50)] + \
         [{"id": f"m{i}", "domain": "math"} for i in range(40)]
-    keep = st.decide([st.collect(recs)], tmp_path)
+    keep, _ = st.decide([st.collect(recs)], tmp_path)
     kept = Counter(r["domain"] for r in recs if r["id"] in keep)
     assert kept == {"general": 50, "math": 25}  # general limits: 50 general -> 25 math
     assert json.loads((tmp_path / "blend.json").read_text())["kept"] == {"general": 50, "math": 25}

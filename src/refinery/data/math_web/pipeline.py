@@ -194,6 +194,11 @@ class Cleanup(LLMStage):
             if errors:
                 out.append(reject(rec, "llm_error", str(errors[0])))
                 continue
+            cut = [k for k, r in enumerate(res) if r[0].finish_reason == "length"]
+            if cut:  # an answer that hit max_new_tokens lost the rest of its chunk
+                out.append(reject(rec, "truncated", f"chunk(s) {cut} of {len(cs)} hit cleanup.max_new_tokens="
+                                                    f"{self.cfg.max_new_tokens}"))
+                continue
             merged = merge_chunks([r[0].text for r in res])
             if merged is None:
                 out.append(reject(rec, "no_useful_content"))

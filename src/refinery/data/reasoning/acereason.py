@@ -58,6 +58,46 @@ def gsm8k_answer(answer: str) -> str:
     return answer.rsplit("####", 1)[-1].strip().replace(",", "") if "####" in answer else answer.strip()
 
 
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_BARE = re.compile(r"\\boxed\s+([^\s$]+)")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in a worked solution, nested braces
+    matched (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``); ``\\boxed 5`` without braces too; None if there
+    is none or its braces never close."""
+    starts = list(_BOXED.finditer(text))
+    bare = list(_BOXED_BARE.finditer(text))
+    if bare and (not starts or bare[-1].start() > starts[-1].start()):
+        return bare[-1].group(1)
+    if not starts:
+        return None
+    depth, i = 1, starts[-1].end()
+    for j in range(i, len(text)):
+        if text[j] == "\\":
+            continue
+        if text[j] == "{" and text[j - 1] != "\\":
+            depth += 1
+        elif text[j] == "}" and text[j - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def math_reference(r: dict) -> tuple[str | None, str | None]:
+    """A math record's reference answer and, when there is none, why: ``reference`` or ``answer`` as given
+    (GSM8K's after ``####``), else the last ``\\boxed{}`` of a worked ``solution`` (the MATH layout)."""
+    ref = r.get("reference", r.get("answer"))
+    if ref is not None:
+        return (gsm8k_answer(str(ref)) if "question" in r else str(ref).strip()), None
+    solution = r.get("solution")
+    if solution is None:
+        return None, "no reference, answer or solution field"
+    boxed = last_boxed(str(solution))
+    return (boxed, None) if boxed else (None, "solution has no \\boxed{...} final answer")
+
+
 def majority(answers: list[str | None], reference: str, equal) -> dict[str, Any]:
     """Cluster extracted answers by equivalence; report the majority answer, whether it equals the reference, and
     the pass rate (fraction of samples equal to the reference). ``None`` answers count as wrong."""
@@ -132,7 +172,8 @@ CODE_STAGES = ("normalize", "dedup_exact", "decontaminate", "validate_tests", "s
 
 # ---- stages --------------------------------------------------------------------------------------------------
 class Normalize(Stage):
-    """Map known layouts (GSM8K, MATH, HumanEval, generic) to ``problem`` / ``reference`` / ``tests``."""
+    """Map known layouts (GSM8K, MATH, HumanEval, generic) to ``problem`` / ``reference`` / ``tests``. MATH's
+    ``problem``/``solution`` layout (no answer column) takes the last ``\\boxed{}`` of the solution."""
 
     name, adds = "normalize", ("problem", "reference", "text")
     schema = {"problem": "string", "reference": "string", "text": "string"}
@@ -149,11 +190,11 @@ class Normalize(Stage):
                 continue
             new = {**r, "problem": problem, "text": problem}
             if self.domain == "math":
-                ref = r.get("reference", r.get("answer", r.get("solution")))
+                ref, why = math_reference(r)
                 if ref is None:
-                    out.append(reject(r, "no_reference"))
+                    out.append(reject(r, "no_reference", why))
                     continue
-                new["reference"] = gsm8k_answer(str(ref)) if "question" in r else str(ref).strip()
+                new["reference"] = ref
             else:
                 if "canonical_solution" in r and "test" in r:  # HumanEval
                     new["reference"] = r["prompt"] + r["canonical_solution"]

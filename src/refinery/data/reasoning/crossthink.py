@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from refinery.data.pipeline import GlobalStage, Record, Stage, reject
+from refinery.data.pipeline import GlobalStage, Record, Stage, reject, row_id
 from refinery.data.recipe import DataRunConfig, GeneratorSection, LLMStage
+from refinery.errors import DataError
 
 MCQ_PROMPT = """Read the passage and write one challenging multiple-choice question about it, with four options \
 of which exactly one is correct. Use exactly this format:
@@ -117,6 +118,10 @@ class CrossThinkConfig(DataRunConfig):
     max_pass_rate: float = Field(0.75, ge=0, le=1, description="drop items the model solves more often than this")
     blend: dict[str, float] = Field(default_factory=lambda: {"general": 2.0, "math": 1.0},
                                     description="domain -> ratio of the final mix (general : math = 2 : 1)")
+    blend_unnamed: Literal["keep", "drop", "error"] = Field(
+        "keep", description="domains the blend does not name: keep every item of them (outside the ratios, which "
+                            "apply among the named domains), drop them (counted as blend_unnamed_domain), or stop "
+                            "with an error listing them")
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
 
 
@@ -239,8 +244,9 @@ def pass_rate(item: dict, responses: list[str], router) -> float:
 
 
 class Blend(GlobalStage):
-    """Sample the final mix by domain ratios: the largest mix whose every domain can be filled, chosen by a seeded
-    hash of the id (deterministic)."""
+    """Sample the final mix by domain ratios: the largest mix whose every named domain can be filled, chosen by a
+    seeded hash of the id (deterministic). Domains the blend does not name follow ``blend_unnamed``: kept whole
+    (default), dropped with a count, or an error naming them; a domain named with ratio 0 is dropped."""
 
     name, adds = "blend", ()
 
@@ -248,7 +254,7 @@ class Blend(GlobalStage):
         self.cfg = cfg
 
     def collect(self, records):
-        return [(r["id"], r.get("domain_label", r["domain"])) for r in records]
+        return [(row_id(r), r.get("domain_label", r["domain"])) for r in records]
 
     def decide(self, summaries, out_dir: Path):
         import json
@@ -257,6 +263,11 @@ class Blend(GlobalStage):
         by: dict[str, list[str]] = {}
         for rid, dom in (x for s in summaries for x in s):
             by.setdefault(dom, []).append(rid)
+        unnamed = sorted(d for d in by if d not in self.cfg.blend)
+        if unnamed and self.cfg.blend_unnamed == "error":
+            raise DataError(f"blend names {sorted(self.cfg.blend)} but the items also have domain(s) {unnamed} "
+                            f"({', '.join(f'{d}: {len(by[d])}' for d in unnamed)} items): add them to blend, or "
+                            "set blend_unnamed=keep (keep them whole) or blend_unnamed=drop")
         avail = {d: len(by.get(d, [])) for d in ratios}
         present = {d: w for d, w in ratios.items() if avail[d] > 0}
         keep: set[str] = set()
@@ -265,15 +276,24 @@ class Blend(GlobalStage):
             for d, w in present.items():
                 ids = sorted(by[d], key=lambda i: hashlib.sha1(f"{self.cfg.seed}:{i}".encode()).hexdigest())
                 keep |= set(ids[: int(unit * w)])
+        unnamed_rows: set[str] = set()
+        for d in unnamed:
+            unnamed_rows |= set(by[d])
+        if self.cfg.blend_unnamed == "keep":
+            keep |= unnamed_rows
         composition = {d: sum(1 for i in by.get(d, []) if i in keep) for d in set(by) | set(ratios)}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "blend.json").write_text(json.dumps({"ratios": ratios, "available": {d: len(v) for d, v in
                                                                                         by.items()},
+                                                        "unnamed": {"domains": unnamed,
+                                                                    "rule": self.cfg.blend_unnamed},
                                                         "kept": composition}, indent=1) + "\n")
-        return keep
+        return keep, unnamed_rows
 
-    def apply(self, records, keep):
-        return [r if r["id"] in keep else reject(r, "blend_excess") for r in records]
+    def apply(self, records, decision):
+        keep, unnamed = decision
+        return [r if row_id(r) in keep else
+                reject(r, "blend_unnamed_domain" if row_id(r) in unnamed else "blend_excess") for r in records]
 
 
 def build_stages(cfg: CrossThinkConfig) -> list[Stage]:
@@ -298,6 +318,9 @@ def composition_lines(out: Path, records: list[Record]) -> list[str]:
     if bj.exists():
         b = json.loads(bj.read_text())
         lines += ["", f"Blend ratios {b['ratios']}; available {b['available']}; kept {b['kept']}."]
+        if b.get("unnamed", {}).get("domains"):
+            u = b["unnamed"]
+            lines.append(f"Domains the blend does not name: {u['domains']} ({u['rule']}).")
     return lines
 
 

@@ -225,6 +225,9 @@ class Rephrase(LLMStage):
             text = comp.text.strip()
             new = {**r, "text": text, "strategy": s, "input_tokens": comp.prompt_tokens,
                    "output_tokens": len(comp.token_ids), "fidelity": round(fidelity(r["chunk"], text), 4)}
+            if comp.finish_reason == "length":  # cut off at the budget: an unfinished rewrite is not data
+                out.append(reject(new, "truncated", f"{s}: hit max_new_tokens after {len(comp.token_ids)} tokens"))
+                continue
             why = judge_output(r["chunk"], text, (lo, hi), c.min_fidelity)
             out.append(reject(new, *why) if why else new)
         return out

@@ -74,7 +74,8 @@ class CultureGuardConfig(DataRunConfig):
     min_lang_prob: float = Field(0.5, ge=0, le=1, description="language filter: langid probability")
     max_copy_chrf: float = Field(60.0, description="copy filter: chrF(output, source) at or above = untranslated")
     min_bt_chrf: float = Field(35.0, description="back-translation filter: chrF(back-translation, source)")
-    min_judge: int = Field(3, ge=1, le=5, description="judge filter: every dimension at least this (0 disables)")
+    min_judge: int = Field(3, ge=0, le=5, description="judge filter: every dimension at least this (0 disables "
+                                                      "the judge stage: no judge calls)")
     label_check: bool = Field(True, description="re-judge the safety label of the translation")
     generator: GeneratorSection = Field(default_factory=lambda: GeneratorSection(temperature=0.0,
                                                                                  max_new_tokens=512))
