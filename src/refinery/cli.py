@@ -526,9 +526,13 @@ def compress_puzzle(recipe: Path = RecipeArg, overrides: Optional[List[str]] = O
 @data_app.command("run", context_settings={"allow_extra_args": False})
 def data_run(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
              fresh: bool = typer.Option(False, "--fresh", help="Delete the output first (else: resume)."),
+             retry_rejects: bool = typer.Option(False, "--retry-rejects", help="After the run is complete, run "
+                                                "again only the records rejected for a transient reason "
+                                                "(retry_reasons, default llm_error: a server down, a timeout)."),
              dry_run: bool = DryRunOpt, progress: bool = ProgressOpt) -> None:
     """Run a data recipe, e.g. recipes/nemotron_cc_math.yaml input=crawl.warc.gz output=out/, or
-    recipes/acereason_curation.yaml input=train.jsonl output=out/ (re-running the same command resumes)."""
+    recipes/acereason_curation.yaml input=train.jsonl output=out/ (re-running the same command resumes;
+    --retry-rejects then retries what an LLM server failed on)."""
     from refinery.config import dump_config, load_config
     from refinery.data.runner import config_class, run_data_recipe
 
@@ -537,8 +541,12 @@ def data_run(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
         console.print(dump_config(cfg), end="", markup=False, highlight=False)
         return
     _quiet_hf()
-    stats = run_data_recipe(cfg, progress=progress, fresh=fresh)
+    stats = run_data_recipe(cfg, progress=progress, fresh=fresh, retry_rejects=retry_rejects)
     _print_stage_table(stats)
+    if retry_rejects:
+        r = stats["retries"][-1]
+        console.print(f"retry {r['attempt']}: {r['retried']} records retried, {r['recovered']} recovered, "
+                      f"rejected again: {r['rejected_again'] or 'none'}", highlight=False)
     console.print(f"{stats['records_out']} records -> {cfg.output}/data  (rejects: {cfg.output}/rejects, "
                   f"counts: {cfg.output}/stats.json)", highlight=False)
 

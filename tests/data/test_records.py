@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,116 @@ def test_a_truncated_gzip_does_not_kill_the_run_nor_its_resume(tmp_path):
     assert stats["records_out"] == read["kept"] and 2 < read["kept"] < 402
     rejects = [json.loads(x) for p in (out / "rejects").glob("*.jsonl") for x in p.read_text().splitlines()]
     assert [r["_reject"] for r in rejects] == ["truncated_input"] and "t.jsonl.gz" in rejects[0]["source"]
+
+
+# ---- --retry-rejects ----------------------------------------------------------------------------------------
+class Flaky(Stage):
+    """An LLM-like stage: records listed in the ``down`` file fail with llm_error (a server that is down);
+    "spam" is rejected for good."""
+
+    name = "flaky"
+
+    def __init__(self, down: Path):
+        self.down = down
+
+    def process(self, records):
+        down = set(self.down.read_text().split()) if self.down.exists() else set()
+        return [reject_(r, "llm_error", "connection refused") if r["text"].split()[0] in down else
+                reject_(r, "spam") if r["text"] == "spam" else {**r, "flaky": "ok"} for r in records]
+
+
+def reject_(r, reason, detail=None):
+    from refinery.data.pipeline import reject
+
+    return reject(r, reason, detail)
+
+
+def flaky_stages(down):
+    from refinery.data.math_web.pipeline import ExactDedup
+
+    return [Flaky(down), ExactDedup()]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_retry_rejects_reprocesses_only_transient_rejects(tmp_path, fmt):
+    from refinery.data.pipeline import retry_rejects
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": "apple pie"}, {"text": "kiwi tart"}, {"text": "spam"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": "plum jam"}, {"text": "fig roll"}, {"text": "apple pie"}])
+    down, out = tmp_path / "down", tmp_path / "out"
+    down.write_text("apple kiwi")  # the server fails on these
+    spec = RunSpec(functools.partial(flaky_stages, down), str(out), fmt=fmt)
+    first = run_pipeline(spec, plan_shards([a, b]), workers=1, progress=False)
+    by = {s["name"]: s for s in first["stages"]}
+    assert by["flaky"]["dropped"] == {"llm_error": 3, "spam": 1} and first["records_out"] == 2
+    down.write_text("")  # the server is back
+    stats = retry_rejects(spec)
+    texts = [r["text"] for r in output_records(out)]
+    # Retried through the rest of the pipeline: the two "apple pie" rows are exact duplicates, one is kept.
+    assert sorted(texts) == ["apple pie", "fig roll", "kiwi tart", "plum jam"]
+    by = {s["name"]: s for s in stats["stages"]}
+    assert by["flaky"] == {**by["flaky"], "seen": 6, "kept": 5, "dropped": {"spam": 1}}
+    assert by["dedup_exact"] == {**by["dedup_exact"], "seen": 5, "kept": 4, "dropped": {"duplicate_exact": 1}}
+    assert stats["records_out"] == 4 and stats["retries"][-1] == {**stats["retries"][-1], "retried": 3,
+                                                                  "recovered": 2,
+                                                                  "rejected_again": {"duplicate_exact": 1}}
+    rejects = [json.loads(x) for p in sorted((out / "rejects").glob("*.jsonl")) for x in p.read_text().splitlines()]
+    assert Counter(r["_reject"] for r in rejects) == {"spam": 1, "duplicate_exact": 1}
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert not (out / "_retry").exists()
+    if fmt == "parquet":
+        import pyarrow.dataset as ds
+
+        assert ds.dataset(out / "data", format="parquet").to_table().num_rows == 4
+    # Nothing transient left: a second retry changes nothing but its record of the attempt.
+    again = retry_rejects(spec)
+    assert again["records_out"] == 4 and again["retries"][-1]["retried"] == 0
+
+
+def test_retry_needs_a_complete_run(tmp_path):
+    from refinery.data.pipeline import retry_rejects
+    from refinery.errors import DataError
+
+    with pytest.raises(DataError, match="no complete run"):
+        retry_rejects(RunSpec(list, str(tmp_path / "nothing")))
+
+
+def test_retry_rejects_cli_on_a_rephrasing_run(tmp_path, monkeypatch, capsys):
+    """`refinery data run … --retry-rejects` after the LLM server failed on part of a BeyondWeb run."""
+    import refinery.data.recipe as recipe
+    from refinery.cli import main
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"id": i, "text": f"Document {i}: Paris has 2 million people. "
+                                                  * 8} for i in range(6)])
+    calls = {"n": 0}
+
+    class Server:
+        def __init__(self, up):
+            self.up = up
+
+        def generate_each(self, requests, params):
+            from refinery.generation.base import Completion, GenerationError
+
+            out = []
+            for r in requests:
+                calls["n"] += 1
+                ok = self.up or "Document 1" not in r[0]["content"] and "Document 4" not in r[0]["content"]
+                out.append([Completion("Paris has 2 million people.", [1, 2])] if ok else GenerationError("503"))
+            return out
+
+    state = {"up": False}
+    monkeypatch.setattr(recipe, "make_generator", lambda g: Server(state["up"]))
+    out = tmp_path / "bw"
+    args = ["data", "run", "recipes/beyondweb.yaml", f"input={docs}", f"output={out}", "workers=1",
+            "length_ratio=[0.0,10.0]", "--no-progress"]
+    assert main(args) == 0
+    assert json.loads((out / "stats.json").read_text())["records_out"] == 4
+    state["up"] = True
+    before = calls["n"]
+    assert main(args + ["--retry-rejects"]) == 0
+    assert calls["n"] - before == 2  # only the two failed documents were asked again
+    assert "2 records retried, 2 recovered" in capsys.readouterr().out
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["records_out"] == 6 and "llm_error" not in {s["name"]: s for s in stats["stages"]}["rephrase"][
+        "dropped"]
+    assert sorted(r["doc_id"] for r in output_records(out)) == list(range(6))

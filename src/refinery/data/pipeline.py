@@ -407,6 +407,115 @@ def _finish_parquet(spec: RunSpec, shards: list[Shard], last: int, declared: dic
     return desc
 
 
+def retry_rejects(spec: RunSpec, reasons: tuple[str, ...] | list[str] = TRANSIENT_REASONS) -> dict:
+    """Run the records a complete run rejected for one of ``reasons`` (transient: ``llm_error``) again, from the
+    stage that rejected them through the rest of the pipeline, in the driver. Survivors go to
+    ``data/shard-retryNN``; their old rejects are removed and new ones written to ``rejects/retryNN.jsonl``;
+    ``stats.json`` counts are corrected and the attempt recorded under ``retries``. A global stage (dedup, blend)
+    decides over the run's output plus the retried records, which come after the output in corpus order: they
+    can be dropped as duplicates of it, never the reverse."""
+    import shutil
+
+    from refinery.data.io import infer_types, resolve_schema
+    from refinery.runs import atomic_write_text
+
+    out = Path(spec.output)
+    stats = completed(out)
+    if stats is None:
+        raise DataError(f"{out} holds no complete run to retry: run it first (the same command without "
+                        "--retry-rejects resumes it)")
+    stages = spec.factory()
+    index: dict[str, int] = {}
+    for i, st in enumerate(stages):
+        index.setdefault(st.name, i)
+    wanted = set(reasons)
+    pending: dict[int, list[Record]] = {}
+    remaining: dict[Path, list[Record]] = {}
+    retried: Counter = Counter()
+    for p in sorted((out / "rejects").glob("*.jsonl")):
+        rows = read_output(p)
+        rest = []
+        for r in rows:
+            if r.get("_reject") in wanted and r.get("_stage") in index:
+                retried[(r["_stage"], r["_reject"])] += 1
+                pending.setdefault(index[r["_stage"]], []).append(
+                    {k: v for k, v in r.items() if k not in ("_reject", "_detail", "_stage")})
+            else:
+                rest.append(r)
+        if len(rest) < len(rows):
+            remaining[p] = rest
+    attempt = len(stats.get("retries", [])) + 1
+    entry = {"attempt": attempt, "reasons": sorted(wanted), "retried": sum(retried.values()), "recovered": 0,
+             "rejected_again": {}}
+    if not pending:
+        stats.setdefault("retries", []).append(entry)
+        atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+        return stats
+    for st in stages[min(pending):]:
+        st.setup()
+    t0 = time.perf_counter()
+    scratch = out / "_retry"  # global stages' side files (clusters, blend.json) of the retry, not the run's
+    counts: dict[int, StageCounts] = {}
+    rejects: list[Record] = []
+    records: list[Record] = []
+    for i in range(min(pending), len(stages)):
+        st = stages[i]
+        records = records + pending.pop(i, [])
+        c = counts[i] = StageCounts(st.name, adds=st.adds)
+        if isinstance(st, GlobalStage):
+            data = [p for p in sorted((out / "data").glob("shard-*")) if not p.name.endswith(".tmp")]
+            later = [{**r, "_row": "~" + row_id(r)} for r in records]  # "~" sorts after every row id
+            decision = st.decide([st.collect(read_output(p)) for p in data] + [st.collect(later)], scratch)
+            records = _run_stage(st, later, lambda b, st=st, d=decision: st.apply(b, d), c, rejects,
+                                 spec.batch_size)
+            records = [{**r, "_row": r["_row"][1:]} for r in records]
+        else:
+            records = _run_stage(st, records, st.process, c, rejects, spec.batch_size)
+    rejects = [{**r, "_row": r["_row"][1:]} if str(r.get("_row", "")).startswith("~") else r for r in rejects]
+    shutil.rmtree(scratch, ignore_errors=True)
+    name = f"shard-retry{attempt:02d}"
+    if records and spec.fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        existing = sorted((out / "data").glob("shard-*.parquet"))
+        if existing:
+            schema = pq.read_schema(existing[0])
+            desc = json.loads((out / "schema.json").read_text())
+            json_fields = [f["name"] for f in desc["fields"] if f["type"] == "json"]
+        else:
+            records = [json.loads(json.dumps(r, default=str)) for r in records]
+            schema, json_fields, _ = resolve_schema(declared_types(stages, spec.schema), [infer_types(records)])
+        write_records(records, out / "data" / f"{name}.parquet", "parquet", schema, json_fields)
+    elif records:
+        write_records(records, out / "data" / f"{name}.jsonl", "jsonl")
+    if rejects:
+        write_records(rejects, out / "rejects" / f"retry{attempt:02d}.jsonl", "jsonl")
+    for p, rest in remaining.items():
+        if rest:
+            write_records(rest, p, "jsonl")
+        else:
+            p.unlink()
+    by = {s["name"]: s for s in stats["stages"]}
+    for (stage, reason), n in retried.items():  # those records leave the first run's counts ...
+        by[stage]["seen"] -= n
+        by[stage]["dropped"][reason] -= n
+        if not by[stage]["dropped"][reason]:
+            del by[stage]["dropped"][reason]
+    for c in counts.values():  # ... and come back with the retry's
+        s = by[c.name]
+        s["seen"] += c.seen
+        s["kept"] += c.kept
+        for k, v in c.dropped.items():
+            s["dropped"][k] = s["dropped"].get(k, 0) + v
+        s["seconds"] = round(s["seconds"] + c.seconds, 3)
+    stats["records_out"] += len(records)
+    entry.update(recovered=len(records), rejected_again=dict(Counter(r["_reject"] for r in rejects)),
+                 seconds=round(time.perf_counter() - t0, 2))
+    stats.setdefault("retries", []).append(entry)
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
 def output_records(output: str | Path) -> list[Record]:
     """All records a finished run wrote, in shard order."""
     root = Path(output) / "data"

@@ -24,6 +24,24 @@ class DataRunConfig(Section):
     batch_size: int = Field(16, gt=0, description="records per stage call")
     html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
     lines_per_shard: int = Field(2000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")
+    field_types: dict[str, str] = Field(default_factory=dict, description="Parquet: declared output types by field "
+                                        "(string, int64, float64, bool, json, list<T>, map<K,V>), over what the "
+                                        "stages declare and the shards infer")
+    retry_reasons: list[str] = Field(default_factory=lambda: ["llm_error"], description="reject reasons "
+                                     "--retry-rejects runs again (transient failures)")
+
+    @field_validator("field_types")
+    @classmethod
+    def _known_types(cls, v: dict[str, str]) -> dict[str, str]:
+        from refinery.data.io import arrow_type
+        from refinery.errors import DataError
+
+        for f, t in v.items():
+            try:
+                arrow_type(t)
+            except DataError as e:
+                raise ValueError(f"field_types.{f}: {e}") from None
+        return v
 
     @field_validator("input", mode="before")
     @classmethod

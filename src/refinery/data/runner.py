@@ -37,14 +37,17 @@ def config_class(recipe: str | Path | None) -> type:
     return table[name][0]
 
 
-def run_data_recipe(cfg, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+def run_data_recipe(cfg, progress: bool = True, fresh: bool = False, retry_rejects: bool = False
+                    ) -> dict[str, Any]:
     """Run a data recipe (any of ``pipelines()``); a re-run into the same output resumes (finished shards are
-    skipped)."""
+    skipped; a complete run is not redone). ``retry_rejects``: then run the records rejected for a transient
+    reason (``cfg.retry_reasons``) again."""
     import functools
 
     from refinery.config import dump_config
     from refinery.data.io import plan_shards
     from refinery.data.pipeline import RunSpec, run_pipeline
+    from refinery.data.pipeline import retry_rejects as retry
     from refinery.runs import atomic_write_text
 
     _, build_stages, report_sections = pipelines()[cfg.pipeline]
@@ -66,8 +69,10 @@ def run_data_recipe(cfg, progress: bool = True, fresh: bool = False) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, resolved)
     shards = plan_shards(cfg.input, cfg.html_per_shard, cfg.lines_per_shard)
-    spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size)
+    spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size, cfg.field_types)
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
+    if retry_rejects:
+        stats = retry(spec, cfg.retry_reasons)
     stats["decontamination"] = contamination_report(out)
     extra = report_sections(out, stats) if report_sections else []
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
@@ -122,7 +127,8 @@ def extract_math(inputs: list[str], output: str | Path, renderer: str = "auto", 
                       + ([f"workers={workers}"] if workers else []))
     cfg = cfg.model_copy(update={"input": [str(i) for i in inputs]})
     stats = run_data_recipe(cfg, progress=progress)
-    lines = [json.dumps({k: v for k, v in r.items() if k != "id"}, ensure_ascii=False) for r in output_records(work)]
+    lines = [json.dumps({k: v for k, v in r.items() if k not in ("id", "_row")}, ensure_ascii=False)
+             for r in output_records(work)]
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, "\n".join(lines) + ("\n" if lines else ""))
     rejects = sum(sum(s["dropped"].values()) for s in stats["stages"])

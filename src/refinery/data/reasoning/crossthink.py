@@ -135,7 +135,8 @@ class Synthesize(LLMStage):
 
     def process(self, records):
         c = self.cfg
-        jobs = [(r, t) for r in records for t in c.templates]
+        # A record back from --retry-rejects names the template whose request failed: only that one is redone.
+        jobs = [(r, t) for r in records for t in c.templates if r.get("template") in (None, t)]
         res = self.sample([(MCQ_PROMPT if t == "mcq" else OPEN_PROMPT).format(
             text=(r.get(c.text_field) or "")[: c.max_chars]) for r, t in jobs])
         out = []
@@ -143,8 +144,8 @@ class Synthesize(LLMStage):
             domain = (r.get(c.domain_field) if c.domain_field else None) or c.default_domain
             base = {"id": f"{r['id']}.{t}", "source_doc": r.get("source", r["id"]), "domain": domain,
                     "template": t}
-            if isinstance(comps, Exception):
-                out.append(reject(base, "llm_error", str(comps)))
+            if isinstance(comps, Exception):  # the document itself is kept: a retry needs its text
+                out.append(reject({**r, "template": t}, "llm_error", str(comps)))
                 continue
             parsed = (parse_mcq if t == "mcq" else parse_open)(comps[0].text)
             if parsed is None:
