@@ -583,6 +583,37 @@ def data_extract_math(
                   f"{res['seconds']}s -> {output}", highlight=False)
 
 
+@data_app.command("fetch-cc")
+def data_fetch_cc(
+    index: List[str] = typer.Argument(..., help="CC index files: CDX server results / CDXJ lines (url, filename, "
+                                      "offset, length), or the columnar index as Parquet/CSV; local or fsspec URLs."),
+    out: Path = typer.Option(..., "--out", help="Directory of .warc.gz shards (+ manifest.ndjson, fetch_stats.json); "
+                             "re-running resumes."),
+    base_url: str = typer.Option("https://data.commoncrawl.org/", "--base-url",
+                                 help="Where the WARC filenames live (https://, s3://commoncrawl/, any fsspec URL)."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Range requests in flight."),
+    rate: float = typer.Option(10.0, "--rate", min=0, help="Requests per second, retries included (0: no limit)."),
+    retries: int = typer.Option(5, "--retries", min=0, help="Retries on 5xx/429/connection errors (not 404)."),
+    shard_mb: float = typer.Option(128.0, "--shard-mb", help="Close a shard at this many MiB."),
+    status: Optional[List[int]] = typer.Option(None, "--status", help="Only index records with this HTTP status "
+                                               "(repeatable), e.g. --status 200."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Fetch again what a previous run failed."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Stop after this many index records."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Fetch Common Crawl records (WARC byte ranges) named by an index into local .warc.gz shards for `data run`."""
+    from refinery.data.acquire import FetchConfig, fetch_cc
+
+    cfg = FetchConfig(base_url=base_url, concurrency=concurrency, rate=rate, retries=retries, shard_mb=shard_mb,
+                      statuses=status or None, retry_failed=retry_failed, limit=limit)
+    s = fetch_cc(index, out, cfg, progress=progress)
+    reasons = ", ".join(f"{k}: {v}" for k, v in s["failed_by_reason"].items())
+    console.print(f"{s['fetched']} fetched, {s['failed']} failed{f' ({reasons})' if reasons else ''}, "
+                  f"{s['already_done']} already done, {s['previously_failed']} failed before (--retry-failed), "
+                  f"{s['bad_index_lines']} unreadable index lines; {s['records_total']} records in "
+                  f"{len(s['shards'])} shards -> {out}  ({s['seconds']}s, {s['retries']} retries)", highlight=False)
+
+
 @data_app.command("annotate-quality")
 def data_annotate_quality(
     input: Path = typer.Option(..., "--input", help="JSONL with a 'text' field (e.g. data run output)."),
