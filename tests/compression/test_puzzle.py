@@ -320,12 +320,8 @@ def test_gkd_loss_formula():
 
 def test_assemble_from_the_library_and_distill():
     parent = tiny_llama()
-    st = _stats(parent)
     cfg = parent.config
-    attn_lib, ffn_lib = [], []
-    for i, layer in enumerate(parent.model.layers):
-        attn_lib.append({a.name: library.init_attention(layer, cfg, a) for a in library.attention_variants(cfg, [1])})
-        ffn_lib.append({f.name: library.init_ffn(layer, st.layers[i], f) for f in library.ffn_variants(cfg, [0.5])})
+    attn_lib, ffn_lib = _libs(parent, _stats(parent))
     same = distill.assemble(parent, [parent_block(cfg)] * 4, attn_lib, ffn_lib)
     x = torch.randint(0, 96, (2, 16))
     assert torch.allclose(same(x).logits, parent(x).logits, atol=1e-5)

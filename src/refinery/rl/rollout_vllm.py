@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from refinery.errors import ConfigError
-from refinery.generation.base import Completion, GenerationError, Request, SamplingParams, check_requests
-from refinery.generation.hf import Row, row_seed
+from refinery.generation.base import Completion, GenerationError, Request, SamplingParams
+from refinery.generation.hf import HFGenerator, Row
 
 
 class ColocatedVLLM:
@@ -48,23 +48,10 @@ class ColocatedVLLM:
         self.context = max_model_len or int(getattr(self.llm.llm_engine.model_config, "max_model_len", 1 << 30))
         self.asleep = False
 
-    # -- the HFGenerator interface the trainer uses --
-    def encode(self, request: Request) -> list[int]:
-        if isinstance(request, str):
-            text = request
-        else:
-            text = self.tokenizer.apply_chat_template(request, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def rows(self, requests: list[Request], params: SamplingParams) -> list[Row]:
-        check_requests(requests)
-        out = []
-        for i, request in enumerate(requests):
-            ids = self.encode(request)
-            if not ids:
-                raise GenerationError(f"request {i}: empty prompt")
-            out += [Row(ids, params, row_seed(params.seed, i, s), i, s) for s in range(params.n)]
-        return out
+    # -- the HFGenerator interface the trainer uses: the same prompt encoding (template, no extra BOS), the same
+    # context check and the same per-(request, sample) seeds; only the decoding differs
+    encode = HFGenerator.encode
+    rows = HFGenerator.rows
 
     def generate(self, requests: list[Request], params: SamplingParams | None = None) -> list[Completion]:
         return self.generate_rows(self.rows(requests, params or SamplingParams()))
