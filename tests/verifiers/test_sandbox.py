@@ -318,3 +318,15 @@ def test_output_left_in_buffers_is_kept_as_python_would(sb):
     assert (res.stdout, res.stderr, res.exit_code) == ("out", "no newline", 0)
     res = sb.run("import sys\nprint('partial', end='')\nsys.exit('bad input')")
     assert (res.stdout, res.stderr, res.exit_code) == ("partial", "bad input\n", 1)
+
+
+def test_a_judged_program_shares_one_cpu_with_its_judge_and_inherits_no_extra_fd(sb):
+    """Performance placement (see _zygote._CpuShare), and the zygote's boot file (its compiled code) is closed."""
+    prog = ("import os\ndef cpus():\n    return sorted(os.sched_getaffinity(0))\n"
+            "def fds():\n    return sorted(map(int, os.listdir('/proc/self/fd')))\n")
+    res = sb.run(prog, tests=["assert len(cpus()) == 1 or len(os.sched_getaffinity(0)) == 1",
+                              "assert [fd for fd in fds() if fd > 4] in ([], [5])"], setup="import os")
+    assert [t[:2] for t in res.tests] == [[0, True], [1, True]], res
+    # unjudged runs keep every CPU the zygote has
+    out = sb.run("import os\nprint(len(os.sched_getaffinity(0)))").stdout
+    assert int(out) == len(os.sched_getaffinity(0))

@@ -68,6 +68,11 @@ def compile_test(source: str) -> CodeType | str:
         return source
 
 
+@functools.lru_cache(maxsize=1)
+def _boot_code() -> bytes:
+    return _zygote.boot_code()
+
+
 def _site_paths() -> list[str]:
     """Where the caller's installed packages live, for programs run by the (site-less) zygote."""
     import site
@@ -140,12 +145,16 @@ class _Server:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONHASHSEED": "0"}
         # -S -I: a lean interpreter (no site, no refinery imports); programs still see the caller's site-packages
-        self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-I", _zygote.__file__, str(child.fileno()), str(self.concurrency),
-             str(self.slot_base), ",".join(self.preimport), os.pathsep.join(_site_paths())],
-            pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, start_new_session=True, cwd="/")
-        child.close()
+        code_fd = _zygote._memfile(_boot_code())  # the zygote's code, compiled here (see _zygote.BOOT)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", "-c", _zygote.BOOT, str(code_fd), str(child.fileno()),
+                 str(self.concurrency), str(self.slot_base), ",".join(self.preimport), os.pathsep.join(_site_paths())],
+                pass_fds=[child.fileno(), code_fd], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True, cwd="/")
+        finally:
+            child.close()
+            os.close(code_fd)
         self.sock = parent
         hello = recv(parent)
         if not hello or "isolation" not in hello:
