@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, parent_block
+from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, parent_block, part_prefixes
 
 State = dict[str, torch.Tensor]
 
@@ -38,10 +38,21 @@ def rope(config, seq_len: int, dtype=torch.float32) -> tuple[torch.Tensor, torch
     return emb(x, torch.arange(seq_len)[None])
 
 
-def causal_mask(seq_len: int, dtype=torch.float32) -> torch.Tensor:
-    """Additive causal mask ``[1, 1, S, S]`` (works for eager and SDPA attention alike)."""
+def causal_mask(seq_len: int, dtype=torch.float32, window: int | None = None) -> torch.Tensor:
+    """Additive causal mask ``[1, 1, S, S]`` (works for eager and SDPA attention alike); with ``window``, a query
+    sees only its last ``window`` positions (sliding-window layers: Mistral, Gemma-2's local layers)."""
     m = torch.full((seq_len, seq_len), torch.finfo(dtype).min, dtype=dtype).triu(1)
+    if window is not None and window < seq_len:
+        m = m + torch.full_like(m, torch.finfo(dtype).min).tril(-window)
+        m = m.clamp_min(torch.finfo(dtype).min)
     return m[None, None]
+
+
+def layer_mask(config, layer_idx: int, seq_len: int, dtype=torch.float32) -> torch.Tensor:
+    """The causal mask the parent's layer ``layer_idx`` attends with (windowed where that layer slides)."""
+    from refinery.compression.puzzle.model import layer_window
+
+    return causal_mask(seq_len, dtype, layer_window(config, layer_idx))
 
 
 def run_layer(layer, h: torch.Tensor, pe, mask) -> torch.Tensor:
@@ -57,11 +68,12 @@ def decoupled_spec(config, part: str, spec: AttnSpec | FFNSpec) -> BlockSpec:
 def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSpec, init_state: State,
                   inputs: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0,
                   eval_windows: int = 8, mask: torch.Tensor | None = None, device: str = "cpu",
-                  precision: str = "fp32") -> tuple[State, dict[str, float]]:
+                  precision: str = "fp32", layer_idx: int = 0) -> tuple[State, dict[str, float]]:
     """BLD of one variant: returns its trained sub-block state (on CPU) and the normalised loss before/after on the
     first ``eval_windows`` input windows (the parent's sub-block is frozen; only the variant's weights train).
     ``device``/``precision``: the engine's (one layer and one batch of its inputs on the device at a time, bf16
-    autocast over fp32 weights)."""
+    autocast over fp32 weights). ``layer_idx``: the parent layer the variant replaces (its attention type and
+    mask)."""
     from refinery.engine.device import autocast, check_precision, resolve_device
 
     dev = resolve_device(device)
@@ -71,12 +83,12 @@ def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSp
 
     torch.manual_seed(seed)
     p_spec = parent_block(config)
-    parent = build_layer(config, p_spec, parent_state).eval().to(dev)
+    parent = build_layer(config, p_spec, parent_state, layer_idx=layer_idx).eval().to(dev)
     for p in parent.parameters():
         p.requires_grad_(False)
-    keep = ("mlp.", "post_attention_layernorm.") if part == "attention" else ("self_attn.", "input_layernorm.")
+    keep = part_prefixes(config, "ffn" if part == "attention" else "attention")
     frozen = {k: v for k, v in parent_state.items() if k.startswith(keep)}
-    child = PuzzleDecoderLayer(config, decoupled_spec(config, part, spec), 0)
+    child = PuzzleDecoderLayer(config, decoupled_spec(config, part, spec), 0, parent.attention_type)
     child.load_state_dict({**init_state, **frozen}, strict=True)
     child.to(dev)
     trainable = [p for n, p in child.named_parameters() if not n.startswith(keep)]
@@ -86,7 +98,7 @@ def train_variant(config, parent_state: State, part: str, spec: AttnSpec | FFNSp
     pe = tuple(t.to(dev) for t in rope(config, S))
 
     real = torch.ones(inputs.shape[:2], dtype=torch.bool) if mask is None else mask
-    attn_mask = causal_mask(S).to(dev)
+    attn_mask = layer_mask(config, layer_idx, S).to(dev)
 
     def loss_on(idx):
         h = inputs[idx].float().to(dev)
@@ -137,7 +149,8 @@ def _run_task(task: dict[str, Any]) -> tuple[str, dict[str, float]]:
     spec = AttnSpec.parse(task["spec"]) if task["part"] == "attention" else FFNSpec.parse(task["spec"])
     state, info = train_variant(config, parent_state, task["part"], spec, init_state, data["inputs"], task["steps"],
                                 task["lr"], task["batch_size"], task["seed"], mask=data.get("mask"),
-                                device=task.get("device", "cpu"), precision=task.get("precision", "fp32"))
+                                device=task.get("device", "cpu"), precision=task.get("precision", "fp32"),
+                                layer_idx=task.get("layer", 0))
     out = Path(task["out"])
     tmp = out.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={k: str(v) for k, v in info.items()})

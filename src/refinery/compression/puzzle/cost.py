@@ -26,15 +26,25 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def _norm_params(config, part: str) -> int:
+    """The sub-block's norms (one pre-norm; Gemma-2 a pre- and a post-norm)."""
+    from refinery.compression.puzzle.model import norm_names
+
+    return config.hidden_size * len(norm_names(config, part))
+
+
 def attn_params(config, spec: AttnSpec) -> int:
     H, d, nh = config.hidden_size, head_dim(config), config.num_attention_heads
     bias = bool(getattr(config, "attention_bias", False))
     if spec.kind == "no_op":
         return 0
+    norms = _norm_params(config, "attention")
     if spec.kind == "linear":
-        return H * H + H
+        return H * H + norms
     kv = spec.kv_heads
-    return H * nh * d + 2 * H * kv * d + nh * d * H + H + bias * (nh * d + 2 * kv * d + H)
+    qk_norms = 2 * d if getattr(config, "model_type", None) == "qwen3" or getattr(
+        config, "parent_model_type", None) == "qwen3" else 0
+    return H * nh * d + 2 * H * kv * d + nh * d * H + norms + qk_norms + bias * (nh * d + 2 * kv * d + H)
 
 
 def ffn_params(config, spec: FFNSpec) -> int:
@@ -42,10 +52,11 @@ def ffn_params(config, spec: FFNSpec) -> int:
     bias = bool(getattr(config, "mlp_bias", False))
     if spec.kind == "no_op":
         return 0
+    norms = _norm_params(config, "ffn")
     if spec.kind == "linear":
-        return H * H + H
+        return H * H + norms
     inter = spec.intermediate_size
-    return 3 * H * inter + H + bias * (2 * inter + H)
+    return 3 * H * inter + norms + bias * (2 * inter + H)
 
 
 def kv_bytes_per_token(config, spec: AttnSpec, dtype_bytes: int = 2) -> int:

@@ -1,7 +1,8 @@
 """The block library: every (layer, sub-block variant) with a training-free initialisation from the parent.
 
 Sub-block weights are stored as state dicts keyed like a ``PuzzleDecoderLayer``'s own parameters
-(``input_layernorm.weight``, ``self_attn.q_proj.weight``, ``post_attention_layernorm.weight``, ``mlp.*``), so a
+(``input_layernorm.weight``, ``self_attn.q_proj.weight``, ``post_attention_layernorm.weight``, ``mlp.*``; Gemma-2's
+attention also owns ``post_attention_layernorm`` and its FFN ``pre_/post_feedforward_layernorm``), so a
 layer with attention variant ``a`` and FFN variant ``f`` loads ``{**attn[a], **ffn[f]}``.
 
 Initialisations (Puzzle §3): FFN width by channel contribution ``mean|X_i| · ‖W_down[:, i]‖`` (top channels kept,
@@ -16,7 +17,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from refinery.compression.puzzle.model import AttnSpec, BlockSpec, FFNSpec, PuzzleDecoderLayer
+from refinery.compression.puzzle.model import (
+    AttnSpec,
+    BlockSpec,
+    FFNSpec,
+    PuzzleDecoderLayer,
+    layer_types,
+    norm_names,
+    part_prefixes,
+)
 
 State = dict[str, torch.Tensor]
 
@@ -70,7 +79,7 @@ class LayerStats:
 
     inputs: torch.Tensor  # [N, S, H] hidden state entering the layer (BLD inputs)
     mean_abs_act: torch.Tensor  # [I] mean |input of down_proj| per channel
-    xtx: torch.Tensor  # [H, H] Σ xᵀx over FFN inputs (after post_attention_layernorm)
+    xtx: torch.Tensor  # [H, H] Σ xᵀx over FFN inputs (after the FFN's pre-norm)
     xty: torch.Tensor  # [H, H] Σ xᵀy, y = FFN output
     tokens: int = 0
 
@@ -168,11 +177,15 @@ def ffn_variants(config, fractions: list[float], linear: bool = True, no_op: boo
     return out
 
 
+def _norms(layer, part: str) -> State:
+    return {f"{n}.weight": getattr(layer, n).weight.detach().clone() for n in norm_names(layer, part)}
+
+
 def init_attention(layer, config, spec: AttnSpec) -> State:
-    """Training-free init of one attention variant from the parent layer (norm included)."""
+    """Training-free init of one attention variant from the parent layer (its norms included)."""
     if spec.kind == "no_op":
         return {}
-    norm = {"input_layernorm.weight": layer.input_layernorm.weight.detach().clone()}
+    norm = _norms(layer, "attention")
     a = layer.self_attn
     if spec.kind == "linear":
         w = linear_attention_weight(a.v_proj.weight.detach(), a.o_proj.weight.detach(), config.num_attention_heads,
@@ -192,7 +205,7 @@ def init_ffn(layer, stats: LayerStats, spec: FFNSpec, ridge: float = 1e-4) -> St
     """Training-free init of one FFN variant from the parent layer and its calibration statistics."""
     if spec.kind == "no_op":
         return {}
-    norm = {"post_attention_layernorm.weight": layer.post_attention_layernorm.weight.detach().clone()}
+    norm = _norms(layer, "ffn")
     m = layer.mlp
     if spec.kind == "linear":
         return {**norm, "mlp.proj.weight": fit_linear(stats.xtx, stats.xty, ridge)}
@@ -204,16 +217,17 @@ def init_ffn(layer, stats: LayerStats, spec: FFNSpec, ridge: float = 1e-4) -> St
 
 def parent_attention(layer) -> State:
     return {k: v.detach().clone() for k, v in layer.state_dict().items()
-            if k.startswith(("self_attn.", "input_layernorm."))}
+            if k.startswith(part_prefixes(layer, "attention"))}
 
 
 def parent_ffn(layer) -> State:
-    return {k: v.detach().clone() for k, v in layer.state_dict().items()
-            if k.startswith(("mlp.", "post_attention_layernorm."))}
+    return {k: v.detach().clone() for k, v in layer.state_dict().items() if k.startswith(part_prefixes(layer, "ffn"))}
 
 
-def build_layer(config, spec: BlockSpec, state: State, cache_idx: int = 0) -> PuzzleDecoderLayer:
-    """A standalone decoder layer of ``spec`` with ``state`` loaded (every key must match)."""
-    layer = PuzzleDecoderLayer(config, spec, cache_idx)
+def build_layer(config, spec: BlockSpec, state: State, cache_idx: int = 0,
+                layer_idx: int = 0) -> PuzzleDecoderLayer:
+    """A standalone decoder layer of ``spec`` (with the attention type of the parent's layer ``layer_idx``) with
+    ``state`` loaded (every key must match)."""
+    layer = PuzzleDecoderLayer(config, spec, cache_idx, layer_types(config)[layer_idx])
     layer.load_state_dict(state, strict=True)
     return layer

@@ -1,11 +1,16 @@
 """The heterogeneous child: a decoder whose every layer has its own attention and FFN (Puzzle / DeciLM style),
-built from the parent family's own sub-block classes (Llama, Qwen2, Qwen3, Mistral; see ``FAMILIES``).
+built from the parent family's own sub-block classes (Llama, Qwen2, Qwen3, Mistral, Gemma-2; see ``FAMILIES``).
 
 A block is ``{"attention": AttnSpec, "ffn": FFNSpec}``:
 
 - attention ``gqa`` with ``kv_heads`` key/value heads (the parent's count is the parent block), ``linear`` (one
   ``H x H`` map on the normed input, no KV cache) or ``no_op`` (the sub-block, its norm included, is gone);
 - FFN ``swiglu`` with ``intermediate_size``, ``linear`` (``H x H``) or ``no_op``.
+
+A sub-block owns its norms: Llama-shaped families have one pre-norm each; Gemma-2 has a pre- and a post-norm
+around both attention and FFN (``SUB_BLOCK_NORMS``), so a linear sub-block keeps both and a no-op drops both.
+Gemma-2's alternating sliding/global layers keep their own mask; the KV cache holds only the GQA layers, in order
+(``cache_layer_types``).
 
 ``PuzzleConfig`` / ``PuzzleForCausalLM`` are registered with ``AutoConfig`` / ``AutoModelForCausalLM`` on import,
 so ``from_pretrained`` of a child directory works once ``refinery.compression.puzzle`` is imported
@@ -16,8 +21,10 @@ state dict loads unchanged into the all-parent-blocks child (``from_llama``, any
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from transformers.models.llama.modeling_llama import (
@@ -97,13 +104,19 @@ class BlockSpec:
         return BlockSpec(AttnSpec.parse(d.get("attention", {})), FFNSpec.parse(d.get("ffn", {})))
 
 
-# Families whose decoder layer is Llama's shape (pre-norm attention, pre-norm gated FFN, one RMSNorm each) and whose
-# sub-blocks Puzzle can swap: the child builds its attention / FFN / norms from the parent family's own classes, so
-# attention biases (Qwen2), per-head q/k norms (Qwen3) and sliding-window attention (Mistral) come with them.
-FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+# Families whose decoder layer is a residual attention sub-block then a residual gated-FFN sub-block and whose
+# sub-blocks Puzzle can swap: the child builds its attention / FFN / norms / embedding / rotary from the parent
+# family's own classes and runs the family's own forward, so attention biases (Qwen2), per-head q/k norms (Qwen3),
+# sliding-window attention (Mistral, Gemma-2's alternating layers), soft-capping, (1+w) norms, scaled embeddings
+# and query_pre_attn_scalar (Gemma-2) come with them.
+FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral", "gemma2": "Gemma2"}
+# The norms each sub-block owns (a no-op sub-block drops them with it).
+SUB_BLOCK_NORMS = {
+    "gemma2": {"attention": ("input_layernorm", "post_attention_layernorm"),
+               "ffn": ("pre_feedforward_layernorm", "post_feedforward_layernorm")},
+}
+_LLAMA_NORMS = {"attention": ("input_layernorm",), "ffn": ("post_attention_layernorm",)}
 UNSUPPORTED = {
-    "gemma2": "its layers carry four norms (pre/post attention and FFN), alternate sliding-window and global "
-              "attention, and its logits are soft-capped: the child's block layout does not express that yet",
     "phi3": "its attention and FFN projections are fused (qkv_proj, gate_up_proj): KV-head pooling and FFN channel "
             "pruning need them split",
 }
@@ -119,22 +132,65 @@ def family_of(config) -> str:
     raise ValueError(f"Puzzle does not support {family!r} models: {why} (supported: {', '.join(FAMILIES)})")
 
 
+@functools.cache
 def _classes(family: str) -> dict:
+    """The family's module classes (cached: the child's forward looks them up on every call)."""
     import importlib
 
     mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     p = FAMILIES[family]
     return {"attention": getattr(mod, f"{p}Attention"), "mlp": getattr(mod, f"{p}MLP"),
-            "norm": getattr(mod, f"{p}RMSNorm"), "model": getattr(mod, f"{p}Model")}
+            "norm": getattr(mod, f"{p}RMSNorm"), "model": getattr(mod, f"{p}Model"),
+            "causal_lm": getattr(mod, f"{p}ForCausalLM"), "rotary": getattr(mod, f"{p}RotaryEmbedding"),
+            "embedding": getattr(mod, f"{p}TextScaledWordEmbedding", None)}
+
+
+def norm_names(config_or_layer, part: str) -> tuple[str, ...]:
+    """The norms the ``part`` (``attention`` or ``ffn``) sub-block owns, for a config or a decoder layer."""
+    if isinstance(config_or_layer, nn.Module):
+        gemma = hasattr(config_or_layer, "pre_feedforward_layernorm")
+        return (SUB_BLOCK_NORMS["gemma2"] if gemma else _LLAMA_NORMS)[part]
+    return SUB_BLOCK_NORMS.get(family_of(config_or_layer), _LLAMA_NORMS)[part]
+
+
+def part_prefixes(config_or_layer, part: str) -> tuple[str, ...]:
+    """State-dict key prefixes of a decoder layer's ``part`` sub-block (its weights and its norms)."""
+    return ("self_attn." if part == "attention" else "mlp.",
+            *(f"{n}." for n in norm_names(config_or_layer, part)))
+
+
+def layer_types(config) -> list[str]:
+    """The attention type (``full_attention`` / ``sliding_attention``) of every decoder layer: the config's
+    ``layer_types`` (Qwen2, Gemma-2's alternation), else sliding everywhere when the config has a window
+    (Mistral)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
+def layer_window(config, layer_idx: int) -> int | None:
+    """The sliding window layer ``layer_idx`` attends within (None: global attention)."""
+    if layer_types(config)[layer_idx] != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def final_logits(model, h: torch.Tensor) -> torch.Tensor:
+    """The head on the last layer's output: final norm, LM head and (Gemma-2) final-logit soft-capping."""
+    logits = model.lm_head(model.model.norm(h))
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _fit_layer_types(d: dict) -> dict:
-    """A config dict whose (uniform) ``layer_types`` follow its ``num_hidden_layers``: the cost model builds
-    stacks of another depth than the parent's."""
+    """A config dict whose ``layer_types`` follow its ``num_hidden_layers``: the cost model builds stacks of
+    another depth than the parent's (a mixed pattern, Gemma-2's alternation, repeats)."""
     types = d.get("layer_types")
     n = d.get("num_hidden_layers")
-    if types and n and len(types) != n and len(set(types)) == 1:
-        d["layer_types"] = [types[0]] * n
+    if types and n and len(types) != n:
+        d["layer_types"] = [types[i % len(types)] for i in range(n)]
     return d
 
 
@@ -149,12 +205,16 @@ def family_config(config):
                     "auto_map"):
             d.pop(key, None)
         sub = AutoConfig.for_model(family, **_fit_layer_types(d))
-    sub._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-    types = getattr(sub, "layer_types", None)
-    if types and len(set(types)) > 1:
-        raise ValueError(f"Puzzle does not support mixed attention layer types ({sorted(set(types))}): the child "
-                         "renumbers its attention layers for the KV cache")
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    if impl == "sdpa" and getattr(sub, "attn_logit_softcapping", None):
+        impl = "eager"  # SDPA cannot soft-cap attention logits (what Gemma2PreTrainedModel says too)
+    sub._attn_implementation = impl
     return sub
+
+
+def needs_eager(config) -> bool:
+    """Whether the child must run eager attention (soft-capped attention logits: Gemma-2)."""
+    return bool(getattr(config, "attn_logit_softcapping", None)) and family_of(config) == "gemma2"
 
 
 class PuzzleConfig(LlamaConfig):
@@ -185,6 +245,28 @@ class PuzzleConfig(LlamaConfig):
     def blocks(self) -> list[BlockSpec]:
         return [BlockSpec.parse(b) for b in self.block_configs]
 
+    def cache_layer_types(self) -> list[str]:
+        """The KV cache's layer types: one per GQA layer in order (the child numbers its cache that way), then
+        ``dummy`` (no cache) for the rest. Only a mixed pattern (Gemma-2) needs this; uniform ones keep theirs."""
+        types = layer_types(self)
+        gqa = [t for t, b in zip(types, self.blocks) if b.attention.kind == "gqa"]
+        if len(set(types)) == 1 or not gqa:
+            return types
+        return gqa + ["dummy"] * (len(types) - len(gqa))
+
+    def get_text_config(self, *args, **kwargs):
+        """The config a KV cache is built from (``DynamicCache(config=...)``, ``generate``): the child's own,
+        with ``layer_types`` in cache order when the parent mixes sliding and global layers."""
+        if getattr(self, "_cache_view", False) or "block_configs" not in self.__dict__:
+            return self if getattr(self, "_cache_view", False) else super().get_text_config(*args, **kwargs)
+        types = self.cache_layer_types()
+        if types == layer_types(self):
+            return super().get_text_config(*args, **kwargs)
+        view = copy.copy(self)
+        view.__dict__["layer_types"] = types
+        view.__dict__["_cache_view"] = True
+        return view
+
 
 def parent_block(config) -> BlockSpec:
     """The block a Llama config has in every layer."""
@@ -211,15 +293,17 @@ class LinearFFN(nn.Module):
         return self.proj(x)
 
 
-def make_attention(config, spec: AttnSpec, cache_idx: int) -> nn.Module | None:
+def make_attention(config, spec: AttnSpec, cache_idx: int, layer_type: str = "full_attention") -> nn.Module | None:
     if spec.kind == "no_op":
         return None
     if spec.kind == "linear":
         return LinearAttention(config.hidden_size)
-    sub = family_config(config)  # a standalone block (BLD, cost model) gets SDPA
+    sub = family_config(config)  # a standalone block (BLD, cost model) gets SDPA (eager where soft-capped)
     sub.num_key_value_heads = spec.kv_heads
     if getattr(sub, "head_dim", None) is None:
         sub.head_dim = config.hidden_size // config.num_attention_heads
+    if getattr(sub, "layer_types", None) is not None:  # the attention reads its type at its cache index
+        sub.__dict__["layer_types"] = [layer_type] * (cache_idx + 1)
     return _classes(family_of(config))["attention"](sub, cache_idx)
 
 
@@ -237,42 +321,78 @@ class PuzzleDecoderLayer(LlamaDecoderLayer):
     """A decoder layer whose attention and FFN are chosen per layer; a no-op sub-block keeps only the residual.
 
     ``cache_idx`` numbers only the layers with GQA attention, so the KV cache has exactly those layers and its
-    layer 0 (which the model reads for the sequence length) is always a real attention layer."""
+    layer 0 (which the model reads for the sequence length) is always a real attention layer. ``layer_type`` is
+    the layer's attention type (its mask; the parent's layer at the same depth)."""
 
-    def __init__(self, config, spec: BlockSpec, cache_idx: int):
+    def __init__(self, config, spec: BlockSpec, cache_idx: int, layer_type: str | None = None):
         nn.Module.__init__(self)
         self.hidden_size = config.hidden_size
         self.spec = spec
-        self.self_attn = make_attention(config, spec.attention, cache_idx)
+        self.attention_type = layer_type or layer_types(config)[0]
+        self.self_attn = make_attention(config, spec.attention, cache_idx, self.attention_type)
         self.mlp = make_ffn(config, spec.ffn)
         norm = _classes(family_of(config))["norm"]
-        self.input_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps) if self.self_attn else None
-        self.post_attention_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps) if self.mlp else None
-        types = getattr(config, "layer_types", None)
-        self.attention_type = types[0] if types else "full_attention"
+        self.attn_norms = norm_names(config, "attention")  # (pre,) or (pre, post)
+        self.ffn_norms = norm_names(config, "ffn")
+        for names, present in ((self.attn_norms, self.self_attn), (self.ffn_norms, self.mlp)):
+            for n in names:
+                setattr(self, n, norm(config.hidden_size, eps=config.rms_norm_eps) if present else None)
+
+    def _sub_block(self, fn, norms, h):
+        out = fn(getattr(self, norms[0])(h))
+        return h + (getattr(self, norms[1])(out) if len(norms) > 1 else out)
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
                 position_embeddings=None, **kwargs):
         if self.self_attn is not None:
-            attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), attention_mask=attention_mask,
-                                     position_ids=position_ids, cache=cache, use_cache=use_cache,
-                                     position_embeddings=position_embeddings, **kwargs)
-            hidden_states = hidden_states + attn
+            def attend(x):
+                return self.self_attn(hidden_states=x, attention_mask=attention_mask, position_ids=position_ids,
+                                      cache=cache, use_cache=use_cache, position_embeddings=position_embeddings,
+                                      **kwargs)[0]
+            hidden_states = self._sub_block(attend, self.attn_norms, hidden_states)
         if self.mlp is not None:
-            hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+            hidden_states = self._sub_block(self.mlp, self.ffn_norms, hidden_states)
         return hidden_states
 
 
-class PuzzleModel(LlamaModel):
+class _FamilyMixin:
+    """What a child takes from its parent family's PreTrainedModel: weight init (Gemma-2's zero-centred norms and
+    embedding scale) and whether SDPA may run (not with soft-capped attention logits)."""
+
+    @property
+    def _supports_sdpa(self) -> bool:
+        return not needs_eager(self.config)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if family_of(self.config) == "gemma2":
+            from transformers import initialization as init
+
+            if "RMSNorm" in module.__class__.__name__:
+                init.zeros_(module.weight)
+            elif hasattr(module, "scalar_embed_scale"):
+                init.constant_(module.embed_scale, module.scalar_embed_scale)
+
+
+class PuzzleModel(_FamilyMixin, LlamaModel):
     config_class = PuzzleConfig
 
     def __init__(self, config: PuzzleConfig):
         super().__init__(config)
+        family = family_of(config)
+        cls = _classes(family)
         layers, k = [], 0
-        for spec in config.blocks:
-            layers.append(PuzzleDecoderLayer(config, spec, k))
+        for spec, kind in zip(config.blocks, layer_types(config)):
+            layers.append(PuzzleDecoderLayer(config, spec, k, kind))
             k += spec.attention.kind == "gqa"
         self.layers = nn.ModuleList(layers)
+        if family != "llama":  # the family's own final norm, rotary and (Gemma-2: sqrt(H)-scaled) embedding
+            sub = family_config(config)
+            self.norm = cls["norm"](config.hidden_size, eps=config.rms_norm_eps)
+            self.rotary_emb = cls["rotary"](config=sub)
+            if cls["embedding"] is not None:
+                self.embed_tokens = cls["embedding"](config.vocab_size, config.hidden_size, config.pad_token_id,
+                                                     embed_scale=config.hidden_size**0.5)
         # what the Qwen family's forward reads (set by its own __init__)
         self.has_sliding_layers = "sliding_attention" in (getattr(config, "layer_types", None) or [])
         self.post_init()
@@ -282,7 +402,7 @@ class PuzzleModel(LlamaModel):
         return _classes(family_of(self.config))["model"].forward(self, *args, **kwargs)
 
 
-class PuzzleForCausalLM(LlamaForCausalLM):
+class PuzzleForCausalLM(_FamilyMixin, LlamaForCausalLM):
     config_class = PuzzleConfig
 
     def __init__(self, config: PuzzleConfig):
@@ -292,14 +412,18 @@ class PuzzleForCausalLM(LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def forward(self, *args, **kwargs):
+        # the family's own head (Gemma-2 soft-caps the final logits)
+        return _classes(family_of(self.config))["causal_lm"].forward(self, *args, **kwargs)
+
 
 AutoConfig.register(MODEL_TYPE, PuzzleConfig, exist_ok=True)
 AutoModelForCausalLM.register(PuzzleConfig, PuzzleForCausalLM, exist_ok=True)
 
 
 def puzzle_config(parent_config, blocks: list[BlockSpec], **overrides) -> PuzzleConfig:
-    """A child config: the parent's config (Llama, Qwen2, Qwen3, Mistral) with one block spec per layer (and any
-    field overridden)."""
+    """A child config: the parent's config (Llama, Qwen2, Qwen3, Mistral, Gemma-2) with one block spec per layer
+    (and any field overridden)."""
     d = parent_config.to_dict()
     for key in ("model_type", "architectures", "block_configs", "transformers_version", "auto_map"):
         d.pop(key, None)

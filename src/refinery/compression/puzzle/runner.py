@@ -160,7 +160,7 @@ def build_library(cfg: PuzzleRecipe, parent, windows: Rows, root: Path, progress
                 pending.append({"key": out.stem, "config": config.to_dict(), "inputs": str(inputs),
                                 "parent_state": str(pstate), "init_state": str(init_file), "part": part,
                                 "spec": spec.name, "steps": cfg.bld.steps, "lr": cfg.bld.lr,
-                                "batch_size": cfg.bld.batch_size, "seed": cfg.seed + i, "out": str(out),
+                                "batch_size": cfg.bld.batch_size, "seed": cfg.seed + i, "out": str(out), "layer": i,
                                 "device": engine_device, "precision": cfg.engine.precision})
     if pending:
         bar = StepBar(progress, len(pending), 0, "bld", ("loss",))
@@ -212,7 +212,8 @@ def score_library(cfg: PuzzleRecipe, parent, windows: Rows, attn_lib, ffn_lib, p
         for a in attn_vars:
             for f in ffn_vars:
                 spec = BlockSpec(a, f)
-                layer = lib.build_layer(parent.config, spec, {**attn_lib[i][a.name], **ffn_lib[i][f.name]})
+                layer = lib.build_layer(parent.config, spec, {**attn_lib[i][a.name], **ffn_lib[i][f.name]},
+                                        layer_idx=i)
                 row[spec.name] = scorer.score(i, layer)
                 n += 1
                 bar.update(n, {"kl": row[spec.name]["kl"]})
@@ -271,7 +272,7 @@ def run_puzzle(cfg: PuzzleRecipe, run: RunDir, progress: bool = True,
     parent_dir = resolve_parent(cfg, progress)
     parent, tok = load_model(parent_dir), load_tokenizer(parent_dir)
     try:
-        family_of(parent.config)  # Llama, Qwen2, Qwen3, Mistral; others say why not
+        family_of(parent.config)  # Llama, Qwen2, Qwen3, Mistral, Gemma-2; others say why not
     except ValueError as e:
         raise ConfigError(f"parent {parent_dir}: {e}") from None
     parent.eval()

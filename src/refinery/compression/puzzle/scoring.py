@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from refinery.compression.puzzle.bld import causal_mask, rope, run_layer
+from refinery.compression.puzzle.bld import layer_mask, rope, run_layer
+from refinery.compression.puzzle.model import final_logits
 
 
 def kl_parent_child(logp_parent: torch.Tensor, logp_child: torch.Tensor,
@@ -34,13 +35,14 @@ class Scorer:
         stats = collect_stats(parent, windows, batch_size, self.mask)
         self.inputs = [s.inputs for s in stats.layers]
         S = windows.shape[1]
-        self.pe, self.causal = rope(parent.config, S), causal_mask(S)
+        self.pe = rope(parent.config, S)
+        self.masks = [layer_mask(parent.config, i, S) for i in range(len(self.inputs))]
         self.ref_logp = self._head(stats.final)
         self.ref_loss = self._lm_loss(self.ref_logp)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         m = self.parent
-        return torch.cat([F.log_softmax(m.lm_head(m.model.norm(h[s: s + self.batch_size])).float(), -1)
+        return torch.cat([F.log_softmax(final_logits(m, h[s: s + self.batch_size]).float(), -1)
                           for s in range(0, h.shape[0], self.batch_size)])
 
     def _lm_loss(self, logp: torch.Tensor) -> float:
@@ -53,10 +55,10 @@ class Scorer:
         layer.eval()
         kls, logps = [], []
         for s in range(0, self.windows.shape[0], self.batch_size):
-            h = run_layer(layer, self.inputs[i][s: s + self.batch_size], self.pe, self.causal)
+            h = run_layer(layer, self.inputs[i][s: s + self.batch_size], self.pe, self.masks[i])
             for j in range(i + 1, len(self.inputs)):
-                h = run_layer(self.parent.model.layers[j], h, self.pe, self.causal)
-            logp = F.log_softmax(self.parent.lm_head(self.parent.model.norm(h)).float(), -1)
+                h = run_layer(self.parent.model.layers[j], h, self.pe, self.masks[j])
+            logp = F.log_softmax(final_logits(self.parent, h).float(), -1)
             ref, m = self.ref_logp[s: s + self.batch_size], self.mask[s: s + self.batch_size]
             kls.append(kl_parent_child(ref, logp, m) * int(m.sum()))
             logps.append(logp)
