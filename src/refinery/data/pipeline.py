@@ -56,8 +56,27 @@ class Stage:
         raise NotImplementedError
 
 
+@dataclass
+class GlobalContext:
+    """Where a global stage's next calls run, given by the engine through :meth:`GlobalStage.bind`: ``work``, a
+    folder for the stage's side files (kept until the run ends), the ``shard`` being collected or applied (None
+    in ``decide``), and the run's executor, for a ``decide`` that fans work out."""
+
+    work: Any
+    shard: Any = None
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+
+
 class GlobalStage(Stage):
     """A corpus-wide step: ``collect`` per shard → ``decide`` in the driver → ``apply`` per shard."""
+
+    ctx: GlobalContext | None = None  # None: called outside a run (summaries and decisions in memory)
+
+    def bind(self, ctx: GlobalContext | None) -> None:
+        """Set where the next ``collect``/``decide``/``apply`` calls run; stages that keep no side files ignore it."""
+        self.ctx = ctx
 
     def collect(self, records: list[Record]) -> Any:
         raise NotImplementedError
@@ -67,6 +86,10 @@ class GlobalStage(Stage):
 
     def apply(self, records: list[Record], decision: Any) -> list[Record]:
         raise NotImplementedError
+
+
+def _bind(stage: GlobalStage, spec: RunSpec, index: int, shard: Any = None, **run: Any) -> None:
+    stage.bind(GlobalContext(_work(spec) / f"global{index}", shard, **run))
 
 
 def row_id(record: Record) -> str:
@@ -214,6 +237,8 @@ def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> d
     if stats_path.exists():
         return json.loads(stats_path.read_text())
     stages = _stages(spec)
+    for g in {seg.apply_global, seg.collect_global} - {None}:
+        _bind(stages[g], spec, g, shard)
     rejects: list[Record] = []
     counts: list[StageCounts] = []
     if seg.index == 0:
@@ -324,6 +349,7 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
                 st = stages[seg.apply_global]
                 summaries = [pickle.loads((_work(spec) / f"seg{seg.index - 1}" / f"{s.name}.summary.pkl")
                                           .read_bytes()) for s in shards]
+                _bind(st, spec, seg.apply_global, executor=executor, workers=workers)
                 decision = st.decide(summaries, out)
                 gpath.write_bytes(pickle.dumps(decision))
         done = [s for s in shards if _stats_path(spec, seg.index, s).exists()]
