@@ -64,6 +64,19 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progre
 NprocOpt = typer.Option(1, "--nproc", min=1, help="Run on N processes (torchrun, one node; one GPU each when "
                         "CUDA is present, CPU ranks with gloo otherwise). Multi-node: see README 'Scaling up'.")
 _ARGV: list[str] = []  # this invocation's arguments, for --nproc's relaunch under torchrun
+SplitOpt = typer.Option(None, "--split", help="--data's split (a dataset with several splits, or a hub dataset).")
+SubsetOpt = typer.Option(None, "--subset", help="hf:NAME's configuration (e.g. main for gsm8k).")
+ColumnOpt = typer.Option(None, "--column", help="FIELD=COLUMN: read FIELD (prompt, answer, chosen, ...) from "
+                         "--data's COLUMN; repeatable.")
+
+
+def _data_source(data: str, split: str | None, subset: str | None, column: list[str] | None):
+    """--data as given (a JSONL file, tasks:NAME) or, with --split/--subset/--column or hf:NAME, a DataSource."""
+    from refinery.sources import DataSource
+
+    if data.startswith("tasks:") or not (split or subset or column or data.startswith("hf:")):
+        return data
+    return DataSource.from_cli(data, split=split, subset=subset, columns=column or ())
 
 
 def _run_recipe(config_cls, recipe, overrides, out, resume: bool, dry_run: bool, runner, check=None,
@@ -254,11 +267,11 @@ def sft_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Overrid
               resume: bool = ResumeOpt, dry_run: bool = DryRunOpt, progress: bool = ProgressOpt,
               nproc: int = NprocOpt) -> None:
     """Chat-template SFT (loss on response tokens only, optional packing, resumable)."""
-    from refinery.models.pretrain import check_config, pretrain
-    from refinery.rl.sft import SFTConfig
+    from refinery.models.pretrain import check_config
+    from refinery.rl.sft import SFTConfig, train_sft
 
     _run_recipe(SFTConfig, recipe, overrides, out, resume, dry_run,
-                lambda cfg, run: pretrain(cfg, run, progress=progress), check=check_config, nproc=nproc)
+                lambda cfg, run: train_sft(cfg, run, progress=progress), check=check_config, nproc=nproc)
 
 
 @rl_app.command("train")
@@ -300,7 +313,11 @@ def eval_cmd(
     kind: str = typer.Argument(..., help="math, code, choice, ppl (perplexity), safety (a guard on labelled "
                                "data) or refusals (a guard's false refusals on benign look-alike prompts)."),
     data: Optional[str] = typer.Option(None, "--data", help="gsm8k/math500/aime/humaneval file, a JSONL of {id, "
-                                       "prompt, answer|tests}, or tasks:NAME for a procedural task's test split."),
+                                       "prompt, answer|tests}, tasks:NAME for a procedural task's test split, a "
+                                       "Parquet/CSV file, folder or save_to_disk directory, or hf:NAME (hub)."),
+    split: Optional[str] = SplitOpt,
+    subset: Optional[str] = SubsetOpt,
+    column: Optional[List[str]] = ColumnOpt,
     text: Optional[Path] = typer.Option(None, "--text", help="ppl: a UTF-8 text file (e.g. WikiText-2 test)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="ppl: window length (default: the "
                                           "model's context)."),
@@ -366,6 +383,7 @@ def eval_cmd(
         return
     if data is None:
         raise RefineryError(f"eval {kind} needs --data")
+    source = _data_source(data, split, subset, column)
     try:
         ks = sorted({int(x) for x in k.split(",")})
     except ValueError:
@@ -373,12 +391,12 @@ def eval_cmd(
     if any(x > n or x < 1 for x in ks):
         raise RefineryError(f"every k must be between 1 and --n ({n}); got {ks}")
     _quiet_hf()
-    results = run_eval(kind, data, model, backend=backend, base_url=base_url, n=n, ks=ks, limit=limit,
+    results = run_eval(kind, source, model, backend=backend, base_url=base_url, n=n, ks=ks, limit=limit,
                        temperature=temperature, max_new_tokens=max_new_tokens, template=template, seed=seed, out=out,
                        opens_thinking=opens_thinking, api_key_env=api_key_env)
     from rich.table import Table
 
-    table = Table(title=f"{kind} on {data}")
+    table = Table(title=f"{kind} on {source}")
     table.add_column("model")
     for x in ks:
         table.add_column(f"pass@{x}")
@@ -413,8 +431,12 @@ def rm_train(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
 @rm_app.command("eval")
 def rm_eval(
     model: Path = typer.Option(..., "--model", help="Reward-model directory (the 'model' folder of a run)."),
-    data: Path = typer.Option(..., "--data", help="Pairs {prompt, chosen, rejected, subset?} (RewardBench format; "
-                              "HH-RLHF, PandaLM and HelpSteer2 files are converted)."),
+    data: str = typer.Option(..., "--data", help="Pairs {prompt, chosen, rejected, subset?} (RewardBench format; "
+                             "HH-RLHF, PandaLM and HelpSteer2 files are converted): JSONL, Parquet/CSV, a folder, "
+                             "a save_to_disk directory or hf:NAME (hub)."),
+    split: Optional[str] = SplitOpt,
+    subset: Optional[str] = SubsetOpt,
+    column: Optional[List[str]] = ColumnOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for summary.json (default: print only)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N pairs only."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -426,7 +448,7 @@ def rm_eval(
     from refinery.runs import atomic_write_text
 
     _quiet_hf()
-    res = evaluate_model(model, data, batch_size=batch_size, limit=limit)
+    res = evaluate_model(model, _data_source(data, split, subset, column), batch_size=batch_size, limit=limit)
     table = Table(title=f"{model} on {data} ({res['n']} pairs)")
     for col in ("subset", "section", "n", "accuracy"):
         table.add_column(col)

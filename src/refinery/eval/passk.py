@@ -40,15 +40,24 @@ def _read_records(path: Path) -> list[dict]:
         raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 
 
-def load_problems(kind: str, data: str, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Problems as ``{id, prompt, answer | tests, task?}`` from a procedural task or a benchmark file."""
-    if data.startswith("tasks:"):
+def load_problems(kind: str, data: Any, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Problems as ``{id, prompt, answer | tests, task?}`` from a procedural task, a benchmark file, or a data
+    source (``refinery.sources.DataSource``: a dataset directory, Parquet/CSV, a hub name, with a column
+    mapping)."""
+    from refinery.sources import is_plain_json, read_rows
+
+    if isinstance(data, str) and data.startswith("tasks:"):
         from refinery.tasks import sample
 
         name = data.split(":", 1)[1]
         items = sample(name, limit or 200, seed=seed, split="test")
         return [{**it, "task": name, "raw": True} for it in items]
-    recs = _read_records(Path(data))
+    if isinstance(data, (str, Path)) and (is_plain_json(data) or not Path(data).exists()):
+        recs = _read_records(Path(data))
+        where = [f"{data} record {i}" for i in range(len(recs))]
+    else:
+        rows = read_rows(data, required=[("problem", "question", "prompt")])
+        recs, where = [r.record for r in rows], [r.where for r in rows]
     out = []
     for i, r in enumerate(recs):
         pid = str(r.get("id") or r.get("unique_id") or r.get("task_id") or i)
@@ -61,7 +70,7 @@ def load_problems(kind: str, data: str, limit: int | None = None, seed: int = 0)
             problem = r.get("problem") or r.get("question") or r.get("prompt")
             answer = r.get("answer") if r.get("answer") is not None else r.get("expected_answer")
             if problem is None or answer is None:
-                raise DataError(f"{data} record {i}: needs a problem/question/prompt and an answer")
+                raise DataError(f"{where[i]}: needs a problem/question/prompt and an answer")
             answer = str(answer)
             if "####" in answer:  # GSM8K
                 answer = answer.rsplit("####", 1)[1].strip()
@@ -135,7 +144,7 @@ def length_stats(texts: list[str], opened: list[bool], tokenizer=None) -> dict[s
     return out
 
 
-def run_eval(kind: str, data: str, models: list[str], backend: str = "hf", base_url: str | None = None,
+def run_eval(kind: str, data: Any, models: list[str], backend: str = "hf", base_url: str | None = None,
              n: int = 16, ks: list[int] | None = None, limit: int | None = None, temperature: float = 0.8,
              max_new_tokens: int = 512, template: str | None = None, seed: int = 0,
              out: Path | None = None, opens_thinking: bool | None = None,
@@ -150,7 +159,7 @@ def run_eval(kind: str, data: str, models: list[str], backend: str = "hf", base_
     problems = load_problems(kind, data, limit, seed)
     requests = [_request(p, kind, template) for p in problems]
     score, router = _scorer(kind)
-    results: dict[str, Any] = {"kind": kind, "data": data, "n": n, "ks": ks, "problems": len(problems),
+    results: dict[str, Any] = {"kind": kind, "data": str(data), "n": n, "ks": ks, "problems": len(problems),
                                "models": {}}
     try:
         for model in models:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from refinery.config import Section
 from refinery.engine.config import EngineConfig
 from refinery.models.pretrain import PretrainConfig, default_bootstrap
+from refinery.sources import DataSource
 
 STAGES = ("regression", "bt", "expo", "armo")
 
@@ -24,13 +25,17 @@ class RMBackbone(Section):
 class RMData(Section):
     source: Literal["synthetic", "files"] = Field("synthetic", description="'synthetic': correct-vs-wrong worked "
                                                   "solutions (truth known); 'files': the preference files below")
-    train_file: str | None = Field(None, description="preference file (JSONL/JSONL.gz/JSON list; HelpSteer2, "
-                                                     "HH-RLHF, PandaLM or {prompt, chosen, rejected, strength?})")
-    valid_file: str | None = Field(None, description="validation file (default: split off train_file)")
-    test_file: str | None = Field(None, description="test file (default: split off train_file)")
-    attributes_file: str | None = Field(None, description="HelpSteer2 per-response attributes {prompt, response, "
-                                                          "helpfulness, ...} joined onto the pairs (regression, "
-                                                          "ArmoRM)")
+    train_file: str | DataSource | None = Field(None, description="preference file (JSONL/JSONL.gz/JSON list; "
+                                                "HelpSteer2, HH-RLHF, PandaLM or {prompt, chosen, rejected, "
+                                                "strength?}) or a data source {path|hub, split, columns: {chosen: "
+                                                "..., rejected: ...}} (refinery.sources)")
+    valid_file: str | DataSource | None = Field(None, description="validation file or source (default: split "
+                                                "off train_file)")
+    test_file: str | DataSource | None = Field(None, description="test file or source (default: split off "
+                                               "train_file)")
+    attributes_file: str | DataSource | None = Field(None, description="HelpSteer2 per-response ratings {prompt, "
+                                                     "response, helpfulness, ...} (a file or a data source) "
+                                                     "joined onto the pairs (regression, ArmoRM)")
     format: str = Field("auto", description="auto, helpsteer2, hh-rlhf, pandalm or generic")
     seed: int | None = Field(None, description="seed of the synthetic pairs and of the prompt-hash split (default: "
                                                "the run's seed); fix it to vary the head seed on the same data")

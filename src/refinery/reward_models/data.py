@@ -130,28 +130,43 @@ def _raw_rows(path: Path) -> Iterable[tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
 
 
-def load_pairs(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[dict[str, Any]]:
-    """Read preference pairs from JSONL / JSONL.gz / a JSON list in any supported format (``auto`` detects it
-    from the first record). Errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"preference file {path} does not exist")
+def _rows(path: Any, required: list) -> tuple[str, Iterable[tuple[Any, Any]]]:
+    """(label, (location, row) pairs): a JSONL/JSON file as before, else a data source (``refinery.sources``:
+    a dataset directory, Parquet/CSV, a hub name, with a column mapping)."""
+    from refinery.sources import is_plain_json, read_rows
+
+    if isinstance(path, (str, Path)) and (is_plain_json(path) or not Path(path).exists()):
+        p = Path(path)
+        if not p.is_file():
+            return str(p), None
+        return str(p), ((f"{p}:{n}", row) for n, row in _raw_rows(p))
+    return str(path), ((where, row) for where, row in read_rows(path, required))
+
+
+def load_pairs(path: Any, fmt: str = "auto", limit: int | None = None) -> list[dict[str, Any]]:
+    """Read preference pairs from JSONL / JSONL.gz / a JSON list, or a data source, in any supported format
+    (``auto`` detects it from the first record). Errors name the file and line (or row)."""
     if fmt != "auto" and fmt not in CONVERTERS:
         raise DataError(f"unknown preference format {fmt!r} (auto, {', '.join(CONVERTERS)})")
+    label, rows = _rows(path, [])
+    if rows is None:
+        raise DataError(f"preference file {label} does not exist")
     pairs: list[dict[str, Any]] = []
-    for lineno, row in _raw_rows(path):
+    for where, row in rows:
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object")
+            raise DataError(f"{where}: expected a JSON object")
         try:
             kind = detect(row) if fmt == "auto" else fmt
             pairs.append(CONVERTERS[kind](row))
         except (KeyError, DataError, ValueError, TypeError) as e:
             what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            raise DataError(f"{path}:{lineno}: {what}") from None
+            if isinstance(e, KeyError) or "unknown preference format" in what:
+                what += f" (its fields: {', '.join(map(str, row))}; map columns with the source's columns)"
+            raise DataError(f"{where}: {what}") from None
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
-        raise DataError(f"{path} holds no preference pairs")
+        raise DataError(f"{label} holds no preference pairs")
     return pairs
 
 
@@ -192,16 +207,17 @@ def responses_with_attributes(pairs: list[dict[str, Any]], objectives: list[str]
     return rows
 
 
-def load_attributes(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
-    """HelpSteer2's per-response file (``{prompt, response, helpfulness, correctness, coherence, complexity,
-    verbosity}`` per line) as a table keyed by (normalised prompt, response)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"attributes file {path} does not exist")
+def load_attributes(path: Any) -> dict[tuple[str, str], dict[str, float]]:
+    """HelpSteer2's per-response ratings (``{prompt, response, helpfulness, correctness, coherence, complexity,
+    verbosity}`` per line, or a data source with those columns) as a table keyed by (normalised prompt,
+    response)."""
+    label, rows = _rows(path, ["prompt", "response"])
+    if rows is None:
+        raise DataError(f"attributes file {label} does not exist")
     table: dict[tuple[str, str], dict[str, float]] = {}
-    for lineno, row in _raw_rows(path):
+    for where, row in rows:
         if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
-            raise DataError(f"{path}:{lineno}: expected {{prompt, response, <attributes>}}")
+            raise DataError(f"{where}: expected {{prompt, response, <attributes>}}")
         attrs = {k: float(v) for k, v in row.items() if k in HELPSTEER_ATTRIBUTES and v is not None}
         table[(prompt_key(row["prompt"]), row["response"])] = attrs
     return table

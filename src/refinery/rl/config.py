@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from refinery.config import Section
 from refinery.engine.config import EngineConfig
 from refinery.models.pretrain import PretrainConfig, default_bootstrap
+from refinery.sources import DataSource
 
 
 class PolicyConfig(Section):
@@ -33,9 +34,11 @@ class RLData(Section):
                                   "before/after, read at the start and the end only")
     valid_per_task: int = Field(50, ge=0, description="validation problems per task (their own split): mid-run "
                                 "evaluations and the controllers (reference-reset patience) read these")
-    files: list[str] = Field(default_factory=list, description="JSONL prompt files {prompt, answer, domain?, tests?, "
-                                                         "task?} (e.g. crossthink_data or acereason_curation "
-                                                         "output); each item goes to its domain's verifier")
+    files: list[str | DataSource] = Field(default_factory=list, description="prompt files {prompt, answer, "
+                                          "domain?, tests?, task?} (JSONL, e.g. crossthink_data or "
+                                          "acereason_curation output, or a data source: {path|hub, split, columns: "
+                                          "{prompt: question, answer: solution}}); each item goes to its domain's "
+                                          "verifier")
 
 
 class DifficultyFilterConfig(Section):

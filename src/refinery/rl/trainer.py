@@ -117,25 +117,39 @@ def split_by_source(items: list[dict], n_test: int, n_valid: int, seed: str) -> 
     return train, test, val
 
 
-def file_items(paths: list[str]) -> dict[str, list[dict]]:
-    """Prompt items from JSONL files, grouped by task (their ``task``, else the file's stem)."""
+def file_items(paths: list) -> dict[str, list[dict]]:
+    """Prompt items from JSONL files or data sources (``refinery.sources``: a dataset directory, Parquet, a hub
+    name, with a column mapping), grouped by task (their ``task``, else the source's name or the file's stem)."""
     from pathlib import Path
 
     from refinery.errors import DataError
     from refinery.jsonl import iter_jsonl
+    from refinery.sources import is_plain_json, read_rows
+
+    def add(rec: dict, where: str, stem: str, n: int) -> None:
+        task = str(rec.get("task") or stem)
+        item = {**rec, "task": task, "id": str(rec.get("id") or f"{task}-{n}"), "difficulty":
+                rec.get("difficulty", 0)}
+        out.setdefault(task, []).append(item)
 
     out: dict[str, list[dict]] = {}
     for path in paths:
+        if not (isinstance(path, str) and (is_plain_json(path) or not Path(path).exists())):
+            rows = read_rows(path, required=["prompt", ("answer", "tests")])
+            for n, (where, rec) in enumerate(rows, 1):
+                rec = {k: v for k, v in rec.items() if not (k in ("answer", "tests") and v is None)}  # null cells
+                if not isinstance(rec.get("prompt"), str) or (rec.get("answer") is None and rec.get("tests") is None):
+                    raise DataError(f"{where}: an RL item needs a 'prompt' string and an 'answer' (or 'tests'); "
+                                    "map them with the source's columns")
+                add(rec, where, getattr(path, "label", None) or Path(str(path)).name.split(".")[0], n)
+            continue
         stem = Path(path).name.split(".")[0]
         for line, rec, err in iter_jsonl(path):
             if err or not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or \
                     ("answer" not in rec and "tests" not in rec):
                 raise DataError(f"{path}:{line}: an RL item needs 'prompt' and 'answer' (or 'tests')"
                                 + (f" ({err})" if err else ""))
-            task = str(rec.get("task") or stem)
-            item = {**rec, "task": task, "id": str(rec.get("id") or f"{task}-{line}"), "difficulty":
-                    rec.get("difficulty", 0)}
-            out.setdefault(task, []).append(item)
+            add(rec, f"{path}:{line}", stem, line)
     return out
 
 
