@@ -6,9 +6,13 @@ Random init (nothing is downloaded), bf16 autocast over fp32 master weights, act
 micro-batch, log-probs in 1,024-token chunks: the settings a user runs a 0.5B-1.5B model with. SFT: next-token
 loss on ``rows x tokens``; RL: one clipped-surrogate update on ``rows`` responses of ``tokens`` behind one
 256-token prompt. MFU counts 6 x parameters x tokens (+ attention) against the device's dense bf16 peak.
-``--trl`` runs TRL's ``SFTTrainer`` on the same model, data and settings (bf16, gradient checkpointing, same
-micro-batch and accumulation) when TRL is importable, and prints both side by side. ``gpu_check.sh`` calls this;
-``--shape tiny --device cpu`` is the smoke test that runs anywhere.
+``--trl`` runs TRL's ``SFTTrainer`` and ``GRPOTrainer`` on the same model, data and settings (bf16, gradient
+checkpointing, same micro-batch and accumulation) when TRL is importable, and prints each beside Refinery's number.
+TRL's GRPO update is timed without its generation: its ``_generate_and_score_completions`` is replaced by the same
+fixed batch Refinery's update gets (one 256-token prompt, ``rows`` responses of ``tokens``, the same advantages),
+with TRL's token-mean loss (``loss_type="dapo"``), ``beta=0`` and one iteration, so both sides do the same work: one
+forward + backward per row and one optimizer step. ``gpu_check.sh`` calls this; ``--shape tiny --device cpu --trl``
+is the smoke test that runs anywhere (tests/engine/test_bench_engine_gpu.py runs it when TRL is installed).
 """
 
 from __future__ import annotations
@@ -127,30 +131,96 @@ def main() -> None:
 
     if args.trl:
         try:
+            import trl
             from datasets import Dataset
-            from trl import SFTConfig, SFTTrainer
         except ImportError as e:
-            print(f"TRL SFTTrainer: skipped ({e})")
+            print(f"TRL: skipped ({e})")
             return
+        print(f"TRL {trl.__version__}, transformers {__import__('transformers').__version__}")
         del opt
-        model, _ = build(args.shape, args.tokens, dev)
-        data = Dataset.from_dict({"input_ids": [ids[i % R].tolist() for i in range(R * (args.repeats + 1))]})
-        tcfg = SFTConfig(output_dir="/tmp/trl-sft", per_device_train_batch_size=1, gradient_accumulation_steps=R,
-                         bf16=dev.type == "cuda", gradient_checkpointing=True, max_length=T, packing=False,
-                         max_steps=args.repeats + 1, logging_steps=1, report_to=[], save_strategy="no",
-                         learning_rate=1e-5, dataset_text_field=None, use_cpu=dev.type != "cuda")
-        trainer = SFTTrainer(model=model, args=tcfg, train_dataset=data)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        trainer.train()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        tps_trl = R * T * (args.repeats + 1) / (time.perf_counter() - t0)
-        mem_trl = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-        print(f"TRL SFTTrainer (same model/data/settings, includes its first step): {tps_trl:,.0f} tokens/s, "
-              f"peak {mem_trl:.1f} GiB")
+        trl_sft(args, dev, ids, Dataset)
+        trl_grpo(args, dev, batch, adv, Dataset)
 
+
+def _tokenizer(vocab_size: int):
+    """A word-level tokenizer over the model's vocabulary: TRL wants a processing class; the ids are given."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1", unk_token="t0")
+
+
+def _train_timed(trainer, dev) -> tuple[float, float]:
+    """Seconds per optimizer step after the first (warm-up, as ``timed`` skips it) and the peak memory after it."""
+    from transformers import TrainerCallback
+
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                if not ends:
+                    torch.cuda.reset_peak_memory_stats()
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+    return (ends[-1] - ends[0]) / (len(ends) - 1), mem
+
+
+def trl_sft(args, dev, ids, Dataset) -> None:
+    from trl import SFTConfig, SFTTrainer
+
+    R, T = ids.shape
+    model, _ = build(args.shape, args.tokens, dev)
+    data = Dataset.from_dict({"input_ids": [ids[i % R].tolist() for i in range(R * (args.repeats + 1))]})
+    tcfg = SFTConfig(output_dir="/tmp/trl-sft", per_device_train_batch_size=1, gradient_accumulation_steps=R,
+                     bf16=dev.type == "cuda", gradient_checkpointing=True, max_length=T, packing=False,
+                     max_steps=args.repeats + 1, logging_steps=1, report_to=[], save_strategy="no",
+                     learning_rate=1e-5, dataset_text_field=None, use_cpu=dev.type != "cuda")
+    trainer = SFTTrainer(model=model, args=tcfg, train_dataset=data,
+                         processing_class=_tokenizer(model.config.vocab_size))
+    s, mem = _train_timed(trainer, dev)
+    print(f"TRL SFTTrainer (same model/data/settings): {R * T / s:,.0f} tokens/s, peak {mem:.1f} GiB")
+    del trainer, model
+
+
+def trl_grpo(args, dev, batch, adv, Dataset) -> None:
+    """TRL's GRPO update on Refinery's fixed rollout batch: generation replaced, everything else TRL's own."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    R, T = len(adv), args.tokens
+    fixed = fixed_grpo_inputs(batch, adv, dev)
+
+    class FixedBatchGRPO(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):  # the rollout is not what is timed
+            return dict(fixed)
+
+    model, _ = build(args.shape, args.tokens, dev)
+    data = Dataset.from_dict({"prompt": [f"p{i}" for i in range(R * (args.repeats + 1))]})
+    tcfg = GRPOConfig(output_dir="/tmp/trl-grpo", per_device_train_batch_size=1, gradient_accumulation_steps=R,
+                      steps_per_generation=R, num_generations=R, num_iterations=1, beta=0.0, loss_type="dapo",
+                      bf16=dev.type == "cuda", gradient_checkpointing=True, max_steps=args.repeats + 1,
+                      logging_steps=1, report_to=[], save_strategy="no", learning_rate=1e-5,
+                      use_cpu=dev.type != "cuda", max_completion_length=T, shuffle_dataset=False)
+    trainer = FixedBatchGRPO(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                             args=tcfg, train_dataset=data,
+                             processing_class=_tokenizer(model.config.vocab_size))
+    s, mem = _train_timed(trainer, dev)
+    print(f"TRL GRPOTrainer update (same model/batch/settings, generation replaced): {R * T / s:,.0f} response "
+          f"tokens/s, peak {mem:.1f} GiB")
+
+
+def fixed_grpo_inputs(batch, adv, dev) -> dict:
+    """Refinery's rollout batch in the layout TRL's GRPO loss reads (left-padded prompts, right-padded responses)."""
+    mask = batch.mask.to(dev)
+    return {"prompt_ids": batch.prompt_ids[batch.owner].to(dev), "prompt_mask": batch.prompt_attn[batch.owner].to(dev),
+            "completion_ids": batch.response_ids.to(dev), "completion_mask": mask.long(),
+            "advantages": adv.float(), "num_items_in_batch": mask.sum()}
 
 if __name__ == "__main__":
     main()

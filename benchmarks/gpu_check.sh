@@ -5,9 +5,20 @@
 #   bash benchmarks/gpu_check.sh            # all sections
 #   bash benchmarks/gpu_check.sh sparsity   # 2:4 only (about 1-2 minutes on one H100)
 #   bash benchmarks/gpu_check.sh engine     # training engine: memory, tokens/s, MFU, TRL side by side
+#
+# On a machine with no network and no venv (the device image: python3 with torch + transformers), first run
+# `bash benchmarks/gpu_wheels.sh` where pip works and bring `.whl/` along: this script installs it into /tmp/site
+# (Refinery's missing dependencies and TRL for the side-by-side rows) and runs from the source tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+if [[ -x .venv/bin/python ]]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
+if [[ -d .whl ]]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+elif ! "$PY" -c "import refinery" 2>/dev/null; then
+  export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
 SECTION=${1:-all}
 
 if [[ "$SECTION" == all || "$SECTION" == sparsity ]]; then
