@@ -71,10 +71,15 @@ def encode(x: Any, ref: Callable[[Any], Any] | None = None, depth: int = 0) -> A
     if depth >= MAX_DEPTH:
         raise NotPlain(f"nested deeper than {MAX_DEPTH}")
     d = depth + 1
-    if t is list:
-        return ["l", *[encode(v, ref, d) for v in x]]
-    if t is tuple:
-        return ["t", *[encode(v, ref, d) for v in x]]
+    if t is list or t is tuple:
+        out = ["l" if t is list else "t"]
+        for v in x:  # scalars inline (most items are): a call per item is most of the time on long lists
+            tv = type(v)
+            if tv is float or tv is str or tv is bool or v is None or (tv is int and -_BIG < v < _BIG):
+                out.append(v)
+            else:
+                out.append(encode(v, ref, d))
+        return out
     if t is dict:
         out = ["d"]
         for k, v in x.items():
@@ -108,10 +113,13 @@ def decode(v: Any, ref: Callable[[str, list], Any] | None = None, depth: int = 0
         raise NotPlain(f"nested deeper than {MAX_DEPTH}")
     tag, d = v[0], depth + 1
     try:
-        if tag == "l":
-            return [decode(e, ref, d) for e in v[1:]]
-        if tag == "t":
-            return tuple([decode(e, ref, d) for e in v[1:]])
+        if tag == "l" or tag == "t":
+            out = []
+            for e in v[1:]:  # scalars inline, as in encode
+                te = type(e)
+                out.append(e if te is float or te is str or te is int or te is bool or e is None
+                           else decode(e, ref, d))
+            return out if tag == "l" else tuple(out)
         if tag == "d":
             if len(v) % 2 != 1:
                 raise NotPlain("malformed dict")
