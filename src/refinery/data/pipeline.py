@@ -306,13 +306,35 @@ def _local(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) ->
             on_done(f.result())
 
 
-def _ray(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) -> None:
+def ray_init(workers: int, address: str | None = None) -> bool:
+    """Start or join Ray; True when joined to an existing cluster. ``address`` (``auto``, ``host:port``,
+    ``ray://host:port``) or else ``RAY_ADDRESS`` joins that cluster, which brings its own CPUs (passing num_cpus
+    there is an error); without either, a local instance with ``workers`` CPUs starts. Already initialised: reused."""
     try:
         import ray
     except ImportError:
         raise ConfigError("executor 'ray' needs ray: pip install 'ray[data]'") from None
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        return address is not None
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"cannot join the Ray cluster at {address!r} ({e}); check the address (ray_address "
+                              "or RAY_ADDRESS: auto, host:port or ray://host:port) and that `ray status` sees it, "
+                              "or unset it to run a local Ray") from None
+        return True
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return False
+
+
+def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None], address: str | None = None) -> None:
+    import ray
+
+    if ray_init(workers or os.cpu_count() or 1, address) and not workers:  # a cluster: as wide as its CPUs
+        workers = int(ray.cluster_resources().get("CPU", 1))
+    workers = workers or os.cpu_count() or 1
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
@@ -321,7 +343,7 @@ def _ray(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) -> N
 
 
 def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", workers: int | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, ray_address: str | None = None) -> dict:
     """Run every segment over every shard (skipping finished ones); returns and writes ``stats.json``. A complete
     run (``stats.json`` says so) is not run again: its stats are returned."""
     import shutil
@@ -337,6 +359,7 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
         return done_stats
     stages = spec.factory()
     segs = segments(stages)
+    requested_workers = workers
     workers = workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -363,7 +386,10 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
 
         tasks = [(spec, seg, len(segs), s) for s in todo]
         try:
-            (_ray if executor == "ray" else _local)(tasks, workers, on_done)
+            if executor == "ray":  # workers as asked (None: the cluster's CPUs when joining one)
+                _ray(tasks, requested_workers, on_done, ray_address)
+            else:
+                _local(tasks, workers, on_done)
         except Exception as e:  # a stage that cannot even start (bad model path, ...): one line, traceback on disk
             bar.close()
             log = out / "error.txt"

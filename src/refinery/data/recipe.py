@@ -20,7 +20,9 @@ class DataRunConfig(Section):
     output: str | None = Field(None, description="output directory (data/, rejects/, stats.json, report.md)")
     format: Literal["jsonl", "parquet"] = Field("jsonl", description="output format")
     executor: Literal["local", "ray"] = Field("local", description="process pool or Ray Data")
-    workers: int | None = Field(None, description="parallel shards (default: all cores)")
+    workers: int | None = Field(None, description="parallel shards (default: all cores; a joined Ray cluster: its CPUs)")
+    ray_address: str | None = Field(None, description="executor=ray: join this running cluster (auto, host:port, "
+                                    "ray://host:port); default the RAY_ADDRESS variable, else a local Ray starts")
     batch_size: int = Field(16, gt=0, description="records per stage call")
     html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
     lines_per_shard: int = Field(2000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")

@@ -70,7 +70,7 @@ def run_data_recipe(cfg, progress: bool = True, fresh: bool = False, retry_rejec
     atomic_write_text(saved, resolved)
     shards = plan_shards(cfg.input, cfg.html_per_shard, cfg.lines_per_shard)
     spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size, cfg.field_types)
-    stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress)
+    stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress, ray_address=cfg.ray_address)
     if retry_rejects:
         stats = retry(spec, cfg.retry_reasons)
     stats["decontamination"] = contamination_report(out)
