@@ -145,14 +145,18 @@ def test_ray_executor_matches_local_on_real_pages(shared_data, tmp_path):
     assert len(outs["local"]) > 15 and outs["ray"] == outs["local"]
 
 
-def test_jsonl_split_into_line_range_shards(tmp_path):
+def test_jsonl_split_into_byte_range_shards(tmp_path):
     src = tmp_path / "big.jsonl"
     src.write_text("".join(json.dumps({"text": f"item{i}"}) + "\n" for i in range(25)))
-    shards = plan_shards([src], lines_per_shard=10)
-    assert [(s.start, s.stop) for s in shards] == [(0, 10), (10, 20), (20, 25)]
+    shards = plan_shards([src], shard_bytes=100)
+    size = src.stat().st_size
+    assert len(shards) == -(-size // 100) and shards[0].start == 0 and shards[-1].stop == size
+    assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))  # byte ranges, no line counting
     spec = RunSpec(list, str(tmp_path / "out"))  # no stages: read and write only
     run_pipeline(spec, shards, workers=1, progress=False)
-    assert [r["text"] for r in output_records(tmp_path / "out")] == [f"item{i}" for i in range(25)]
+    out = output_records(tmp_path / "out")
+    assert [r["text"] for r in out] == [f"item{i}" for i in range(25)]  # every line once, in order
+    assert out[3]["source"] == f"{src}@{3 * len(json.dumps({'text': 'item0'}) + chr(10))}"  # the line's offset
 
 
 def test_parquet_input_and_a_hung_renderer(tmp_path):

@@ -9,6 +9,7 @@ once (:func:`decode_page`) and lose their encoding declarations, so nothing down
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -26,20 +27,56 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
 @dataclass(frozen=True)
 class Shard:
+    """One unit of work and of output: files, or a byte range / row-group range of one file.
+
+    ``start``/``stop``: plain JSONL and WARC, a byte range ``[start, stop)`` (a line or WARC record belongs to the
+    shard holding its first byte); Parquet, a row-group range; ``stop=None``: the whole file."""
+
     index: int
     kind: str  # warc | jsonl | parquet | html
     paths: tuple[str, ...]
-    start: int = 0  # jsonl: first line (0-based) of this shard
-    stop: int | None = None  # jsonl: line after the last one (None: to the end)
+    start: int = 0
+    stop: int | None = None
 
     @property
     def name(self) -> str:
         return f"shard-{self.index:05d}"
 
 
-def detect_kind(path: Path) -> str:
-    n = path.name.lower()
-    if path.is_dir():
+DEFAULT_SHARD_BYTES = 64 << 20
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` names an fsspec location (``s3://``, ``gs://``, ``http(s)://``, ``memory://``, ``file://``)
+    rather than a plain local path."""
+    return "://" in str(path)
+
+
+def url_fs(path: str | Path):
+    """``(filesystem, path inside it)`` for a local path or any fsspec URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path))
+
+
+def open_input(path: str, mode: str = "rb"):
+    """A binary file object for a local path or an fsspec URL (seekable where the filesystem is)."""
+    if not is_url(path):
+        return open(path, mode)
+    fs, p = url_fs(path)
+    return fs.open(p, mode)
+
+
+def _size(path: str) -> int:
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, p = url_fs(path)
+    return fs.size(p)
+
+
+def detect_kind(path: Path | str) -> str:
+    n = str(path).rsplit("/", 1)[-1].lower()
+    if not is_url(path) and Path(path).is_dir():
         return "html"
     if n.endswith(WARC_SUFFIXES):
         return "warc"
@@ -53,41 +90,182 @@ def detect_kind(path: Path) -> str:
                     "directory of HTML files)")
 
 
-def _jsonl_shards(path: Path, first_index: int, lines_per_shard: int | None) -> list[Shard]:
-    if not lines_per_shard or path.name.endswith(".gz") or path.suffix == ".json":
-        return [Shard(first_index, "jsonl", (str(path),))]
-    with open(path, "rb") as f:
-        n = sum(1 for _ in f)
-    return [Shard(first_index + k, "jsonl", (str(path),), start, min(start + lines_per_shard, n))
-            for k, start in enumerate(range(0, max(n, 1), lines_per_shard))]
+def _ranges(bounds: list[int], size: int) -> list[tuple[int, int]]:
+    bounds = sorted(set(b for b in bounds if 0 < b < size))
+    edges = [0, *bounds, size]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _jsonl_bounds(path: str, size: int, shard_bytes: int) -> list[int]:
+    """Fixed byte cuts: a reader skips the partial line it starts in, so no scan is needed."""
+    return list(range(shard_bytes, size, shard_bytes))
+
+
+_SCAN = 1 << 20
+
+
+def _next_boundary(f, pos: int, size: int, is_start) -> int | None:
+    """The first offset at or after ``pos`` where ``is_start(f, offset)`` holds, scanning forward in 1 MiB reads
+    for candidates of the WARC record or gzip member start."""
+    magic, back = is_start.magic, len(is_start.magic) - 1
+    while pos < size:
+        f.seek(max(pos - back, 0))
+        chunk = f.read(_SCAN + back)
+        if not chunk:
+            return None
+        base = max(pos - back, 0)
+        i = chunk.find(magic)
+        while i >= 0:
+            cand = base + i + is_start.skip
+            if cand >= pos and is_start(f, cand, size):
+                return cand
+            i = chunk.find(magic, i + 1)
+        pos = base + len(chunk)
+        if len(chunk) < _SCAN:
+            return None
+    return None
+
+
+def _gzip_member_start(f, off: int, size: int) -> bool:
+    """A gzip member starts at ``off`` and inflates to the start of a WARC record (a chance match of the magic
+    bytes inside compressed data fails one test or the other)."""
+    f.seek(off)
+    data = f.read(1 << 16)
+    try:
+        head = zlib.decompressobj(31).decompress(data, 16)
+    except zlib.error:
+        return False
+    return head.startswith(b"WARC/")
+
+
+_gzip_member_start.magic, _gzip_member_start.skip = b"\x1f\x8b\x08", 0  # type: ignore[attr-defined]
+
+
+def _warc_record_start(f, off: int, size: int) -> bool:
+    """A WARC record starts at ``off``: its header parses, and its Content-Length lands on the next record (or
+    the end of the file), so a payload quoting a WARC header is not taken for one."""
+    f.seek(off)
+    head = f.read(1 << 16)
+    end = head.find(b"\r\n\r\n")
+    if not head.startswith(b"WARC/") or end < 0:
+        return False
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", head[:end], re.I)
+    if not m:
+        return False
+    nxt = off + end + 4 + int(m.group(1)) + 4  # payload, then the record's closing CRLF CRLF
+    if nxt >= size:
+        return nxt - 4 <= size
+    f.seek(nxt)
+    return f.read(5) == b"WARC/"
+
+
+_warc_record_start.magic, _warc_record_start.skip = b"\r\n\r\nWARC/", 4  # type: ignore[attr-defined]
+
+
+def _warc_bounds(path: str, size: int, shard_bytes: int) -> list[int]:
+    """Record starts near every ``shard_bytes`` cut: gzip member starts for ``.warc.gz`` (one record per member,
+    as Common Crawl writes them), record headers for plain ``.warc``. A ``.warc.gz`` that is one gzip stream has
+    no member to start at: it stays one shard."""
+    test = _gzip_member_start if path.lower().endswith(".gz") else _warc_record_start
+    out: list[int] = []
+    with open_input(path) as f:
+        for cut in range(shard_bytes, size, shard_bytes):
+            if out and out[-1] >= cut:
+                continue
+            b = _next_boundary(f, cut, size, test)
+            if b is None:
+                break
+            out.append(b)
+    return out
+
+
+def _parquet_groups(path: str, shard_bytes: int) -> list[tuple[int, int]] | None:
+    """Consecutive row groups of about ``shard_bytes`` (compressed) each; None when the footer cannot be read (the
+    reader then reports the file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open_input(path) as f:
+            md = pq.ParquetFile(f).metadata
+    except Exception:
+        return None
+    out, first, acc = [], 0, 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        acc += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns)) or rg.total_byte_size
+        if acc >= shard_bytes:
+            out.append((first, i + 1))
+            first, acc = i + 1, 0
+    if first < md.num_row_groups or not out:
+        out.append((first, md.num_row_groups))
+    return out
+
+
+def _file_shards(path: str, kind: str, first_index: int, shard_bytes: int | None) -> list[Shard]:
+    """One file → its shards: plain JSONL and WARC by byte range, Parquet by row groups. ``.jsonl.gz`` and ``.json``
+    cannot be cut (gzip has no seek points; a JSON array is one value): they are one shard each, as are ``.arc``
+    files and a ``.warc.gz`` that is a single gzip stream."""
+    low = path.lower()
+    whole = [Shard(first_index, kind, (path,))]
+    if not shard_bytes or kind == "html":
+        return whole
+    if kind == "parquet":
+        groups = _parquet_groups(path, shard_bytes)
+        if not groups or len(groups) == 1:
+            return whole
+        return [Shard(first_index + k, kind, (path,), a, b) for k, (a, b) in enumerate(groups)]
+    if kind == "jsonl" and (low.endswith(".gz") or low.endswith(".json")):
+        return whole
+    if kind == "warc" and low.endswith((".arc", ".arc.gz")):
+        return whole
+    size = _size(path)
+    if size <= shard_bytes:
+        return whole
+    bounds = (_jsonl_bounds if kind == "jsonl" else _warc_bounds)(path, size, shard_bytes)
+    return [Shard(first_index + k, kind, (path,), a, b) for k, (a, b) in enumerate(_ranges(bounds, size))]
+
+
+def _list_dir(path: str) -> list[str]:
+    """Every file under a directory (local or fsspec URL), sorted, as paths/URLs the readers open."""
+    if not is_url(path):
+        return sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
+    fs, p = url_fs(path)
+    return sorted(fs.unstrip_protocol(f) for f in fs.find(p))
+
+
+def _exists(path: str) -> tuple[bool, bool]:
+    """``(exists, is a directory)`` for a local path or URL."""
+    if not is_url(path):
+        return Path(path).exists(), Path(path).is_dir()
+    fs, p = url_fs(path)
+    if str(path).startswith(("http://", "https://")):  # HTTP has no directories; a URL is a file
+        return True, False
+    return fs.exists(p), fs.isdir(p)
 
 
 def plan_shards(inputs: list[str | Path], html_per_shard: int = 64,
-                lines_per_shard: int | None = 10000) -> list[Shard]:
-    """Input paths (files, directories, globs already expanded) → shards in a stable order. Shards bound the memory
-    a worker needs: HTML directories by file count, plain JSONL files by line ranges."""
+                shard_bytes: int | None = DEFAULT_SHARD_BYTES) -> list[Shard]:
+    """Input paths or fsspec URLs (files, directories, globs already expanded) → shards in a stable order: HTML
+    directories by file count, plain JSONL and WARC files by byte range (WARC cut at record / gzip member starts),
+    Parquet by row groups, of about ``shard_bytes`` each (None: one shard per file). Planning reads no more than
+    a Parquet footer and a few KiB around each WARC cut; workers seek to their range and stream it."""
     shards: list[Shard] = []
     for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
+        path = str(raw)
+        exists, is_dir = _exists(path)
+        if not exists:
             raise DataError(f"input {path} does not exist")
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            html = [str(p) for p in files if p.name.lower().endswith(HTML_SUFFIXES)]
+        if is_dir:
+            files = _list_dir(path)
+            html = [p for p in files if p.lower().endswith(HTML_SUFFIXES)]
             # Inside a directory only data files count (no .json: metadata and configs sit next to pages).
-            others = [p for p in files if p.name.lower().endswith(WARC_SUFFIXES + (".jsonl", ".jsonl.gz", ".parquet"))]
+            others = [p for p in files if p.lower().endswith(WARC_SUFFIXES + (".jsonl", ".jsonl.gz", ".parquet"))]
             for k in range(0, len(html), html_per_shard):
                 shards.append(Shard(len(shards), "html", tuple(html[k: k + html_per_shard])))
             for p in others:
-                kind = detect_kind(p)
-                if kind == "jsonl":
-                    shards += _jsonl_shards(p, len(shards), lines_per_shard)
-                else:
-                    shards.append(Shard(len(shards), kind, (str(p),)))
-        elif detect_kind(path) == "jsonl":
-            shards += _jsonl_shards(path, len(shards), lines_per_shard)
+                shards += _file_shards(p, detect_kind(p), len(shards), shard_bytes)
         else:
-            shards.append(Shard(len(shards), detect_kind(path), (str(path),)))
+            shards += _file_shards(path, detect_kind(path), len(shards), shard_bytes)
     if not shards:
         raise DataError(f"no readable input in {', '.join(map(str, inputs))}")
     return shards
@@ -98,10 +276,12 @@ def read_shard(shard: Shard) -> Iterator[dict[str, Any]]:
         yield from read_jsonl(shard.paths, shard.start, shard.stop)
         return
     if shard.kind == "warc":  # every record counted: non-responses come as rejects
-        yield from read_warc(shard.paths, every_record=True)
+        yield from read_warc(shard.paths, every_record=True, start=shard.start, stop=shard.stop)
         return
-    reader = {"parquet": read_parquet, "html": read_html_files}[shard.kind]
-    yield from reader(shard.paths)
+    if shard.kind == "parquet":
+        yield from read_parquet(shard.paths, shard.start, shard.stop)
+        return
+    yield from read_html_files(shard.paths)
 
 
 # ---- decoding ------------------------------------------------------------------------------------------------
@@ -304,7 +484,45 @@ def _warc_type(rec) -> str:
     return next((name for t, name in _WARC_TYPES if rec.record_type == t), "unknown")
 
 
-def read_warc(paths: tuple[str, ...], every_record: bool = False) -> Iterator[dict[str, Any]]:
+class _Range(io.RawIOBase):
+    """The bytes ``[start, stop)`` of a seekable binary file as a seekable stream of its own (positions relative to
+    ``start``): a WARC shard's records."""
+
+    def __init__(self, f, start: int, stop: int | None):
+        self.f, self.start, self.pos = f, start, 0
+        self.size = None if stop is None else stop - start
+        f.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            if self.size is None:
+                self.size = self.f.seek(0, 2) - self.start
+            offset += self.size
+        elif whence == 1:
+            offset += self.pos
+        self.pos = max(0, offset if self.size is None else min(offset, self.size))
+        self.f.seek(self.start + self.pos)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = len(buf) if self.size is None else max(0, min(len(buf), self.size - self.pos))
+        data = self.f.read(n) if n else b""
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def read_warc(paths: tuple[str, ...], every_record: bool = False, start: int = 0,
+              stop: int | None = None) -> Iterator[dict[str, Any]]:
     """The pages of WARC files (FastWARC: gzip or plain detected, chunked and content encodings decoded): every
     ``response`` (and ``resource``) record as ``{source, warc_record_id, warc_date, http_status, content_type,
     format}`` plus, for a page format (:func:`page_format`), its decoded payload — ``html`` (HTML/XHTML, encoding
@@ -312,16 +530,24 @@ def read_warc(paths: tuple[str, ...], every_record: bool = False) -> Iterator[di
     ``encoding_source`` (:func:`decode_page`). Other payloads (PDF, images) come without a body for a stage to
     reject by content type. With ``every_record`` the other records (request, metadata, warcinfo, revisit) come
     too, as ``not_a_response`` rejects, so that every record of the file is counted. A broken record or a truncated
-    file becomes a reject."""
+    file becomes a reject. ``start``/``stop``: only the records in that byte range (a shard: they start at a
+    record or gzip member boundary, :func:`plan_shards`), one at a time."""
     from fastwarc.warc import ArchiveIterator
 
+    ranged = start > 0 or stop is not None
     for path in paths:
-        n = 0
+        n, f = 0, None
         try:
-            it = ArchiveIterator(str(path), parse_http=True, auto_decode="all", quirks_mode=True, strict_mode=False)
+            if ranged or is_url(path):
+                f = open_input(path)
+                stream: Any = io.BufferedReader(_Range(f, start, stop), 1 << 20) if ranged else f
+            else:
+                f, stream = None, str(path)  # FastWARC's own file stream
+            it = ArchiveIterator(stream, parse_http=True, auto_decode="all", quirks_mode=True, strict_mode=False)
             for rec in it:
                 n += 1
-                uri = rec.headers.get("WARC-Target-URI") or f"{path}#{n}"
+                where = f"{path}@{start + rec.stream_pos}" if ranged else f"{path}#{n}"
+                uri = rec.headers.get("WARC-Target-URI") or where
                 kind = _warc_type(rec)
                 if kind not in ("response", "resource"):
                     if every_record:
@@ -334,6 +560,9 @@ def read_warc(paths: tuple[str, ...], every_record: bool = False) -> Iterator[di
                     yield {"source": uri, "_reject": "warc_record", "_detail": f"{type(e).__name__}: {e}"}
         except Exception as e:
             yield {"source": f"{path}#{n + 1}", "_reject": "warc_stream", "_detail": f"broken after {n} records: {e}"}
+        finally:
+            if f is not None:
+                f.close()
 
 
 def _warc_page(rec, kind: str, uri: str) -> dict[str, Any]:
@@ -379,12 +608,32 @@ def dechunk(body: bytes) -> bytes:
     return bytes(out) if out else body
 
 
+def _jsonl_lines(f, start: int, stop: int | None) -> Iterator[tuple[int, bytes]]:
+    """``(byte offset, line)`` of the lines that start in ``[start, stop)`` of a binary file: the line that holds
+    byte ``start`` belongs to the shard before (unless ``start`` opens it); the last one is read to its end."""
+    if start > 0:
+        f.seek(start - 1)
+        if f.read(1) != b"\n":
+            f.readline()  # the rest of a line the previous shard reads
+    pos = f.tell()
+    while stop is None or pos < stop:
+        line = f.readline()
+        if not line:
+            return
+        yield pos, line
+        pos += len(line)
+
+
 def read_jsonl(paths: tuple[str, ...], start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
-    """JSON lines (``.jsonl[.gz]``), or a ``.json`` file holding one object or a list of objects."""
+    """JSON lines (``.jsonl[.gz]``), or a ``.json`` file holding one object or a list of objects; local paths or
+    fsspec URLs. ``start``/``stop``: the lines that start in that byte range of a plain ``.jsonl`` (a shard;
+    :func:`plan_shards`), read by seeking, never from line 1. A record without ``source`` gets ``path:LINE`` in a
+    whole file, ``path@BYTE`` (the line's byte offset) in a byte-range shard, where line numbers are unknown."""
     for path in paths:
         if path.endswith(".json"):
             try:
-                data = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+                with open_input(path) as fh:
+                    data = json.loads(fh.read().decode("utf-8", errors="replace"))
             except json.JSONDecodeError as e:
                 yield {"source": path, "_reject": "bad_json", "_detail": e.msg}
                 continue
@@ -395,26 +644,25 @@ def read_jsonl(paths: tuple[str, ...], start: int = 0, stop: int | None = None) 
                 else:
                     yield {"source": f"{path}:{i}", "_reject": "not_an_object"}
             continue
-        opener = gzip.open if path.endswith(".gz") else open
+        ranged = start > 0 or stop is not None
         line_no = 0
         try:
-            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-                for line_no, line in enumerate(f, 1):
-                    if line_no <= start:
-                        continue
-                    if stop is not None and line_no > stop:
-                        break
+            with open_input(path) as raw:
+                f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+                lines = _jsonl_lines(f, start, stop) if ranged else ((0, x) for x in f)
+                for line_no, (pos, line) in enumerate(lines, 1):
+                    where = f"{path}@{pos}" if ranged else f"{path}:{line_no}"
                     if not line.strip():
                         continue
                     try:
-                        rec = json.loads(line)
+                        rec = json.loads(line.decode("utf-8", errors="replace"))
                     except json.JSONDecodeError as e:
-                        yield {"source": f"{path}:{line_no}", "_reject": "bad_json", "_detail": e.msg}
+                        yield {"source": where, "_reject": "bad_json", "_detail": e.msg}
                         continue
                     if not isinstance(rec, dict):
-                        yield {"source": f"{path}:{line_no}", "_reject": "not_an_object"}
+                        yield {"source": where, "_reject": "not_an_object"}
                         continue
-                    rec.setdefault("source", f"{path}:{line_no}")
+                    rec.setdefault("source", where)
                     yield rec
         except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt gzip: what was read is kept
             yield _broken_file(path, line_no, e)
@@ -428,18 +676,24 @@ def _broken_file(path: str, n: int, e: Exception) -> dict[str, Any]:
             "_detail": f"unreadable after {n} lines/rows: {type(e).__name__}: {e}"}
 
 
-def read_parquet(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def read_parquet(paths: tuple[str, ...], start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Parquet rows in batches of 1024 (local or fsspec URLs); ``start``/``stop``: only those row groups (a shard)."""
     import pyarrow.parquet as pq
 
     for path in paths:
         row = 0
         try:
-            pf = pq.ParquetFile(path)
-            for batch in pf.iter_batches(batch_size=1024):
-                for rec in batch.to_pylist(maps_as_pydicts="lossy"):
-                    row += 1
-                    rec.setdefault("source", f"{path}:{row}")
-                    yield rec
+            with open_input(path) as f:
+                pf = pq.ParquetFile(f)
+                groups = None
+                if start or stop is not None:
+                    groups = list(range(start, pf.metadata.num_row_groups if stop is None else stop))
+                    row = sum(pf.metadata.row_group(i).num_rows for i in range(start))
+                for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
+                    for rec in batch.to_pylist(maps_as_pydicts="lossy"):
+                        row += 1
+                        rec.setdefault("source", f"{path}:{row}")
+                        yield rec
         except (OSError, ValueError, EOFError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError OSError
             yield _broken_file(path, row, e)
 
@@ -447,7 +701,8 @@ def read_parquet(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
 def read_html_files(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     for path in paths:
         try:
-            body = Path(path).read_bytes()
+            with open_input(path) as f:
+                body = f.read()
         except OSError as e:
             yield {"source": path, "_reject": "unreadable", "_detail": str(e)}
             continue
@@ -608,39 +863,107 @@ def _fits(observed, declared) -> bool:
     return False
 
 
-def write_records(records: list[dict[str, Any]], path: Path, fmt: str, schema=None,
+def _json_text(records: list[dict[str, Any]], json_fields) -> list[dict[str, Any]]:
+    if not json_fields:
+        return records
+    jf = set(json_fields)
+    return [{k: (json.dumps(v, ensure_ascii=False, default=str) if k in jf and v is not None else v)
+             for k, v in r.items()} for r in records]
+
+
+class JsonlWriter:
+    """Records appended to a JSONL file as they come (bounded memory), made visible atomically by ``close``
+    (temp file + rename; local paths or fsspec URLs). ``abort`` drops the temp file."""
+
+    def __init__(self, path):
+        from refinery.data.store import location
+
+        self.path = location(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = self.tmp.open("w", encoding="utf-8")
+        self.n = 0
+
+    def write(self, records) -> None:
+        for r in records:
+            self.f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            self.n += 1
+
+    def close(self) -> None:
+        from refinery.data.store import replace
+
+        self.f.close()
+        replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_records(records: list[dict[str, Any]], path, fmt: str, schema=None,
                   json_fields: tuple[str, ...] | list[str] = ()) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a shard. Parquet is written under
     ``schema`` when one is given (``json_fields`` stored as their JSON text), else inferred from the records."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    from refinery.data.store import location
 
-        if json_fields:
-            jf = set(json_fields)
-            records = [{k: (json.dumps(v, ensure_ascii=False, default=str) if k in jf and v is not None else v)
-                        for k, v in r.items()} for r in records]
-        if schema is not None:
-            table = pa.Table.from_pylist(records, schema=schema)
-        else:
-            table = pa.Table.from_pylist(records) if records else pa.table({})
-        pq.write_table(table, tmp)
+    path = location(path)
+    if fmt == "jsonl":
+        w = JsonlWriter(path)
+        w.write(records)
+        w.close()
+    elif fmt == "parquet":
+        write_parquet([records], path, schema, json_fields)
     else:
         raise DataError(f"unknown output format {fmt!r} (jsonl or parquet)")
-    os.replace(tmp, path)
 
 
-def read_output(path: Path) -> list[dict[str, Any]]:
-    """Records of one output or work file (Parquet maps come back as dicts, as they were written)."""
+def write_parquet(batches, path, schema=None, json_fields: tuple[str, ...] | list[str] = ()) -> None:
+    """Batches of records → one Parquet file, atomically, one row group per batch as they come (a shard's output
+    is never held whole). Without ``schema`` the first batch's inferred schema is used (a one-batch write)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from refinery.data.store import location, replace
+
+    path = location(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = None
+    with tmp.open("wb") as f:
+        for records in batches:
+            records = _json_text(records, json_fields)
+            if schema is not None:
+                table = pa.Table.from_pylist(records, schema=schema)
+            else:
+                table = pa.Table.from_pylist(records) if records else pa.table({})
+            if writer is None:
+                writer = pq.ParquetWriter(f, table.schema)
+            if table.num_rows:
+                writer.write_table(table)
+        if writer is None:
+            writer = pq.ParquetWriter(f, schema if schema is not None else pa.schema([]))
+        writer.close()
+    replace(tmp, path)
+
+
+def iter_output(path, chunk: int = 1024) -> Iterator[dict[str, Any]]:
+    """Records of one output or work file, streamed (Parquet maps come back as dicts, as they were written)."""
+    from refinery.data.store import location
+
+    path = location(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist(maps_as_pydicts="lossy")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        with path.open("rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk):
+                yield from batch.to_pylist(maps_as_pydicts="lossy")
+        return
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_output(path) -> list[dict[str, Any]]:
+    """Records of one output or work file (Parquet maps come back as dicts, as they were written)."""
+    return list(iter_output(path))

@@ -4,11 +4,16 @@
   reason code) and optionally ``_detail``. Each stage declares the fields it ``adds``. A batch that raises is retried
   record by record, and a record that still raises is rejected with reason ``error`` — a long run never dies on one
   record.
-- A **global stage** (dedup) needs the whole corpus: ``collect`` runs per shard, ``decide`` once in the driver,
-  ``apply`` per shard again. Global stages split the pipeline into segments; segment outputs are kept in
-  ``_work/`` until the run ends.
-- **Executors**: ``local`` (a spawn process pool over shards, one shard in memory per worker) and ``ray``
-  (Ray Data over the same shard function, on a local instance or a cluster). Same pipeline, same output.
+- A **global stage** (dedup) needs the whole corpus: ``collect`` runs per chunk of a shard's records (up to
+  ``COLLECT_ROWS``; a shard's summary is the list of its chunks' summaries), ``decide`` once in the driver over
+  every chunk's summary in corpus order, ``apply`` per batch again. Global stages split the pipeline into
+  segments; segment outputs are kept in ``_work/`` until the run ends.
+- **Streaming**: a worker never holds a shard: records flow through the stages in batches (each stage buffers
+  up to ``batch_size``) and are written as they come, so memory is bounded by the batch, not the shard.
+- **Executors**: ``local`` (a spawn process pool over shards) and ``ray`` (Ray Data over the same shard function,
+  on a local instance or a running cluster: ``RAY_ADDRESS`` / ``ray_address``). Same pipeline, same output.
+- **Storage**: inputs and the output directory may be fsspec URLs (``s3://``, ``gs://``, ``file://``,
+  ``memory://``; HTTP inputs) so workers on other machines read and write them (:mod:`refinery.data.store`).
 - **Records** get an internal row id ``_row`` when read (``<shard>-<n>``, plus ``.k`` for the k-th extra record
   a stage makes from one): global stages (dedup, blend) decide by it, never by the input's ``id``, so two inputs
   with overlapping ids lose nothing. An input without ``id`` gets the row id as its ``id``.
@@ -35,11 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from refinery.data.io import Shard, read_output, read_shard, write_records
+from refinery.data.io import JsonlWriter, Shard, iter_output, read_output, read_shard, write_records
+from refinery.data.store import Location, atomic_write_text, location, rmtree
 from refinery.errors import ConfigError, DataError
 
 Record = dict[str, Any]
 TRANSIENT_REASONS = ("llm_error",)  # reject reasons a retry may cure (a server down, a request timed out)
+COLLECT_ROWS = 1024  # records per global-stage collect call (a shard's summary is a list of these)
+_ROW_WINDOW = 1 << 16  # recent row ids a stage checks new ones against (a record's extras come together)
 
 
 class Stage:
@@ -70,7 +78,9 @@ class GlobalContext:
 
 
 class GlobalStage(Stage):
-    """A corpus-wide step: ``collect`` per shard → ``decide`` in the driver → ``apply`` per shard."""
+    """A corpus-wide step: ``collect`` per chunk of a shard → ``decide`` in the driver → ``apply`` per batch.
+    ``decide`` gets the summaries of every chunk of every shard, in corpus order, and the run's output directory
+    (a ``Path``, or an :class:`~refinery.data.store.FsPath` when the output is an fsspec URL)."""
 
     ctx: GlobalContext | None = None  # None: called outside a run (summaries and decisions in memory)
 
@@ -124,13 +134,27 @@ class StageCounts:
                 "seconds": round(self.seconds, 3), "adds": list(self.adds)}
 
 
-def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]], list[Record]],
-               counts: StageCounts, rejects: list[Record], batch_size: int) -> list[Record]:
-    t0 = time.perf_counter()
-    out: list[Record] = []
-    rows: set[str] = set()
-    for s in range(0, len(records), batch_size):
-        batch = records[s: s + batch_size]
+def _batched(records, n: int):
+    batch: list[Record] = []
+    for r in records:
+        batch.append(r)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stream_stage(stage: Stage, records, fn: Callable[[list[Record]], list[Record]], counts: StageCounts,
+                  on_reject: Callable[[Record], None], batch_size: int):
+    """Run ``fn`` over ``records`` (any iterable) in batches of ``batch_size``, yielding the kept records as each
+    batch finishes; rejects go to ``on_reject`` (``html`` left out). A batch that raises is retried record by
+    record, and a record that still raises is rejected with reason ``error``."""
+    from collections import OrderedDict
+
+    rows: OrderedDict = OrderedDict()
+    for batch in _batched(records, batch_size):
+        t0 = time.perf_counter()
         try:
             result = fn(batch)
         except Exception:
@@ -140,22 +164,28 @@ def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]],
                     result += fn([rec])
                 except Exception as e:
                     result.append(reject(rec, "error", f"{stage.name}: {type(e).__name__}: {e}"))
+        counts.seconds += time.perf_counter() - t0
+        counts.seen += len(batch)
         _unique_rows(result, rows)
         for rec in result:
             if "_reject" in rec:
                 counts.dropped[rec["_reject"]] += 1
-                rejects.append({**{k: v for k, v in rec.items() if k != "html"}, "_stage": stage.name})
+                on_reject({**{k: v for k, v in rec.items() if k != "html"}, "_stage": stage.name})
             else:
-                out.append(rec)
-    counts.seen += len(records)
-    counts.kept += len(out)
-    counts.seconds += time.perf_counter() - t0
-    return out
+                counts.kept += 1
+                yield rec
 
 
-def _unique_rows(records: list[Record], seen: set[str]) -> None:
+def _run_stage(stage: Stage, records: list[Record], fn: Callable[[list[Record]], list[Record]],
+               counts: StageCounts, rejects: list[Record], batch_size: int) -> list[Record]:
+    """:func:`_stream_stage` over a list, into a list (the retry path, which holds only rejected records)."""
+    return list(_stream_stage(stage, records, fn, counts, rejects.append, batch_size))
+
+
+def _unique_rows(records: list[Record], seen) -> None:
     """A stage that makes several records from one (chunks, templates) copies its ``_row``: the extra ones get
-    ``<row>.0001``, ``<row>.0002``, … in output order (deterministic), so every row id stays unique."""
+    ``<row>.0001``, ``<row>.0002``, … in output order (deterministic), so every row id stays unique. ``seen``
+    (an OrderedDict) holds the last ``_ROW_WINDOW`` row ids: a record's extras come out together."""
     for i, rec in enumerate(records):
         row = rec.get("_row")
         if row is None:
@@ -164,7 +194,9 @@ def _unique_rows(records: list[Record], seen: set[str]) -> None:
         while new in seen:
             k += 1
             new = f"{row}.{k:04d}"
-        seen.add(new)
+        seen[new] = None
+        if len(seen) > _ROW_WINDOW:
+            seen.popitem(last=False)
         if new != row:
             records[i] = {**rec, "_row": new}
 
@@ -201,17 +233,17 @@ class RunSpec:
     schema: dict[str, str] = field(default_factory=dict)  # declared output types, over the stages' own
 
 
-def _work(spec: RunSpec) -> Path:
-    return Path(spec.output) / "_work"
+def _work(spec: RunSpec) -> Location:
+    return location(spec.output) / "_work"
 
 
-def _stats_path(spec: RunSpec, seg: int, shard: Shard) -> Path:
+def _stats_path(spec: RunSpec, seg: int, shard: Shard) -> Location:
     return _work(spec) / f"seg{seg}" / f"{shard.name}.stats.json"
 
 
-def _seg_output(spec: RunSpec, seg: int, shard: Shard, last: bool) -> Path:
+def _seg_output(spec: RunSpec, seg: int, shard: Shard, last: bool) -> Location:
     if last and spec.fmt == "jsonl":  # Parquet is written at the end, under the run's one schema
-        return Path(spec.output) / "data" / f"{shard.name}.{spec.fmt}"
+        return location(spec.output) / "data" / f"{shard.name}.{spec.fmt}"
     return _work(spec) / f"seg{seg}" / f"{shard.name}.jsonl"
 
 
@@ -231,65 +263,121 @@ def _stages(spec: RunSpec) -> list[Stage]:
     return _STAGES[key]
 
 
+def _read_records(shard: Shard, read: StageCounts, on_reject: Callable[[Record], None]):
+    """A shard's records as they are read, each with its row id; read rejects go to ``on_reject``."""
+    for n, rec in enumerate(read_shard(shard)):
+        rec["_row"] = f"{shard.index:05d}-{n:09d}"  # corpus order: dedup keeps the first
+        rec.setdefault("id", rec["_row"])
+        read.seen += 1
+        if "_reject" in rec:
+            read.dropped[rec["_reject"]] += 1
+            on_reject({**rec, "_stage": "read"})
+        else:
+            read.kept += 1
+            yield rec
+
+
+class _Rejects:
+    """A shard-segment's rejects file, opened at the first reject (no file when there is none)."""
+
+    def __init__(self, path: Location):
+        self.path, self.w = path, None
+
+    def __call__(self, rec: Record) -> None:
+        if self.w is None:
+            self.w = JsonlWriter(self.path)
+        self.w.write([rec])
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+
+    def abort(self) -> None:
+        if self.w is not None:
+            self.w.abort()
+
+
 def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> dict:
-    """One segment of one shard: read, run its stages, write outputs, rejects and (last) stats. Idempotent."""
+    """One segment of one shard, streamed: records are read, pass the stages a batch at a time and are written
+    as they come (outputs and rejects via temp files renamed at the end; stats last). Idempotent."""
     stats_path = _stats_path(spec, seg.index, shard)
     if stats_path.exists():
         return json.loads(stats_path.read_text())
     stages = _stages(spec)
     for g in {seg.apply_global, seg.collect_global} - {None}:
         _bind(stages[g], spec, g, shard)
-    rejects: list[Record] = []
     counts: list[StageCounts] = []
+    rejects = _Rejects(location(spec.output) / "rejects" / f"seg{seg.index}-{shard.name}.jsonl")
     if seg.index == 0:
-        records = []
         read = StageCounts("read")
-        for n, rec in enumerate(read_shard(shard)):
-            rec["_row"] = f"{shard.index:05d}-{n:09d}"  # corpus order: dedup keeps the first
-            rec.setdefault("id", rec["_row"])
-            read.seen += 1
-            if "_reject" in rec:
-                read.dropped[rec["_reject"]] += 1
-                rejects.append({**rec, "_stage": "read"})
-            else:
-                read.kept += 1
-                records.append(rec)
         counts.append(read)
+        records: Any = _read_records(shard, read, rejects)
     else:
-        records = read_output(_seg_output(spec, seg.index - 1, shard, last=False))
+        records = iter_output(_seg_output(spec, seg.index - 1, shard, last=False))
     if seg.apply_global is not None:
         st = stages[seg.apply_global]
         decision = pickle.loads((_work(spec) / f"global{seg.apply_global}.pkl").read_bytes())
         c = StageCounts(st.name, adds=st.adds)
-        records = _run_stage(st, records, lambda b, st=st: st.apply(b, decision), c, rejects, spec.batch_size)
+        records = _stream_stage(st, records, lambda b, st=st: st.apply(b, decision), c, rejects, spec.batch_size)
         counts.append(c)
     for i in seg.stages:
         st = stages[i]
         c = StageCounts(st.name, adds=st.adds)
-        records = _run_stage(st, records, st.process, c, rejects, spec.batch_size)
+        records = _stream_stage(st, records, st.process, c, rejects, spec.batch_size)
         counts.append(c)
     last = seg.index == n_segments - 1
-    write_records(records, _seg_output(spec, seg.index, shard, last), "jsonl")
-    if rejects:
-        write_records(rejects, Path(spec.output) / "rejects" / f"seg{seg.index}-{shard.name}.jsonl", "jsonl")
-    if seg.collect_global is not None:
-        summary = stages[seg.collect_global].collect(records)
+    collector = stages[seg.collect_global] if seg.collect_global is not None else None
+    typed = last and spec.fmt == "parquet"
+    summaries, types, n_out = [], [], 0
+    out = JsonlWriter(_seg_output(spec, seg.index, shard, last))
+    try:
+        for chunk in _batched(records, COLLECT_ROWS):
+            out.write(chunk)
+            n_out += len(chunk)
+            if collector is not None:
+                summaries.append(collector.collect(chunk))
+            if typed:  # types as the finishing step will read them back (after JSON)
+                _add_types(types, [json.loads(json.dumps(r, ensure_ascii=False, default=str)) for r in chunk])
+    except BaseException:
+        out.abort()
+        rejects.abort()
+        raise
+    if collector is not None and not summaries:
+        summaries.append(collector.collect([]))
+    out.close()
+    rejects.close()
+    if collector is not None:
         tmp = _work(spec) / f"seg{seg.index}" / f"{shard.name}.summary.pkl.tmp"
-        tmp.write_bytes(pickle.dumps(summary))
-        os.replace(tmp, tmp.with_suffix(""))
-    stats = {"shard": shard.name, "out": len(records), "stages": [c.to_dict() for c in counts]}
-    if last and spec.fmt == "parquet":  # types as the finishing step will read them back (after JSON)
-        from refinery.data.io import encode_types, infer_types
+        tmp.write_bytes(pickle.dumps(summaries))
+        from refinery.data.store import replace
 
-        stats["types"] = encode_types(infer_types(read_output(_seg_output(spec, seg.index, shard, last))))
+        replace(tmp, tmp.with_suffix(""))
+    stats = {"shard": shard.name, "out": n_out, "stages": [c.to_dict() for c in counts]}
+    if typed:
+        stats["types"] = types or [_encoded_types([])]
     write_records([stats], stats_path, "jsonl")  # last: marks the shard-segment done
     return stats
 
 
+def _encoded_types(records: list[Record]) -> dict:
+    from refinery.data.io import encode_types, infer_types
+
+    return encode_types(infer_types(records))
+
+
+def _add_types(types: list[dict], records: list[Record]) -> None:
+    """The chunk's inferred types, kept once per distinct set (the finishing step unifies them all)."""
+    enc = _encoded_types(records)
+    if enc not in types:
+        types.append(enc)
+
+
 def _run_segment_row(row: dict) -> dict:
     """Ray Data map function (a row holds the pickled arguments)."""
+    import ray
+
     spec, seg, n, shard = pickle.loads(row["task"])
-    return {"stats": json.dumps(run_segment(spec, seg, n, shard))}
+    return {"stats": json.dumps(run_segment(spec, seg, n, shard)), "node": ray.get_runtime_context().get_node_id()}
 
 
 def _local(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) -> None:
@@ -329,7 +417,9 @@ def ray_init(workers: int, address: str | None = None) -> bool:
     return False
 
 
-def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None], address: str | None = None) -> None:
+def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None], address: str | None = None
+         ) -> set[str]:
+    """Run the tasks as a Ray Data map; returns the ids of the nodes that ran them."""
     import ray
 
     if ray_init(workers or os.cpu_count() or 1, address) and not workers:  # a cluster: as wide as its CPUs
@@ -338,22 +428,24 @@ def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+    nodes = set()
     for row in ds.map(_run_segment_row, num_cpus=1, concurrency=max(1, min(workers, len(tasks)))).iter_rows():
+        nodes.add(row["node"])
         on_done(json.loads(row["stats"]))
+    return nodes
 
 
 def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", workers: int | None = None,
                  progress: bool = True, ray_address: str | None = None) -> dict:
     """Run every segment over every shard (skipping finished ones); returns and writes ``stats.json``. A complete
     run (``stats.json`` says so) is not run again: its stats are returned."""
-    import shutil
-
     from refinery.progress import StepBar
-    from refinery.runs import atomic_write_text
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r} (local or ray)")
-    out = Path(spec.output)
+    if executor == "ray":  # workers run elsewhere (another directory, another machine): no relative paths
+        spec, shards = _absolute(spec, shards)
+    out = location(spec.output)
     done_stats = completed(out)
     if done_stats is not None:
         return done_stats
@@ -365,14 +457,16 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
     t0 = time.perf_counter()
     totals: dict[str, StageCounts] = {}
     order: list[str] = []
+    nodes: set[str] = set()  # Ray nodes that ran shards
     for seg in segs:
         if seg.apply_global is not None:
             gpath = _work(spec) / f"global{seg.apply_global}.pkl"
             if not gpath.exists():
                 st = stages[seg.apply_global]
-                summaries = [pickle.loads((_work(spec) / f"seg{seg.index - 1}" / f"{s.name}.summary.pkl")
-                                          .read_bytes()) for s in shards]
-                _bind(st, spec, seg.apply_global, executor=executor, workers=workers)
+                summaries = [x for s in shards  # every chunk's summary, in corpus order
+                             for x in pickle.loads((_work(spec) / f"seg{seg.index - 1}" / f"{s.name}.summary.pkl")
+                                                   .read_bytes())]
+                _bind(st, spec, seg.apply_global, executor=executor, workers=workers, ray_address=ray_address)
                 decision = st.decide(summaries, out)
                 gpath.write_bytes(pickle.dumps(decision))
         done = [s for s in shards if _stats_path(spec, seg.index, s).exists()]
@@ -387,13 +481,17 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
         tasks = [(spec, seg, len(segs), s) for s in todo]
         try:
             if executor == "ray":  # workers as asked (None: the cluster's CPUs when joining one)
-                _ray(tasks, requested_workers, on_done, ray_address)
+                if tasks:
+                    nodes |= _ray(tasks, requested_workers, on_done, ray_address)
             else:
                 _local(tasks, workers, on_done)
         except Exception as e:  # a stage that cannot even start (bad model path, ...): one line, traceback on disk
             bar.close()
             log = out / "error.txt"
-            log.write_text(traceback.format_exc())
+            try:
+                log.write_text(traceback.format_exc())
+            except OSError:
+                pass
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise DataError(f"pipeline failed in segment {seg.index + 1}/{len(segs)}: {type(e).__name__}: {first} "
                             f"(finished shards are kept; traceback in {log})") from None
@@ -407,18 +505,31 @@ def run_pipeline(spec: RunSpec, shards: list[Shard], executor: str = "local", wo
                 totals[c["name"]].merge(c)
     summary = {"shards": len(shards), "records_out": totals[order[-1]].kept if order else 0,
                "seconds": 0.0, "executor": executor, "stages": [totals[n].to_dict() for n in order]}
+    if executor == "ray":
+        summary["ray_nodes"] = len(nodes)
     if spec.fmt == "parquet":
         summary["schema"] = _finish_parquet(spec, shards, segs[-1].index, declared_types(stages, spec.schema))
     summary.update(seconds=round(time.perf_counter() - t0, 2), complete=True)
     atomic_write_text(out / "stats.json", json.dumps(summary, indent=1) + "\n")
-    shutil.rmtree(_work(spec), ignore_errors=True)  # stats.json now marks the run done
+    rmtree(_work(spec))  # stats.json now marks the run done
     return summary
+
+
+def _absolute(spec: RunSpec, shards: list[Shard]) -> tuple[RunSpec, list[Shard]]:
+    """Local paths made absolute (URLs stay), for workers whose working directory is not the driver's."""
+    import dataclasses
+
+    def ab(p: str) -> str:
+        return p if "://" in p else os.path.abspath(p)
+
+    return (dataclasses.replace(spec, output=ab(spec.output)),
+            [dataclasses.replace(s, paths=tuple(ab(p) for p in s.paths)) for s in shards])
 
 
 def completed(output: str | Path) -> dict | None:
     """The stats of a complete run in ``output``, or None (no run, or one still to finish)."""
-    path = Path(output) / "stats.json"
-    if not path.exists() or (Path(output) / "_work").exists():
+    path = location(output) / "stats.json"
+    if not path.exists() or (location(output) / "_work").exists():
         return None
     stats = json.loads(path.read_text())
     return stats if stats.get("complete") else None
@@ -436,27 +547,36 @@ def declared_types(stages: list[Stage], overrides: dict[str, str] | None = None)
 
 
 def _finish_parquet(spec: RunSpec, shards: list[Shard], last: int, declared: dict[str, str]) -> dict:
-    """Write every shard's Parquet file under one schema resolved over all shards (``schema.json``); files already
-    written under the same schema are kept (a resumed finish redoes only what a crash left)."""
-    from refinery.data.io import decode_types, resolve_schema, type_name
-    from refinery.runs import atomic_write_text
+    """Write every shard's Parquet file under one schema resolved over all shards (``schema.json``), streaming
+    each shard's work file into row groups; files already written under the same schema are kept (a resumed
+    finish redoes only what a crash left)."""
+    from refinery.data.io import decode_types, resolve_schema, type_name, write_parquet
 
-    observed = [decode_types(read_output(_stats_path(spec, last, s))[0]["types"]) for s in shards]
+    observed = []
+    for s in shards:
+        types = read_output(_stats_path(spec, last, s))[0]["types"]
+        observed += [decode_types(t) for t in (types if isinstance(types, list) else [types])]
     schema, json_fields, mismatched = resolve_schema(declared, observed)
     desc = {"fields": [{"name": f.name, "type": "json" if f.name in json_fields else type_name(f.type)}
                        for f in schema],
             "declared_but_mismatched": mismatched}
     text = json.dumps(desc, indent=1) + "\n"
-    path = Path(spec.output) / "schema.json"
+    path = location(spec.output) / "schema.json"
     same = path.exists() and path.read_text() == text
     if path.exists() and not same:
         path.unlink()  # the files it described are rewritten below
     for s in shards:
-        dst = Path(spec.output) / "data" / f"{s.name}.parquet"
+        dst = location(spec.output) / "data" / f"{s.name}.parquet"
         if not (same and dst.exists()):
-            write_records(read_output(_seg_output(spec, last, s, last=False)), dst, "parquet", schema, json_fields)
+            src = iter_output(_seg_output(spec, last, s, last=False))
+            write_parquet(_parquet_batches(src), dst, schema, json_fields)
     atomic_write_text(path, text)
     return desc
+
+
+def _parquet_batches(records, n: int = 4096):
+    """Row groups for a Parquet shard: ``n`` records each (memory stays bounded by one row group)."""
+    yield from _batched(records, n)
 
 
 def retry_rejects(spec: RunSpec, reasons: tuple[str, ...] | list[str] = TRANSIENT_REASONS) -> dict:
@@ -466,12 +586,9 @@ def retry_rejects(spec: RunSpec, reasons: tuple[str, ...] | list[str] = TRANSIEN
     ``stats.json`` counts are corrected and the attempt recorded under ``retries``. A global stage (dedup, blend)
     decides over the run's output plus the retried records, which come after the output in corpus order: they
     can be dropped as duplicates of it, never the reverse."""
-    import shutil
-
     from refinery.data.io import infer_types, resolve_schema
-    from refinery.runs import atomic_write_text
 
-    out = Path(spec.output)
+    out = location(spec.output)
     stats = completed(out)
     if stats is None:
         raise DataError(f"{out} holds no complete run to retry: run it first (the same command without "
@@ -524,14 +641,15 @@ def retry_rejects(spec: RunSpec, reasons: tuple[str, ...] | list[str] = TRANSIEN
         else:
             records = _run_stage(st, records, st.process, c, rejects, spec.batch_size)
     rejects = [{**r, "_row": r["_row"][1:]} if str(r.get("_row", "")).startswith("~") else r for r in rejects]
-    shutil.rmtree(scratch, ignore_errors=True)
+    rmtree(scratch)
     name = f"shard-retry{attempt:02d}"
     if records and spec.fmt == "parquet":
         import pyarrow.parquet as pq
 
         existing = sorted((out / "data").glob("shard-*.parquet"))
         if existing:
-            schema = pq.read_schema(existing[0])
+            with existing[0].open("rb") as f:
+                schema = pq.read_schema(f)
             desc = json.loads((out / "schema.json").read_text())
             json_fields = [f["name"] for f in desc["fields"] if f["type"] == "json"]
         else:
@@ -570,5 +688,5 @@ def retry_rejects(spec: RunSpec, reasons: tuple[str, ...] | list[str] = TRANSIEN
 
 def output_records(output: str | Path) -> list[Record]:
     """All records a finished run wrote, in shard order."""
-    root = Path(output) / "data"
+    root = location(output) / "data"
     return [r for p in sorted(root.glob("shard-*")) if not p.name.endswith(".tmp") for r in read_output(p)]

@@ -20,12 +20,17 @@ class DataRunConfig(Section):
     output: str | None = Field(None, description="output directory (data/, rejects/, stats.json, report.md)")
     format: Literal["jsonl", "parquet"] = Field("jsonl", description="output format")
     executor: Literal["local", "ray"] = Field("local", description="process pool or Ray Data")
-    workers: int | None = Field(None, description="parallel shards (default: all cores; a joined Ray cluster: its CPUs)")
+    workers: int | None = Field(None, description="parallel shards (default: all cores; a joined Ray cluster: "
+                                "its CPUs)")
     ray_address: str | None = Field(None, description="executor=ray: join this running cluster (auto, host:port, "
                                     "ray://host:port); default the RAY_ADDRESS variable, else a local Ray starts")
     batch_size: int = Field(16, gt=0, description="records per stage call")
     html_per_shard: int = Field(64, gt=0, description="HTML files per shard (directories)")
-    lines_per_shard: int = Field(2000, gt=0, description="records per shard of a plain JSONL input (bounds memory)")
+    shard_bytes: int = Field(64 << 20, gt=0, description="bytes per shard of a splittable input: plain JSONL and WARC "
+                             "by byte range (WARC at record / gzip member starts), Parquet by row groups; .jsonl.gz "
+                             "is one shard. The unit of work and resume; memory is bounded by batch_size")
+    lines_per_shard: int = Field(2000, gt=0, description="unused since shards are cut by bytes (shard_bytes); kept "
+                                 "so older recipes load")
     field_types: dict[str, str] = Field(default_factory=dict, description="Parquet: declared output types by field "
                                         "(string, int64, float64, bool, json, list<T>, map<K,V>), over what the "
                                         "stages declare and the shards infer")

@@ -48,7 +48,7 @@ def run_data_recipe(cfg, progress: bool = True, fresh: bool = False, retry_rejec
     from refinery.data.io import plan_shards
     from refinery.data.pipeline import RunSpec, run_pipeline
     from refinery.data.pipeline import retry_rejects as retry
-    from refinery.runs import atomic_write_text
+    from refinery.data.store import atomic_write_text, location, rmtree
 
     _, build_stages, report_sections = pipelines()[cfg.pipeline]
     if not cfg.input:
@@ -59,16 +59,16 @@ def run_data_recipe(cfg, progress: bool = True, fresh: bool = False, retry_rejec
     if missing:
         raise ConfigError(f"{', '.join(missing)} not found (the configured stages need it: point the recipe at "
                           "existing files, or drop the stage)")
-    out = Path(cfg.output)
+    out = location(cfg.output)  # a local directory or an fsspec URL (s3://, gs://, file://, memory://)
     if fresh and out.exists():
-        shutil.rmtree(out)
+        rmtree(out)
     resolved = dump_config(cfg)
     saved = out / "config.yaml"
     if saved.exists() and saved.read_text() != resolved:
         raise ConfigError(f"{out} holds a run with a different config ({saved}); use another output or --fresh")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, resolved)
-    shards = plan_shards(cfg.input, cfg.html_per_shard, cfg.lines_per_shard)
+    shards = plan_shards(cfg.input, cfg.html_per_shard, cfg.shard_bytes)
     spec = RunSpec(functools.partial(build_stages, cfg), str(out), cfg.format, cfg.batch_size, cfg.field_types)
     stats = run_pipeline(spec, shards, cfg.executor, cfg.workers, progress, ray_address=cfg.ray_address)
     if retry_rejects:
