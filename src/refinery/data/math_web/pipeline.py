@@ -60,6 +60,8 @@ class DedupConfig(Section):
     rows: int = Field(13, gt=0, description="rows per band (bands x rows permutations)")
     threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard for a duplicate pair")
     seed: int = Field(1, description="permutation seed")
+    docs_per_task: int = Field(1_000_000, gt=0, description="documents per candidate-pair task (one band, one key "
+                                                           "range): a task holds ~40 bytes per document")
 
 
 class DecontamConfig(Section):
@@ -254,37 +256,78 @@ class ExactDedup(GlobalStage):
 
 
 class FuzzyDedup(GlobalStage):
+    """MinHash-LSH near-duplicates. In a run (bound to a context), ``collect`` writes each chunk's signatures and
+    band keys to the stage's work folder and returns only a small summary; ``decide`` finds the candidate pairs
+    per band and key range in parallel on the run's executor, clusters them and writes one drop list per shard,
+    which ``apply`` reads for its shard (:mod:`refinery.data.text.dedup_disk`). Unbound, everything stays in memory
+    (:func:`~refinery.data.text.dedup.lsh_clusters`); both give the same clusters."""
+
     name, adds = "dedup_fuzzy", ()
 
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
+        self._chunk, self._drops = 0, (None, set())
 
-    def collect(self, records):
+    def bind(self, ctx) -> None:
+        super().bind(ctx)
+        self._chunk = 0  # collect calls since the engine bound this shard
+
+    def _sigs(self, records):
         import numpy as np
 
         from refinery.data.text.dedup import minhash, permutations
 
         a, b = permutations(self.cfg.bands * self.cfg.rows, self.cfg.seed)
-        sigs = np.stack([minhash(r.get("text", ""), a, b, self.cfg.shingle) for r in records]) if records \
+        return np.stack([minhash(r.get("text", ""), a, b, self.cfg.shingle) for r in records]) if records \
             else np.zeros((0, len(a)), dtype=np.uint32)
-        return [row_id(r) for r in records], [(r.get("id"), r.get("source")) for r in records], sigs
+
+    def collect(self, records):
+        rows, meta = [row_id(r) for r in records], [(r.get("id"), r.get("source")) for r in records]
+        if self.ctx is None or self.ctx.shard is None:
+            return rows, meta, self._sigs(records)
+        from refinery.data.text.dedup_disk import write_chunk
+
+        name = self.ctx.shard.name
+        prefix = self.ctx.work / "sig" / f"{name}.{self._chunk:05d}"
+        self._chunk += 1
+        return write_chunk(prefix, rows, meta, self._sigs(records), self.cfg.bands, self.cfg.rows, name)
 
     def decide(self, summaries, out_dir: Path):
+        flat = [x for s in summaries for x in (s if isinstance(s, list) else [s])]  # per shard, or per chunk
+        if flat and all(isinstance(x, dict) for x in flat):
+            return self._decide_disk(flat, out_dir)
         import numpy as np
 
         from refinery.data.text.dedup import lsh_clusters
 
-        ids = [i for s in summaries for i in s[0]]
-        sources = dict(zip(ids, (x for s in summaries for x in s[1])))
+        ids = [i for s in flat for i in s[0]]
+        sources = dict(zip(ids, (x for s in flat for x in s[1])))
         if not ids:
             return set()
-        sigs = np.concatenate([s[2] for s in summaries])
+        sigs = np.concatenate([s[2] for s in flat])
         clusters = lsh_clusters(ids, sigs, self.cfg.bands, self.cfg.rows, self.cfg.threshold)
         _write_clusters(out_dir / "duplicates" / "minhash_clusters.jsonl",
                         [[(i, *sources[i]) for i in c] for c in clusters])
         return {i for c in clusters for i in c[1:]}
 
+    def _decide_disk(self, summaries, out_dir):
+        from refinery.data.text.dedup_disk import dedup, run_tasks, write_drops
+
+        ctx = self.ctx
+        clusters, drops = dedup(summaries, self.cfg.bands, self.cfg.threshold, self.cfg.docs_per_task,
+                                lambda tasks: run_tasks(tasks, ctx.executor, ctx.workers, ctx.ray_address))
+        _write_clusters(out_dir / "duplicates" / "minhash_clusters.jsonl", clusters)
+        write_drops(ctx.work / "drop", drops)
+        return {"drop_dir": ctx.work / "drop"}
+
     def apply(self, records, drop):
+        if isinstance(drop, dict):  # a drop list per shard: read this shard's once
+            from refinery.data.text.dedup_disk import read_drops
+
+            shard = self.ctx.shard.name
+            if self._drops[0] != (drop["drop_dir"], shard):
+                self._drops = ((drop["drop_dir"], shard), read_drops(drop["drop_dir"], shard))
+            drop = self._drops[1]
         return [reject(r, "duplicate_fuzzy") if row_id(r) in drop else r for r in records]
 
 
