@@ -240,3 +240,19 @@ def test_eval_cli_unknown_split_lists_the_splits(tmp_path, alphabet_model, capsy
     assert main(["eval", "math", "--data", str(folder), "--split", "validation", "--model", str(alphabet_model),
                  "--n", "1", "--k", "1"]) == 2
     assert "has no split 'validation'; its splits: train, test" in capsys.readouterr().err
+
+
+def test_eval_ppl_reads_a_text_column_as_the_joined_text_file(tmp_path, alphabet_model, capsys):
+    from refinery.eval.perplexity import eval_ppl
+
+    lines = [" ".join("abcdefghijklmnopqrstuvwxyz")] * 6 + ["z y x w v"]
+    txt = tmp_path / "t.txt"
+    txt.write_text("\n\n".join(lines))
+    _, parquet = _as_dataset(tmp_path, [{"content": line} for line in lines], {}, "wiki")
+    want = eval_ppl(alphabet_model, txt, seq_len=16)
+    assert eval_ppl(alphabet_model, DataSource(path=str(parquet), columns={"text": "content"}), seq_len=16) == want
+    assert main(["eval", "ppl", "--model", str(alphabet_model), "--text", str(parquet), "--column", "text=content",
+                 "--seq-len", "16"]) == 0
+    assert f"ppl {want['ppl']:.3f}" in capsys.readouterr().out
+    with pytest.raises(DataError, match="has no column for 'text'; its columns: content"):
+        eval_ppl(alphabet_model, str(parquet), seq_len=16)

@@ -318,7 +318,9 @@ def eval_cmd(
     split: Optional[str] = SplitOpt,
     subset: Optional[str] = SubsetOpt,
     column: Optional[List[str]] = ColumnOpt,
-    text: Optional[Path] = typer.Option(None, "--text", help="ppl: a UTF-8 text file (e.g. WikiText-2 test)."),
+    text: Optional[str] = typer.Option(None, "--text", help="ppl: a UTF-8 text file (e.g. WikiText-2 test), or "
+                                       "a dataset (Parquet, folder, save_to_disk directory, hf:NAME) whose 'text' "
+                                       "column is joined (--column text=COLUMN to map it)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=2, help="ppl: window length (default: the "
                                           "model's context)."),
     model: List[str] = typer.Option(..., "--model", help="Model dir (hf/vllm) or served name (openai); repeat "
@@ -377,7 +379,7 @@ def eval_cmd(
             raise RefineryError("eval ppl needs --text FILE")
         _quiet_hf()
         for m in model:
-            r = eval_ppl(m, text, seq_len, limit)
+            r = eval_ppl(m, _data_source(text, split, subset, column), seq_len, limit)
             console.print(f"{m}: ppl {r['ppl']:.3f} ({r['windows']} windows x {r['seq_len']} tokens)",
                           highlight=False)
         return

@@ -22,7 +22,13 @@ def token_windows(tokenizer, text: str, seq_len: int, limit: int | None = None) 
     return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len)
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path) -> str:
+    """A UTF-8 text file, or the ``text`` column of a data source (``refinery.sources``: a dataset directory,
+    Parquet, hf:wikitext with subset wikitext-2-raw-v1, ...) joined with blank lines, as HF's perplexity guide does."""
+    from refinery.sources import BUILDERS, DataSource, read_rows
+
+    if isinstance(path, DataSource) or Path(path).is_dir() or Path(path).suffix.lower() in BUILDERS:
+        return "\n\n".join(str(r.record["text"] or "") for r in read_rows(path, required=["text"]))
     path = Path(path)
     if not path.is_file():
         raise DataError(f"text file {path} does not exist")
@@ -46,7 +52,7 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 8, mask: torch.Te
     return math.exp(total / count)
 
 
-def eval_ppl(model_dir: str | Path, text_file: str | Path, seq_len: int | None = None,
+def eval_ppl(model_dir: str | Path, text_file, seq_len: int | None = None,
              limit: int | None = None, batch_size: int = 8) -> dict:
     from refinery.models.io import load_model, load_tokenizer
 
