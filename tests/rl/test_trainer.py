@@ -92,6 +92,20 @@ def test_stage_plan_overrides_group_size_lr_budget_and_overlong_filter(policy, t
         rl_cfg(policy, "controllers.stages=[{tasks: [countdown]}]")
 
 
+def test_lr_decay_holds_then_cools_down_to_the_floor(policy, tmp_path):
+    from refinery.rl.trainer import lr_factor
+
+    tr = rl_cfg(policy, "trainer.steps=11", "trainer.lr_decay=linear", "trainer.lr_decay_start=0.5").trainer
+    assert [round(lr_factor(tr, s), 3) for s in (0, 5, 6, 8, 10)] == [1.0, 1.0, 0.9, 0.5, 0.1]
+    tr = tr.model_copy(update={"lr_decay": "cosine", "lr_decay_start": 0.0, "min_lr_ratio": 0.0})
+    assert [round(lr_factor(tr, s), 3) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert lr_factor(tr.model_copy(update={"lr_decay": "none"}), 10) == 1.0
+    cfg = rl_cfg(policy, "trainer.steps=2", "trainer.lr_decay=linear", "trainer.min_lr_ratio=0.5")
+    state = RLRun(cfg, RunDir.create(cfg, "t", out=tmp_path / "r"), policy)
+    rows = [state.step(0), state.step(1)]  # the optimizer steps with the scheduled LR, and the row says which
+    assert [r["lr"] for r in rows] == [1e-4, 5e-5] and state.opt.param_groups[0]["lr"] == 5e-5
+
+
 def test_entropy_bonus_moves_the_policy(policy, tmp_path):
     """entropy_coef reaches the gradient (it used to change only the logged loss)."""
     from refinery.generation import Completion

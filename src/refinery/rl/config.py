@@ -99,6 +99,12 @@ class RLTrainer(Section):
     mini_batch_prompts: int | None = Field(None, ge=1, description="prompts per update; None = one update per "
                                                                    "batch (strictly on-policy, AceReason)")
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    lr_decay: Literal["none", "linear", "cosine"] = Field(
+        "none", description="decay of the LR to min_lr_ratio * lr at the last step (none: constant, as ProRL and "
+                            "AceReason); starts at lr_decay_start")
+    lr_decay_start: float = Field(0.0, ge=0, lt=1, description="fraction of trainer.steps after which the decay "
+                                                               "begins (e.g. 0.7: constant, then a cool-down)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="LR at the last step, as a fraction of lr")
     eval_every: int = Field(20, gt=0, description="steps between held-out evaluations")
     eval_prompts: int = Field(200, ge=1, description="validation prompts evaluated mid-run (valid_accuracy)")
     checkpoint_every: int = Field(20, gt=0, description="steps between checkpoints")

@@ -198,6 +198,16 @@ def evaluate(gen: HFGenerator, router: RewardRouter, items: list[dict], max_new_
                             max_new_tokens)
 
 
+def lr_factor(tr, step: int) -> float:
+    """1 until ``lr_decay_start * steps``, then a linear or cosine decay to ``min_lr_ratio`` at the last step."""
+    start = tr.lr_decay_start * tr.steps
+    if tr.lr_decay == "none" or step <= start:
+        return 1.0
+    progress = min(1.0, (step - start) / max(1.0, tr.steps - 1 - start))
+    shape = 1.0 - progress if tr.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return tr.min_lr_ratio + (1.0 - tr.min_lr_ratio) * shape
+
+
 # ---- the trainer ---------------------------------------------------------------------------------------------
 class RLRun:
     """State of one RL run (policy, reference, optimizer, controllers); ``step()`` does one rollout batch."""
@@ -331,7 +341,8 @@ class RLRun:
         return self._override("group_size", self.cfg.rollout.group_size)
 
     def lr(self) -> float:
-        return self._override("lr", self.cfg.trainer.lr)
+        """The stage's (or run's) LR at the current step, times the decay schedule's factor."""
+        return self._override("lr", self.cfg.trainer.lr) * lr_factor(self.cfg.trainer, self.step_no)
 
     def overlong_filter(self) -> bool:
         return self._override("overlong_filter", self.cfg.algorithm.overlong_filter)
@@ -687,7 +698,8 @@ class RLRun:
         t0 = time.time()
         groups, info = self.rollouts(step)
         t_gen = time.time() - t0
-        row: dict[str, Any] = {"temperature": self.temperature(), "max_new_tokens": self.max_new_tokens(), **info}
+        row: dict[str, Any] = {"temperature": self.temperature(), "max_new_tokens": self.max_new_tokens(),
+                               "lr": self.lr(), **info}
         if groups:
             row["reward"] = float(torch.cat([g[2] for g in groups]).mean())
             row["accuracy"] = sum(sum(g[3]) for g in groups) / sum(len(g[3]) for g in groups)
