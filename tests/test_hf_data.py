@@ -93,6 +93,11 @@ def test_source_errors_name_the_column_the_file_and_the_splits(tmp_path, monkeyp
         read_rows(str(tmp_path / "x.txt"))
     with pytest.raises(ValueError, match="exactly one of path"):
         DataSource(columns={"prompt": "q"})
+    from refinery.errors import ConfigError
+    from refinery.rl.config import RLConfig
+
+    with pytest.raises(ConfigError, match=r"unknown key 'data.files.0.colums'; did you mean 'data.files.0.columns'"):
+        load_config(RLConfig, None, ["data.files=[{path: x.parquet, colums: {prompt: q}}]"])
     with pytest.raises(DataError, match="expected FIELD=COLUMN"):
         DataSource.from_cli("x.parquet", columns=["prompt"])
     # the hub: offline (as here) a clear error, not a hang or a traceback

@@ -165,6 +165,8 @@ def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] 
     """The pydantic model class that holds the last key of ``path`` (None if it can't be found)."""
     current: Any = model
     for part in path[:-1]:
+        if isinstance(part, int):  # an item of a list of sections (data.files.0.hub)
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
 from refinery.config import Section
 from refinery.errors import DataError
@@ -42,6 +42,21 @@ class DataSource(Section):
     limit: int | None = Field(None, gt=0, description="first N rows only")
     name: str | None = Field(None, description="what the wing calls this source (RL: the task its items are "
                              "grouped and reported under); default: the file or folder name, or the hub name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, data: Any) -> Any:
+        return {"path": str(data)} if isinstance(data, (str, Path)) else data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return self.plain_path if self.plain_path is not None else handler(self)
+
+    @property
+    def plain_path(self) -> str | None:
+        """The path, when the source is nothing more (it is written back as that string, as recipes had it)."""
+        bare = self.hub is None and not self.columns and self.split is None and self.limit is None and not self.name
+        return self.path if bare else None
 
     @model_validator(mode="after")
     def _one_place(self) -> DataSource:
@@ -86,9 +101,14 @@ def as_source(value: str | Path | DataSource) -> DataSource:
     return value if isinstance(value, DataSource) else DataSource(path=str(value))
 
 
-def is_plain_json(value: Any) -> bool:
-    """A bare path to a JSON/JSONL file: the wings' own readers take it exactly as before."""
-    return isinstance(value, (str, Path)) and str(value).lower().endswith(JSON_SUFFIXES)
+def own_reader_path(value: Any) -> str | None:
+    """The path of a bare JSON/JSONL file (or of a bare path that does not exist): the wings' own readers take it
+    exactly as before, with their own messages; None for anything this module reads."""
+    path = value.plain_path if isinstance(value, DataSource) else str(value) if isinstance(value, (str, Path)) \
+        else None
+    if path is None:
+        return None
+    return path if path.lower().endswith(JSON_SUFFIXES) or not Path(path).exists() else None
 
 
 class Row(NamedTuple):

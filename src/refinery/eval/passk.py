@@ -44,7 +44,7 @@ def load_problems(kind: str, data: Any, limit: int | None = None, seed: int = 0)
     """Problems as ``{id, prompt, answer | tests, task?}`` from a procedural task, a benchmark file, or a data
     source (``refinery.sources.DataSource``: a dataset directory, Parquet/CSV, a hub name, with a column
     mapping)."""
-    from refinery.sources import is_plain_json, read_rows
+    from refinery.sources import own_reader_path, read_rows
 
     if isinstance(data, str) and data.startswith("tasks:"):
         from refinery.tasks import sample
@@ -52,8 +52,8 @@ def load_problems(kind: str, data: Any, limit: int | None = None, seed: int = 0)
         name = data.split(":", 1)[1]
         items = sample(name, limit or 200, seed=seed, split="test")
         return [{**it, "task": name, "raw": True} for it in items]
-    if isinstance(data, (str, Path)) and (is_plain_json(data) or not Path(data).exists()):
-        recs = _read_records(Path(data))
+    if own_reader_path(data) is not None:
+        recs = _read_records(Path(own_reader_path(data)))
         where = [f"{data} record {i}" for i in range(len(recs))]
     else:
         rows = read_rows(data, required=[("problem", "question", "prompt")])

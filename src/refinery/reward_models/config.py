@@ -25,15 +25,15 @@ class RMBackbone(Section):
 class RMData(Section):
     source: Literal["synthetic", "files"] = Field("synthetic", description="'synthetic': correct-vs-wrong worked "
                                                   "solutions (truth known); 'files': the preference files below")
-    train_file: str | DataSource | None = Field(None, description="preference file (JSONL/JSONL.gz/JSON list; "
+    train_file: DataSource | None = Field(None, description="preference file (JSONL/JSONL.gz/JSON list; "
                                                 "HelpSteer2, HH-RLHF, PandaLM or {prompt, chosen, rejected, "
                                                 "strength?}) or a data source {path|hub, split, columns: {chosen: "
                                                 "..., rejected: ...}} (refinery.sources)")
-    valid_file: str | DataSource | None = Field(None, description="validation file or source (default: split "
+    valid_file: DataSource | None = Field(None, description="validation file or source (default: split "
                                                 "off train_file)")
-    test_file: str | DataSource | None = Field(None, description="test file or source (default: split off "
+    test_file: DataSource | None = Field(None, description="test file or source (default: split off "
                                                "train_file)")
-    attributes_file: str | DataSource | None = Field(None, description="HelpSteer2 per-response ratings {prompt, "
+    attributes_file: DataSource | None = Field(None, description="HelpSteer2 per-response ratings {prompt, "
                                                      "response, helpfulness, ...} (a file or a data source) "
                                                      "joined onto the pairs (regression, ArmoRM)")
     format: str = Field("auto", description="auto, helpsteer2, hh-rlhf, pandalm or generic")

@@ -133,10 +133,10 @@ def _raw_rows(path: Path) -> Iterable[tuple[int, Any]]:
 def _rows(path: Any, required: list) -> tuple[str, Iterable[tuple[Any, Any]]]:
     """(label, (location, row) pairs): a JSONL/JSON file as before, else a data source (``refinery.sources``:
     a dataset directory, Parquet/CSV, a hub name, with a column mapping)."""
-    from refinery.sources import is_plain_json, read_rows
+    from refinery.sources import own_reader_path, read_rows
 
-    if isinstance(path, (str, Path)) and (is_plain_json(path) or not Path(path).exists()):
-        p = Path(path)
+    if own_reader_path(path) is not None:
+        p = Path(own_reader_path(path))
         if not p.is_file():
             return str(p), None
         return str(p), ((f"{p}:{n}", row) for n, row in _raw_rows(p))

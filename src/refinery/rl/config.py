@@ -34,7 +34,7 @@ class RLData(Section):
                                   "before/after, read at the start and the end only")
     valid_per_task: int = Field(50, ge=0, description="validation problems per task (their own split): mid-run "
                                 "evaluations and the controllers (reference-reset patience) read these")
-    files: list[str | DataSource] = Field(default_factory=list, description="prompt files {prompt, answer, "
+    files: list[DataSource] = Field(default_factory=list, description="prompt files {prompt, answer, "
                                           "domain?, tests?, task?} (JSONL, e.g. crossthink_data or "
                                           "acereason_curation output, or a data source: {path|hub, split, columns: "
                                           "{prompt: question, answer: solution}}); each item goes to its domain's "

@@ -19,7 +19,7 @@ class SFTData(PretrainData):
         "tasks", description="'tasks': procedural worked solutions; 'text': the files in text_files; "
                              "'jsonl': chat examples in jsonl_files; 'datasets': chat examples from the sources in "
                              "datasets")
-    datasets: list[str | DataSource] = Field(default_factory=list, description="source=datasets: {path|hub, "
+    datasets: list[DataSource] = Field(default_factory=list, description="source=datasets: {path|hub, "
                                              "split, columns: {prompt: question, response: solution}} (or a path) "
                                              "whose records are {prompt|messages, response}; 5% held out for eval "
                                              "loss")

@@ -124,7 +124,7 @@ def file_items(paths: list) -> dict[str, list[dict]]:
 
     from refinery.errors import DataError
     from refinery.jsonl import iter_jsonl
-    from refinery.sources import is_plain_json, read_rows
+    from refinery.sources import own_reader_path, read_rows
 
     def add(rec: dict, where: str, stem: str, n: int) -> None:
         task = str(rec.get("task") or stem)
@@ -133,15 +133,16 @@ def file_items(paths: list) -> dict[str, list[dict]]:
         out.setdefault(task, []).append(item)
 
     out: dict[str, list[dict]] = {}
-    for path in paths:
-        if not (isinstance(path, str) and (is_plain_json(path) or not Path(path).exists())):
-            rows = read_rows(path, required=["prompt", ("answer", "tests")])
+    for source in paths:
+        path = own_reader_path(source)
+        if path is None:
+            rows = read_rows(source, required=["prompt", ("answer", "tests")])
             for n, (where, rec) in enumerate(rows, 1):
                 rec = {k: v for k, v in rec.items() if not (k in ("answer", "tests") and v is None)}  # null cells
                 if not isinstance(rec.get("prompt"), str) or (rec.get("answer") is None and rec.get("tests") is None):
                     raise DataError(f"{where}: an RL item needs a 'prompt' string and an 'answer' (or 'tests'); "
                                     "map them with the source's columns")
-                add(rec, where, getattr(path, "label", None) or Path(str(path)).name.split(".")[0], n)
+                add(rec, where, getattr(source, "label", None) or Path(str(source)).name.split(".")[0], n)
             continue
         stem = Path(path).name.split(".")[0]
         for line, rec, err in iter_jsonl(path):
