@@ -117,16 +117,46 @@ def compute_floor(progs) -> float:
     return total
 
 
+_SERVERS: list[int] = []  # the sandbox's zygote pids (their CPU and their children's is read from /proc)
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a live process, its reaped children included."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process, its reaped children (subprocess.run, multiprocessing) and the
+    sandbox's processes (zygotes with their reaped runs, templates, judges): less sensitive to other jobs on the
+    machine than wall time."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for z in _SERVERS:
+        total += _proc_cpu(z)
+        try:
+            kids = [int(c) for task in os.listdir(f"/proc/{z}/task")
+                    for c in open(f"/proc/{z}/task/{task}/children").read().split()]
+        except OSError:
+            kids = []
+        total += sum(_proc_cpu(k) for k in kids)
+    return total
+
+
 def timed(fn, progs, workers):
-    """Wall time of one approach over ``progs``: ``fn`` takes the whole list (a batch API) or, marked
-    ``per_program``, one program at a time from ``workers`` threads."""
-    t = time.perf_counter()
+    """Wall time and CPU time of one approach over ``progs``: ``fn`` takes the whole list (a batch API) or,
+    marked ``per_program``, one program at a time from ``workers`` threads."""
+    c, t = tree_cpu(), time.perf_counter()
     if getattr(fn, "per_program", False):
         with ThreadPoolExecutor(workers) as pool:
             verdicts = list(pool.map(lambda p: fn(p[0], p[1]), progs))
     else:
         verdicts = fn(progs)
-    return verdicts, time.perf_counter() - t
+    return verdicts, time.perf_counter() - t, tree_cpu() - c
 
 
 def main() -> None:
@@ -142,9 +172,11 @@ def main() -> None:
     progs = programs(Path(args.data))
     expected = [p[2] for p in progs]
     verifier = CodeVerifier(limits=Limits(timeout=TIMEOUT), concurrency=args.workers)
+    load_start = os.getloadavg()
     # start the zygotes outside the timing, and warm them on programs of their own (a long-lived pool's state)
     verifier.batch([(f"def f():\n    return {i}", {"kind": "functional", "asserts": [f"assert f() == {i}"]})
                     for i in range(4 * args.workers)])
+    _SERVERS[:] = [s.proc.pid for s in verifier.sandbox._servers]
 
     def refinery_fn(progs):  # the verifier's batch API, as the RL trainer scores a group: one call, no threads
         compile_test.cache_clear()
@@ -164,13 +196,18 @@ def main() -> None:
                   ("subprocess.run([python, file]) per program", run_subprocess),
                   ("human-eval style: multiprocessing.Process + Manager + reliability_guard", run_humaneval_style))
     times: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    loads = []
     for _ in range(args.repeat):
         for name, fn in approaches:
             for subset, idx in subsets.items():
-                verdicts, wall = timed(fn, [progs[i] for i in idx], args.workers)
+                verdicts, wall, cpu_s = timed(fn, [progs[i] for i in idx], args.workers)
                 wrong = sum(v != expected[i] for v, i in zip(verdicts, idx))
                 assert not wrong, f"{name}: {wrong} wrong verdicts on {subset}"
                 times.setdefault((name, subset), []).append(wall)
+                if subset == "all":
+                    cpus.setdefault(name, []).append(cpu_s / len(idx) * 1000)
+        loads.append(os.getloadavg()[0])
     rows: list[tuple[str, dict[str, float]]] = [
         (name, {subset: statistics.median(times[name, subset]) for subset in subsets}) for name, _ in approaches]
     spread = {name: f"{min(times[name, 'all']):.2f}-{max(times[name, 'all']):.2f}" for name, _ in approaches}
@@ -184,10 +221,13 @@ def main() -> None:
              f"on every subset. Median of {args.repeat} interleaved timings (all: "
              + ", ".join(f"{name.split(' (')[0].split(':')[0]} {r} s" for name, r in spread.items())
              + "). Speed-up = that approach's wall time / the remote-call judge's.", "",
-             "| approach | all: wall s | executions/s | speed-up | mutants (start-up bound): wall s | speed-up | "
-             "canonical: wall s | speed-up |", "|---|---|---|---|---|---|---|---|"]
+             "| approach | all: wall s | executions/s | speed-up | all: CPU ms/program | CPU ratio | "
+             "mutants (start-up bound): wall s | speed-up | canonical: wall s | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    cpu_ms = {name: statistics.median(cpus[name]) for name, _ in approaches}
     for name, w in rows:
         lines.append(f"| {name} | {w['all']:.2f} | {len(progs) / w['all']:.0f} | {w['all'] / ref['all']:.1f}x | "
+                     f"{cpu_ms[name]:.2f} | {cpu_ms[name] / cpu_ms[rows[0][0]]:.1f}x | "
                      f"{w['mutants']:.2f} | {w['mutants'] / ref['mutants']:.1f}x | {w['canonical']:.2f} | "
                      f"{w['canonical'] / ref['canonical']:.1f}x |")
     par = min(cores, args.workers)
@@ -196,7 +236,11 @@ def main() -> None:
               f"isolation) is {cpu:.2f} s (0.14 s of it one program, is_multiply_prime's canonical solution), so no "
               f"approach can finish in under {floor:.2f} s here. Per-program overhead beyond that compute "
               f"((wall x {par} cores - compute) / {len(progs)}): " + ", ".join(
-                  f"{name.split(' (')[0].split(':')[0]} {ms:.1f} ms" for name, ms in over.items()) + "."]
+                  f"{name.split(' (')[0].split(':')[0]} {ms:.1f} ms" for name, ms in over.items()) + ".",
+              "", f"Machine load (1-minute load average, other jobs included; this script adds up to {args.workers}): "
+              f"{load_start[0]:.1f} at the start, " + ", ".join(f"{x:.1f}" for x in loads) + " after each round. "
+              "CPU ms/program: CPU time of this process, its reaped children and the sandbox's processes over the "
+              "'all' set, per program (median of the rounds); less sensitive to other jobs than wall time."]
     print("\n".join(lines))
     if args.record:
         from _common import record
