@@ -330,3 +330,20 @@ def test_a_judged_program_shares_one_cpu_with_its_judge_and_inherits_no_extra_fd
     # unjudged runs keep every CPU the zygote has
     out = sb.run("import os\nprint(len(os.sched_getaffinity(0)))").stdout
     assert int(out) == len(os.sched_getaffinity(0))
+
+
+def test_cpu_share_balances_judged_runs_and_keeps_to_its_part_of_the_machine(monkeypatch):
+    from refinery.verifiers import _zygote
+
+    monkeypatch.setattr(_zygote.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    share = _zygote._CpuShare()
+    share.reset([2, 3, 9])  # 9 is not ours
+    taken = [share.take() for _ in range(4)]
+    assert sorted(taken) == [2, 2, 3, 3]
+    share.give(2)
+    assert share.take() == 2
+    share.reset([], offset=4)  # no share: all CPUs, ties first to the offset-th
+    assert [share.take() for _ in range(3)] == [4, 5, 0]
+    monkeypatch.setattr(_zygote.os, "sched_getaffinity", lambda pid: {3})
+    share.reset([])
+    assert share.take() == -1  # one CPU: nothing to place

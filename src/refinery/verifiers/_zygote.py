@@ -571,12 +571,18 @@ class _CpuShare:
     def __init__(self) -> None:
         self.load: dict[int, int] = {}
 
-    def reset(self) -> None:
+    def reset(self, share: list[int], offset: int = 0) -> None:
+        """Use the CPUs of ``share`` this process may run on (the client gives each zygote its own part of the
+        machine, so zygotes do not pile their runs onto the same CPUs), else all of ours, ties going first to the
+        ``offset``-th (zygotes sharing CPUs start apart); none when fewer than two."""
         try:
             cpus = sorted(os.sched_getaffinity(0))
         except OSError:
             cpus = []
-        self.load = {c: 0 for c in cpus} if len(cpus) > 1 else {}
+        if len(set(share) & set(cpus)) > 1:
+            cpus = sorted(set(share) & set(cpus))
+        k = offset % len(cpus) if cpus else 0
+        self.load = {c: 0 for c in cpus[k:] + cpus[:k]} if len(cpus) > 1 else {}  # min() takes the first of ties
 
     def take(self) -> int:
         if not self.load:
@@ -1033,7 +1039,8 @@ def _warm_up() -> None:
     json.loads(json.dumps(["test", 0, True, ""]))
 
 
-def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths: list[str]) -> None:
+def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths: list[str],
+          cpus: list[int] | None = None) -> None:
     """The zygote's loop: read requests, start programs (at most ``concurrency`` at once), enforce deadlines,
     send results. One fork (a clone into a new PID namespace) per run; no helper process in between.
     ``paths`` (the caller's site-packages) are importable by programs without running ``site``."""
@@ -1085,7 +1092,7 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
     _rehearse()
     gc.collect()
     gc.freeze()  # forked programs then do not dirty every page through GC bookkeeping
-    _CPUS.reset()
+    _CPUS.reset(cpus or [], slot_base)
     forker = _Forker(iso, close_in_template=[sock])
     judges = _Judges(iso)
     send(sock, {"isolation": iso, "template": forker.pid if forker.chan is not None else None})
@@ -1196,4 +1203,4 @@ def serve(fd: int, concurrency: int, slot_base: int, preimport: list[str], paths
 
 if __name__ == "__main__":
     serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), [m for m in sys.argv[4].split(",") if m],
-          [p for p in sys.argv[5].split(os.pathsep) if p])
+          [p for p in sys.argv[5].split(os.pathsep) if p], [int(c) for c in sys.argv[6].split(",") if c])

@@ -129,8 +129,9 @@ class _Server:
     """One zygote process and the connection to it."""
 
     def __init__(self, concurrency: int, slot_base: int, preimport: tuple[str, ...],
-                 on_done: Callable[[int], None] | None = None):
+                 on_done: Callable[[int], None] | None = None, cpus: list[int] | None = None):
         self.concurrency, self.slot_base, self.preimport = concurrency, slot_base, preimport
+        self.cpus = cpus or []  # where its judged runs go (see _zygote._CpuShare); empty: any of the zygote's CPUs
         self.on_done = on_done  # told how many runs finished (results or failures), from the reader thread
         self.lock = threading.Lock()  # pending futures and restarts; never held while blocked on the socket
         self.send_lock = threading.Lock()  # whole messages on the socket
@@ -149,7 +150,8 @@ class _Server:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-S", "-I", "-c", _zygote.BOOT, str(code_fd), str(child.fileno()),
-                 str(self.concurrency), str(self.slot_base), ",".join(self.preimport), os.pathsep.join(_site_paths())],
+                 str(self.concurrency), str(self.slot_base), ",".join(self.preimport), os.pathsep.join(_site_paths()),
+                 ",".join(map(str, self.cpus))],
                 pass_fds=[child.fileno(), code_fd], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, start_new_session=True, cwd="/")
         finally:
@@ -244,7 +246,12 @@ class Sandbox:
         self._qlock = threading.Lock()
         self._inflight = [0] * n
         # per + 1 slot ids each: a zygote also holds one run ready behind its busy slots (see _zygote.serve)
-        self._servers = [_Server(per, k * (per + 1), preimport, on_done=functools.partial(self._done, k))
+        try:  # each zygote places its judged runs on its own share of the CPUs
+            cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = []
+        self._servers = [_Server(per, k * (per + 1), preimport, on_done=functools.partial(self._done, k),
+                                 cpus=cpus[k::n] if len(cpus) >= 2 * n else [])
                          for k in range(n)]
         self.isolation: dict[str, bool] = {key: all(s.isolation.get(key) for s in self._servers)
                                            for key in self._servers[0].isolation}
