@@ -102,13 +102,14 @@ def as_source(value: str | Path | DataSource) -> DataSource:
 
 
 def own_reader_path(value: Any) -> str | None:
-    """The path of a bare JSON/JSONL file (or of a bare path that does not exist): the wings' own readers take it
-    exactly as before, with their own messages; None for anything this module reads."""
+    """The path of a bare file that is not Parquet/CSV/Arrow, nor a folder (a JSONL file, a JSON list, a .gz, a
+    missing path): the wings' own readers take it exactly as before, with their own messages. None for a source
+    this module reads (columns, a split, a hub name, a dataset directory, a columnar file)."""
     path = value.plain_path if isinstance(value, DataSource) else str(value) if isinstance(value, (str, Path)) \
         else None
-    if path is None:
+    if path is None or Path(path).is_dir() or Path(path).suffix.lower() in BUILDERS:
         return None
-    return path if path.lower().endswith(JSON_SUFFIXES) or not Path(path).exists() else None
+    return path
 
 
 class Row(NamedTuple):
