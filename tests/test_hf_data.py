@@ -261,3 +261,15 @@ def test_eval_ppl_reads_a_text_column_as_the_joined_text_file(tmp_path, alphabet
     assert f"ppl {want['ppl']:.3f}" in capsys.readouterr().out
     with pytest.raises(DataError, match="has no column for 'text'; its columns: content"):
         eval_ppl(alphabet_model, str(parquet), seq_len=16)
+
+
+def test_sft_examples_keep_chat_messages_from_parquet(tmp_path):
+    from refinery.rl.sft import sft_examples
+
+    chats = [{"conversation": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"say {w}"}],
+              "reply": w} for w in ["yes", "no"]]
+    _, parquet = _as_dataset(tmp_path, chats, {}, "chats")
+    got = sft_examples([DataSource(path=str(parquet), columns={"messages": "conversation", "response": "reply"})])
+    assert got == [{"messages": c["conversation"], "response": c["reply"]} for c in chats]
+    with pytest.raises(DataError, match=r"has no column for 'response'; its columns: conversation, reply"):
+        sft_examples([DataSource(path=str(parquet), columns={"messages": "conversation"})])
