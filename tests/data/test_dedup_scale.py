@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from refinery.data.io import plan_shards
-from refinery.data.math_web.pipeline import DedupConfig, FuzzyDedup
+from refinery.data.math_web.pipeline import DedupConfig, ExactDedup, FuzzyDedup
 from refinery.data.pipeline import RunSpec, output_records, run_pipeline
 from refinery.data.text import dedup_disk
 from refinery.data.text.dedup import jaccard, lsh_clusters, minhash, permutations
@@ -233,3 +233,31 @@ def test_pipeline_ray_executor_same_output_as_local(tmp_path):
     assert stats["executor"] == "ray"
     assert [r["id"] for r in output_records(out)] == expected_kept(docs)[0]
     assert json.loads((out / "decide.json").read_text())["types"] == ["dict"]
+
+
+class RecordingExact(ExactDedup):
+    def decide(self, summaries, out_dir):
+        decision = super().decide(summaries, out_dir)
+        drops = {p.name: json.loads(p.read_text()) for p in sorted(Path(self.ctx.work / "drop").glob("*.json"))}
+        (Path(out_dir) / "exact.json").write_text(json.dumps({"decision": str(decision), "drops": drops}))
+        return decision
+
+
+def exact_stages():
+    return [RecordingExact()]
+
+
+def test_exact_dedup_writes_a_drop_list_per_shard(tmp_path):
+    docs = ["alpha one", "beta two", "alpha  ONE", "gamma", "beta two", "delta", "alpha one"]
+    inputs = write_inputs(tmp_path, docs, files=3)  # shards of 3, 3, 1 documents
+    out = tmp_path / "out"
+    run_pipeline(RunSpec(exact_stages, str(out)), plan_shards(inputs), workers=1, progress=False)
+    assert [r["id"] for r in output_records(out)] == [0, 1, 3, 5]
+    seen = json.loads((out / "exact.json").read_text())
+    assert "drop_dir" in seen["decision"]  # a folder, not the drop set, goes to every shard
+    assert seen["drops"] == {"shard-00000.json": ["00000-000000002"], "shard-00001.json": ["00001-000000001"],
+                             "shard-00002.json": ["00002-000000000"]}
+    # unbound (outside a run), the same stage decides in memory, as before
+    st = ExactDedup()
+    recs = [{"_row": f"r{i}", "id": i, "text": t} for i, t in enumerate(docs)]
+    assert st.decide([st.collect(recs)], tmp_path / "mem") == {"r2", "r4", "r6"}

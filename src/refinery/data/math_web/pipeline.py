@@ -238,21 +238,35 @@ class Quality(Stage):
 class ExactDedup(GlobalStage):
     name, adds = "dedup_exact", ()
 
+    def __init__(self):
+        self._drops = (None, set())
+
     def collect(self, records):
         from refinery.data.text.dedup import exact_key
 
-        return [(row_id(r), r.get("id"), r.get("source"), exact_key(r.get("text", ""))) for r in records]
+        shard = self.ctx.shard.name if self.ctx is not None and self.ctx.shard is not None else None
+        return [(row_id(r), r.get("id"), r.get("source"), exact_key(r.get("text", "")), shard) for r in records]
 
     def decide(self, summaries, out_dir: Path):
         groups: dict[str, list] = {}
-        for row, rid, src, key in sorted((x for s in summaries for x in s), key=lambda x: x[0]):
-            groups.setdefault(key, []).append((row, rid, src))
+        flat = (x for s in summaries for chunk in (s if s and isinstance(s[0], list) else [s]) for x in chunk)
+        for row, rid, src, key, shard in sorted(flat, key=lambda x: x[0]):
+            groups.setdefault(key, []).append((row, rid, src, shard))
         clusters = [g for g in groups.values() if len(g) > 1]
-        _write_clusters(out_dir / "duplicates" / "exact_clusters.jsonl", clusters)
-        return {row for g in clusters for row, _, _ in g[1:]}
+        _write_clusters(out_dir / "duplicates" / "exact_clusters.jsonl", [[m[:3] for m in g] for g in clusters])
+        if self.ctx is None or any(m[3] is None for g in clusters for m in g):  # outside a run: the set itself
+            return {m[0] for g in clusters for m in g[1:]}
+        from refinery.data.text.dedup_disk import write_drops
+
+        drops: dict[str, list] = {}
+        for g in clusters:  # one drop list per shard, read back by that shard's apply only
+            for row, _, _, shard in g[1:]:
+                drops.setdefault(shard, []).append(row)
+        write_drops(self.ctx.work / "drop", drops)
+        return {"drop_dir": self.ctx.work / "drop"}
 
     def apply(self, records, drop):
-        return [reject(r, "duplicate_exact") if row_id(r) in drop else r for r in records]
+        return [reject(r, "duplicate_exact") if row_id(r) in _shard_drops(self, drop) else r for r in records]
 
 
 class FuzzyDedup(GlobalStage):
@@ -321,14 +335,19 @@ class FuzzyDedup(GlobalStage):
         return {"drop_dir": ctx.work / "drop"}
 
     def apply(self, records, drop):
-        if isinstance(drop, dict):  # a drop list per shard: read this shard's once
-            from refinery.data.text.dedup_disk import read_drops
+        return [reject(r, "duplicate_fuzzy") if row_id(r) in _shard_drops(self, drop) else r for r in records]
 
-            shard = self.ctx.shard.name
-            if self._drops[0] != (drop["drop_dir"], shard):
-                self._drops = ((drop["drop_dir"], shard), read_drops(drop["drop_dir"], shard))
-            drop = self._drops[1]
-        return [reject(r, "duplicate_fuzzy") if row_id(r) in drop else r for r in records]
+
+def _shard_drops(stage: GlobalStage, drop) -> set:
+    """The row ids to drop: the decision itself (a set, in memory) or the bound shard's drop list, read once."""
+    if not isinstance(drop, dict):
+        return drop
+    from refinery.data.text.dedup_disk import read_drops
+
+    key = (drop["drop_dir"], stage.ctx.shard.name)
+    if stage._drops[0] != key:
+        stage._drops = (key, read_drops(*key))
+    return stage._drops[1]
 
 
 def _write_clusters(path: Path, clusters: list[list[tuple]]) -> None:
