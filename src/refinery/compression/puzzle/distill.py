@@ -34,18 +34,19 @@ def gkd_loss(h_child: list[torch.Tensor], h_parent: list[torch.Tensor], logits_c
 
 def assemble(parent, blocks: list[BlockSpec], attn_lib: list[dict[str, State]], ffn_lib: list[dict[str, State]]):
     """The child: parent embeddings/norm/head, and for layer ``l`` the library's ``attn_lib[l][a]`` and
-    ``ffn_lib[l][f]`` weights (keyed by variant name)."""
+    ``ffn_lib[l][f]`` weights (keyed by variant name). Built on the meta device and given its (copied) weights
+    once: the child is allocated once, with no random init (the library and the parent stay untouched)."""
+    from refinery.models.io import build_on_meta, clone_once, materialize
+
     cfg = puzzle_config(parent.config, blocks)
-    child = PuzzleForCausalLM(cfg)
+    child = build_on_meta(lambda: PuzzleForCausalLM(cfg))
     state = {k: v for k, v in parent.state_dict().items() if not k.startswith("model.layers.")}
     for i, b in enumerate(blocks):
         for k, v in {**attn_lib[i][b.attention.name], **ffn_lib[i][b.ffn.name]}.items():
             state[f"model.layers.{i}.{k}"] = v
-    missing, unexpected = child.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+    missing, unexpected = materialize(child, clone_once(state), strict=False)
     if missing or unexpected:
         raise ValueError(f"library does not cover the child: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    child.tie_weights()
     child.generation_config = parent.generation_config
     return child.eval()
 

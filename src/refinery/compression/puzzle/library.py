@@ -91,16 +91,18 @@ class Stats:
 
 
 @torch.no_grad()
-def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8, mask: torch.Tensor | None = None) -> Stats:
+def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8, mask: torch.Tensor | None = None,
+                  normal_equations: bool = True) -> Stats:
     """Run the parent over ``windows`` once, recording per-layer inputs, FFN channel activity and the FFN normal
-    equations (float64); ``mask`` (True = real token) keeps padding out of the statistics."""
+    equations (float64; ``normal_equations=False`` skips them: ``2·H²·8`` bytes a layer the scorer does not need);
+    ``mask`` (True = real token) keeps padding out of the statistics."""
     layers = parent.model.layers
     L = len(layers)
     inputs: list[list[torch.Tensor]] = [[] for _ in range(L)]
     abs_sum = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
     H = parent.config.hidden_size
-    xtx = [torch.zeros(H, H, dtype=torch.float64) for _ in range(L)]
-    xty = [torch.zeros(H, H, dtype=torch.float64) for _ in range(L)]
+    xtx = [torch.zeros(H, H, dtype=torch.float64) if normal_equations else torch.zeros(0) for _ in range(L)]
+    xty = [torch.zeros(H, H, dtype=torch.float64) if normal_equations else torch.zeros(0) for _ in range(L)]
     final: list[torch.Tensor] = []
     counts = [0] * L
     hooks = []
@@ -125,7 +127,8 @@ def collect_stats(parent, windows: torch.Tensor, batch_size: int = 8, mask: torc
 
         hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         hooks.append(layer.mlp.down_proj.register_forward_pre_hook(down_pre))
-        hooks.append(layer.mlp.register_forward_hook(mlp_hook))
+        if normal_equations:
+            hooks.append(layer.mlp.register_forward_hook(mlp_hook))
     hooks.append(layers[-1].register_forward_hook(lambda mod, args, out: final.append(
         (out[0] if isinstance(out, tuple) else out).detach().clone())))
     try:
@@ -226,8 +229,12 @@ def parent_ffn(layer) -> State:
 
 def build_layer(config, spec: BlockSpec, state: State, cache_idx: int = 0,
                 layer_idx: int = 0) -> PuzzleDecoderLayer:
-    """A standalone decoder layer of ``spec`` (with the attention type of the parent's layer ``layer_idx``) with
-    ``state`` loaded (every key must match)."""
-    layer = PuzzleDecoderLayer(config, spec, cache_idx, layer_types(config)[layer_idx])
-    layer.load_state_dict(state, strict=True)
+    """A standalone decoder layer of ``spec`` (with the attention type of the parent's layer ``layer_idx``) holding
+    ``state``'s tensors themselves (every key must match): built on the meta device, so scoring and BLD never hold
+    a layer twice. Train a copy (``copy.deepcopy``), not this layer, where ``state`` must stay as it is."""
+    import torch
+
+    with torch.device("meta"):
+        layer = PuzzleDecoderLayer(config, spec, cache_idx, layer_types(config)[layer_idx])
+    layer.load_state_dict(state, strict=True, assign=True)
     return layer

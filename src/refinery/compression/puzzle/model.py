@@ -436,14 +436,15 @@ def puzzle_config(parent_config, blocks: list[BlockSpec], **overrides) -> Puzzle
 
 
 def from_llama(parent) -> PuzzleForCausalLM:
-    """The parent converted losslessly: every layer the parent block, same weights (outputs identical)."""
+    """The parent converted losslessly: every layer the parent block, same weights (outputs identical). The child
+    is built on the meta device and receives a copy of the parent's weights once (no random init)."""
+    from refinery.models.io import build_on_meta, clone_once, materialize
+
     cfg = puzzle_config(parent.config, [parent_block(parent.config)] * parent.config.num_hidden_layers)
-    child = PuzzleForCausalLM(cfg)
-    missing, unexpected = child.load_state_dict(parent.state_dict(), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight" or not cfg.tie_word_embeddings]
+    child = build_on_meta(lambda: PuzzleForCausalLM(cfg))
+    missing, unexpected = materialize(child, clone_once(parent.state_dict()), strict=False)
     if missing or unexpected:
         raise ValueError(f"parent does not map onto the child: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    child.tie_weights()
     child.generation_config = copy.deepcopy(parent.generation_config)
     return child.eval()
 

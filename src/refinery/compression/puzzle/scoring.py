@@ -32,7 +32,7 @@ class Scorer:
         self.windows = windows
         self.mask = torch.ones_like(windows, dtype=torch.bool) if mask is None else mask
         self.batch_size = batch_size
-        stats = collect_stats(parent, windows, batch_size, self.mask)
+        stats = collect_stats(parent, windows, batch_size, self.mask, normal_equations=False)
         self.inputs = [s.inputs for s in stats.layers]
         S = windows.shape[1]
         self.pe = rope(parent.config, S)

@@ -147,7 +147,7 @@ def load_sparse_model(path: str | Path, semi_structured: bool = False, device: s
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from refinery.models.io import load_model
+    from refinery.models.io import build_on_meta, load_model, materialize
 
     path = Path(path)
     fmt = checkpoint_format(path)
@@ -157,7 +157,8 @@ def load_sparse_model(path: str | Path, semi_structured: bool = False, device: s
         cfg = json.loads((path / "config.json").read_text())
         cfg.pop("quantization_config", None)
         config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # built on the meta device and given the decompressed weights once: never the checkpoint twice
+        model = build_on_meta(lambda: AutoModelForCausalLM.from_config(config, dtype=torch.float32))
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(path.glob("model*.safetensors")):
             state.update(load_file(str(shard)))
@@ -169,13 +170,12 @@ def load_sparse_model(path: str | Path, semi_structured: bool = False, device: s
             else:
                 w = semi_decompress(state.pop(f"{mod}.values"), state.pop(f"{mod}.indices"), state.pop(f"{mod}.shape"))
             state[f"{mod}.weight"] = w
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-        if unexpected or set(missing) - tied:
+        for k in state:  # the model's dtype (fp32), one tensor at a time
+            state[k] = state[k].float() if state[k].is_floating_point() else state[k]
+        missing, unexpected = materialize(model, state, strict=False)
+        if unexpected or missing:
             raise CheckpointError(f"{path}: {fmt} checkpoint does not match its config (missing "
-                                  f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
-        if tied:
-            model.tie_weights()
+                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
         model.eval()
     if device is not None:
         model.to(device)
