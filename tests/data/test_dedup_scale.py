@@ -266,3 +266,26 @@ def test_exact_dedup_writes_a_drop_list_per_shard(tmp_path):
     st = ExactDedup()
     recs = [{"_row": f"r{i}", "id": i, "text": t} for i, t in enumerate(docs)]
     assert st.decide([st.collect(recs)], tmp_path / "mem") == {"r2", "r4", "r6"}
+
+
+def fuzzy_stages():
+    return [FuzzyDedup(DedupConfig(docs_per_task=100))]
+
+
+def test_pipeline_with_an_fsspec_memory_output(tmp_path):
+    """The chunk files and drop lists live under the output's _work/, here on fsspec's memory:// (one process)."""
+    fsspec = pytest.importorskip("fsspec")
+    mem = fsspec.filesystem("memory")
+    docs = planted_corpus(200, seed=5)
+    for f, p in enumerate(write_inputs(tmp_path, docs)):
+        mem.pipe_file(f"/dd-in/part{f}.jsonl", p.read_bytes())
+    try:
+        stats = run_pipeline(RunSpec(fuzzy_stages, "memory://dd-out"), plan_shards(["memory://dd-in"]), workers=1,
+                             progress=False)
+        assert stats["complete"] and not mem.exists("/dd-out/_work")
+        assert [r["id"] for r in output_records("memory://dd-out")] == expected_kept(docs)[0]
+        assert mem.exists("/dd-out/duplicates/minhash_clusters.jsonl")
+    finally:
+        mem.rm("/dd-in", recursive=True)
+        if mem.exists("/dd-out"):
+            mem.rm("/dd-out", recursive=True)
