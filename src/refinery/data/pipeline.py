@@ -10,8 +10,9 @@
   segments; segment outputs are kept in ``_work/`` until the run ends.
 - **Streaming**: a worker never holds a shard: records flow through the stages in batches (each stage buffers
   up to ``batch_size``) and are written as they come, so memory is bounded by the batch, not the shard.
-- **Executors**: ``local`` (a spawn process pool over shards) and ``ray`` (Ray Data over the same shard function,
-  on a local instance or a running cluster: ``RAY_ADDRESS`` / ``ray_address``). Same pipeline, same output.
+- **Executors**: ``local`` (a spawn process pool over shards) and ``ray`` (Ray tasks over the same shard function,
+  spread over the nodes of a local instance or a running cluster: ``RAY_ADDRESS`` / ``ray_address``). Same
+  pipeline, same output.
 - **Storage**: inputs and the output directory may be fsspec URLs (``s3://``, ``gs://``, ``file://``,
   ``memory://``; HTTP inputs) so workers on other machines read and write them (:mod:`refinery.data.store`).
 - **Records** get an internal row id ``_row`` when read (``<shard>-<n>``, plus ``.k`` for the k-th extra record
@@ -372,12 +373,11 @@ def _add_types(types: list[dict], records: list[Record]) -> None:
         types.append(enc)
 
 
-def _run_segment_row(row: dict) -> dict:
-    """Ray Data map function (a row holds the pickled arguments)."""
+def _run_segment_task(task: bytes) -> tuple[dict, str]:
+    """A Ray task: one shard-segment (pickled arguments) → its stats and the id of the node that ran it."""
     import ray
 
-    spec, seg, n, shard = pickle.loads(row["task"])
-    return {"stats": json.dumps(run_segment(spec, seg, n, shard)), "node": ray.get_runtime_context().get_node_id()}
+    return run_segment(*pickle.loads(task)), ray.get_runtime_context().get_node_id()
 
 
 def _local(tasks: list[tuple], workers: int, on_done: Callable[[dict], None]) -> None:
@@ -419,19 +419,22 @@ def ray_init(workers: int, address: str | None = None) -> bool:
 
 def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None], address: str | None = None
          ) -> set[str]:
-    """Run the tasks as a Ray Data map; returns the ids of the nodes that ran them."""
+    """Run the tasks as Ray tasks (SPREAD over the nodes); returns the ids of the nodes that ran them."""
     import ray
 
     if ray_init(workers or os.cpu_count() or 1, address) and not workers:  # a cluster: as wide as its CPUs
         workers = int(ray.cluster_resources().get("CPU", 1))
     workers = workers or os.cpu_count() or 1
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
-    nodes = set()
-    for row in ds.map(_run_segment_row, num_cpus=1, concurrency=max(1, min(workers, len(tasks)))).iter_rows():
-        nodes.add(row["node"])
-        on_done(json.loads(row["stats"]))
+    run = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)(_run_segment_task)
+    queue, pending, nodes = list(tasks), [], set()
+    while queue or pending:  # at most ``workers`` shards in flight, spread over the nodes (a lost worker: retried)
+        while queue and len(pending) < workers:
+            pending.append(run.remote(pickle.dumps(queue.pop(0))))
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            stats, node = ray.get(ref)
+            nodes.add(node)
+            on_done(stats)
     return nodes
 
 
