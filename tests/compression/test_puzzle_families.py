@@ -98,8 +98,10 @@ def test_puzzle_cli_on_a_family_parent(family_ckpt, tmp_path, arch):
             "data.n_items=60", "data.seq_len=32", "data.n_calib=8", "data.n_score=4", "data.n_eval=4",
             "data.n_distill=8", "space.ffn_fractions=[0.5]", "bld.steps=2", "bld.executor=serial",
             "cost.batch_size=2", "cost.seq_len=16", "cost.repeats=1", "cost.model_repeats=1", "cost.new_tokens=2",
-            "search.target_speedup=1.1", "search.n_solutions=1", "search.calibrate_rounds=0", "gkd.steps=2",
-            "baseline=false", "--out", str(out), "--no-progress"]
+            # a low target without margin: on a loaded 2-core machine a 2-layer model's blocks can measure under
+            # 13% of what it spends outside them, which made 1.1x (+3%) unreachable by any architecture
+            "search.target_speedup=1.05", "search.margin=0.0", "search.n_solutions=1", "search.calibrate_rounds=0",
+            "gkd.steps=2", "baseline=false", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     child = load_model(out / "child")
