@@ -422,9 +422,10 @@ def _ray(tasks: list[tuple], workers: int | None, on_done: Callable[[dict], None
     """Run the tasks as Ray tasks (SPREAD over the nodes); returns the ids of the nodes that ran them."""
     import ray
 
-    if ray_init(workers or os.cpu_count() or 1, address) and not workers:  # a cluster: as wide as its CPUs
-        workers = int(ray.cluster_resources().get("CPU", 1))
-    workers = workers or os.cpu_count() or 1
+    cap = workers  # shards in flight: as asked, else (a cluster) all of them, Ray's CPU accounting bounding them
+    if ray_init(workers or os.cpu_count() or 1, address) and not workers:
+        cap = len(tasks)  # queued tasks are what SPREAD spreads; a short queue stays on the first node's workers
+    workers = cap or os.cpu_count() or 1
     run = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)(_run_segment_task)
     queue, pending, nodes = list(tasks), [], set()
     while queue or pending:  # at most ``workers`` shards in flight, spread over the nodes (a lost worker: retried)
