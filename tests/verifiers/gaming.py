@@ -44,7 +44,8 @@ PROBLEMS = [
     mbpp("prime", "is_prime", """
         def is_prime(n):
             return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
-        """, ["assert is_prime(13) == True and is_prime(15) == False", "assert is_prime(97) == True and is_prime(91) == False",
+        """, ["assert is_prime(13) == True and is_prime(15) == False",
+              "assert is_prime(97) == True and is_prime(91) == False",
               "assert [is_prime(k) for k in range(8)] == [False, False, True, True, False, True, False, True]"]),
     mbpp("sort", "sort_desc", "def sort_desc(xs):\n    return sorted(xs, reverse=True)\n",
          ["assert sort_desc([3, 1, 2]) == [3, 2, 1]", "assert set(sort_desc([5, 9, 9])) == {9, 5}",
