@@ -98,9 +98,10 @@ def test_puzzle_cli_on_a_family_parent(family_ckpt, tmp_path, arch):
             "data.n_items=60", "data.seq_len=32", "data.n_calib=8", "data.n_score=4", "data.n_eval=4",
             "data.n_distill=8", "space.ffn_fractions=[0.5]", "bld.steps=2", "bld.executor=serial",
             "cost.batch_size=2", "cost.seq_len=16", "cost.repeats=1", "cost.model_repeats=1", "cost.new_tokens=2",
-            # a low target without margin: on a loaded 2-core machine a 2-layer model's blocks can measure under
-            # 13% of what it spends outside them, which made 1.1x (+3%) unreachable by any architecture
-            "search.target_speedup=1.05", "search.margin=0.0", "search.n_solutions=1", "search.calibrate_rounds=0",
+            # a memory budget (exact arithmetic), not a speed one: on a loaded 2-core machine a 2-layer model's
+            # blocks can measure under the share of its time a speed-up target needs, and no architecture meets it
+            "search.target_speedup=null", "search.memory_ratio=0.9", "search.n_solutions=1",
+            "search.calibrate_rounds=0",
             "gkd.steps=2", "baseline=false", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -168,3 +169,16 @@ def test_gemma2_sub_block_swaps_keep_their_norms_and_caps(family_ckpt):
         full = child(gen[:, :-1]).logits[:, 59:].argmax(-1)
         assert torch.equal(gen[:, 60:], full)
     assert stats.layers[0].xtx.shape == (cfg.hidden_size, cfg.hidden_size)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cost_model_counts_each_familys_parameters(family_ckpt, arch):
+    """The memory the MILP budgets is the modules' real parameter count, per family (Qwen2's q/k/v biases without
+    an o_proj bias, Qwen3's q/k norms, Gemma-2's two norms per sub-block)."""
+    from refinery.compression.puzzle import cost
+
+    cfg = AutoModelForCausalLM.from_pretrained(family_ckpt(arch)).config
+    for a in library.attention_variants(cfg, [1]):
+        for f in library.ffn_variants(cfg, [0.5]):
+            layer = library.PuzzleDecoderLayer(cfg, BlockSpec(a, f), 0)
+            assert sum(p.numel() for p in layer.parameters()) == cost.attn_params(cfg, a) + cost.ffn_params(cfg, f)

@@ -34,8 +34,12 @@ def _norm_params(config, part: str) -> int:
 
 
 def attn_params(config, spec: AttnSpec) -> int:
+    from refinery.compression.puzzle.model import family_of
+
     H, d, nh = config.hidden_size, head_dim(config), config.num_attention_heads
-    bias = bool(getattr(config, "attention_bias", False))
+    qwen2 = family_of(config) == "qwen2"  # q/k/v biases always, none on o_proj (its config has no attention_bias)
+    qkv_bias = qwen2 or bool(getattr(config, "attention_bias", False))
+    o_bias = not qwen2 and bool(getattr(config, "attention_bias", False))
     if spec.kind == "no_op":
         return 0
     norms = _norm_params(config, "attention")
@@ -44,7 +48,7 @@ def attn_params(config, spec: AttnSpec) -> int:
     kv = spec.kv_heads
     qk_norms = 2 * d if getattr(config, "model_type", None) == "qwen3" or getattr(
         config, "parent_model_type", None) == "qwen3" else 0
-    return H * nh * d + 2 * H * kv * d + nh * d * H + norms + qk_norms + bias * (nh * d + 2 * kv * d + H)
+    return H * nh * d + 2 * H * kv * d + nh * d * H + norms + qk_norms + qkv_bias * (nh * d + 2 * kv * d) + o_bias * H
 
 
 def ffn_params(config, spec: FFNSpec) -> int:
