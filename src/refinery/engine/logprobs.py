@@ -62,12 +62,15 @@ def token_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.T
 
 
 def lm_loss_sum(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: int = 1024,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy of a causal LM summed over the labelled tokens (``labels != -100``, shifted as HF
     shifts them), and their count: ``model(input_ids, labels=labels).loss == sum / count``, without the
-    ``[batch, time, vocab]`` logits."""
+    ``[batch, time, vocab]`` logits. ``position_ids`` without a mask: packed rows (:mod:`refinery.engine.packing`)."""
     _, head, softcap = split_head(model)
-    hidden = last_hidden(model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[:, :-1]
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    hidden = last_hidden(model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                         **extra)[:, :-1]
     target = labels[:, 1:]
     keep = target != -100
     logp, _ = token_logprobs(hidden[keep], head, target[keep], 1.0, chunk, softcap=softcap)

@@ -42,6 +42,10 @@ class PretrainData(Section):
                                                            "scales prompts x responses); >1 repeats each item")
     packing: bool = Field(False, description="pack several examples into one row of seq_len (fewer pad tokens; "
                                              "examples attend across boundaries, as TRL packing=True)")
+    padding_free: bool = Field(True, description="tasks/jsonl: pack each batch's examples into rows of seq_len with "
+                                                 "positions restarting per example, no attention across them "
+                                                 "(TRL padding_free): the padded batch's loss and gradients with "
+                                                 "no pad tokens computed")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="tail of the text held out for eval loss")
     seq_len: int = Field(128, ge=8, description="training window (text) / max item length (tasks)")
     completion_only: bool = Field(False, description="tasks: train only on the solution, not the prompt")
@@ -113,9 +117,11 @@ class TaskData:
     """
 
     def __init__(self, train_items, test_items, tokenizer, seq_len: int, completion_only: bool,
-                 packing: bool = False):
+                 packing: bool = False, padding_free: bool = False):
         self.test_items = test_items
         self.pad = tokenizer.pad_token_id
+        self.seq_len = seq_len
+        self.padding_free = padding_free and not packing  # packed rows (packing=True) are full already
 
         from refinery.models.chat_templates import sft_texts
 
@@ -139,32 +145,44 @@ class TaskData:
         if packing:
             self.train = pack(self.train, seq_len)
 
-    def _collate(self, seqs):
+    @staticmethod
+    def _labelled(ids, n_prompt) -> list[int]:
+        if isinstance(n_prompt, list):  # packed row: a label mask per position
+            return [t if keep else -100 for t, keep in zip(ids, n_prompt)]
+        return [-100] * n_prompt + list(ids[n_prompt:])
+
+    def collate(self, seqs) -> dict:
+        """``input_ids`` and ``labels`` (and ``position_ids`` when padding-free) of these examples."""
         import torch
 
-        width = max(len(ids) for ids, _ in seqs)
-        x = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        y = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for i, (ids, n_prompt) in enumerate(seqs):
+        examples = [(list(ids), self._labelled(ids, n_prompt)) for ids, n_prompt in seqs]
+        if self.padding_free:
+            from refinery.engine.packing import pack_examples
+
+            x, y, pos = pack_examples(examples, self.seq_len, self.pad)
+            return {"input_ids": x, "labels": y, "position_ids": pos}
+        width = max(len(ids) for ids, _ in examples)
+        x = torch.full((len(examples), width), self.pad, dtype=torch.long)
+        y = torch.full((len(examples), width), -100, dtype=torch.long)
+        for i, (ids, labels) in enumerate(examples):
             x[i, :len(ids)] = torch.tensor(ids)
-            if isinstance(n_prompt, list):  # packed row: a label mask per position
-                y[i, :len(ids)] = torch.tensor([t if keep else -100 for t, keep in zip(ids, n_prompt)])
-            else:
-                y[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-        return x, y
+            y[i, :len(ids)] = torch.tensor(labels)
+        return {"input_ids": x, "labels": y}
 
-
-
-    def batch(self, step: int, batch_size: int, seed: int):
+    def sample(self, step: int, batch_size: int, seed: int) -> list:
+        """The examples of one global batch (a function of seed and step only: every rank draws the same)."""
         import torch
 
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, len(self.train), (batch_size,), generator=g).tolist()
-        return self._collate([self.train[i] for i in idx])
+        return [self.train[i] for i in idx]
+
+    def batch(self, step: int, batch_size: int, seed: int) -> dict:
+        return self.collate(self.sample(step, batch_size, seed))
 
     def val_batches(self, batch_size: int, n: int):
         for i in range(0, min(len(self.val), n * batch_size), batch_size):
-            yield self._collate(self.val[i:i + batch_size])
+            yield self.collate(self.val[i:i + batch_size])
 
 
 def pack(seqs: list[tuple[list[int], int]], seq_len: int) -> list[tuple[list[int], list[bool]]]:
@@ -211,22 +229,28 @@ class TextData:
         if len(train_ids) <= seq_len + 1:
             raise DataError(f"text corpus has {len(train_ids)} training tokens, fewer than seq_len+1 = {seq_len + 1}")
 
-    def batch(self, step: int, batch_size: int, seed: int):
+    def sample(self, step: int, batch_size: int, seed: int) -> list:
         import torch
 
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         starts = torch.randint(0, len(self.train) - self.seq_len - 1, (batch_size,), generator=g)
-        x = torch.stack([self.train[s:s + self.seq_len] for s in starts.tolist()])
-        return x, x.clone()
+        return [self.train[s:s + self.seq_len] for s in starts.tolist()]
 
-    def val_batches(self, batch_size: int, n: int):
+    @staticmethod
+    def collate(windows) -> dict:
         import torch
 
+        x = torch.stack(windows)
+        return {"input_ids": x, "labels": x.clone()}
+
+    def batch(self, step: int, batch_size: int, seed: int) -> dict:
+        return self.collate(self.sample(step, batch_size, seed))
+
+    def val_batches(self, batch_size: int, n: int):
         L = self.seq_len
         windows = [self.val[i:i + L] for i in range(0, len(self.val) - L, L)][: n * batch_size]
         for i in range(0, len(windows), batch_size):
-            x = torch.stack(windows[i:i + batch_size])
-            yield x, x.clone()
+            yield self.collate(windows[i:i + batch_size])
 
 
 def read_text_files(paths: list[str]) -> list[str]:
@@ -284,8 +308,9 @@ def eval_loss(model, data, batch_size: int, n_batches: int, chunk: int = 1024) -
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, y in data.val_batches(batch_size, n_batches):
-            loss, n = lm_loss_sum(model, x.to(device), y.to(device), chunk)
+        for b in data.val_batches(batch_size, n_batches):
+            b = {k: v.to(device) for k, v in b.items()}
+            loss, n = lm_loss_sum(model, b["input_ids"], b["labels"], chunk, position_ids=b.get("position_ids"))
             total += loss.item()
             count += n
     model.train()
@@ -352,7 +377,7 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
 
     if cfg.data.source in ("tasks", "jsonl"):
         data = TaskData(train_items, test_items, tokenizer, cfg.data.seq_len, cfg.data.completion_only,
-                        cfg.data.packing)
+                        cfg.data.packing, cfg.data.padding_free)
     else:
         ids = torch.tensor(tokenizer("\n\n".join(corpus), add_special_tokens=False)["input_ids"], dtype=torch.long)
         cut = int(len(ids) * (1 - cfg.data.val_fraction))
@@ -380,13 +405,18 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     # on one device bf16 is autocast over fp32 weights; FSDP2 casts the parameters itself
     compute_precision = eng.precision if env.world_size == 1 else "fp32"
 
-    def loss_fn(x, y):
+    def loss_fn(b):
         def piece(rows):
+            pos = b.get("position_ids")
             with autocast(compute_precision, device):
-                total, n = lm_loss_sum(model, x[rows], y[rows], eng.logprob_chunk_tokens)
+                total, n = lm_loss_sum(model, b["input_ids"][rows], b["labels"][rows], eng.logprob_chunk_tokens,
+                                       position_ids=None if pos is None else pos[rows])
             return total / max(n, 1), {}
         return piece
     shard = dist.shard_rows(tc.batch_size, env.rank, env.world_size)  # this rank's rows of every global batch
+    if env.world_size > 1 and eng.micro_batch_rows and getattr(data, "padding_free", False):
+        # ranks' packed row counts differ, so would their micro-batch counts (and FSDP2's collectives per forward)
+        data.padding_free = False
 
     def save(step: int) -> None:
         if env.world_size > 1:
@@ -406,14 +436,15 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
         for step in range(start, tc.steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, tc)
-            x, y = data.batch(step, tc.batch_size, cfg.seed)
-            x, y = x[shard.start:shard.stop].to(device), y[shard.start:shard.stop].to(device)
+            # this rank's examples of the global batch, then padded or packed into rows
+            b = data.collate(data.sample(step, tc.batch_size, cfg.seed)[shard.start:shard.stop])
+            b = {k: v.to(device) for k, v in b.items()}
             reset_peak(device)
             # the loss is the token-mean over the whole global batch, however it is split into micro-batches and
             # ranks: each piece is divided by the global token count (FSDP2 sums the ranks' gradients)
-            labelled = (y[:, 1:] != -100).float()
+            labelled = (b["labels"][:, 1:] != -100).float()
             n_global = dist.all_reduce_sum(float(labelled.sum()))
-            st = accumulate(loss_fn(x, y), micro_batches(torch.arange(len(x)), eng.micro_batch_rows),
+            st = accumulate(loss_fn(b), micro_batches(torch.arange(len(b["input_ids"])), eng.micro_batch_rows),
                             labelled, global_denominator=n_global)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
