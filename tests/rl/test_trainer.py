@@ -358,8 +358,10 @@ def test_engine_micro_batches_and_checkpointing_give_the_same_update(policy, tmp
     for name, extra in [("micro", ["engine.micro_batch_rows=2"]),
                         ("ckpt", ["engine.activation_checkpointing=true", "engine.logprob_chunk_tokens=3"])]:
         params, st2 = _update_with(policy, tmp_path, name, *extra)
+        # AdamW's first step moves each weight by ~lr (1e-4) times the sign of its gradient, so near-zero gradients
+        # turn float-order noise into ~1e-6 differences; a wrong update moves entries by up to 2 lr
         for a, b in zip(base, params):
-            assert torch.allclose(a, b, atol=1e-6), name
+            assert torch.allclose(a, b, atol=1e-5), (name, float((a - b).abs().max()), a.shape)
         assert st2["kl"] == pytest.approx(st["kl"], abs=1e-6) and st2["clip_frac"] == pytest.approx(st["clip_frac"])
     assert st["peak_memory_mb"] > 0
 
