@@ -177,9 +177,6 @@ class TaskData:
         idx = torch.randint(0, len(self.train), (batch_size,), generator=g).tolist()
         return [self.train[i] for i in idx]
 
-    def batch(self, step: int, batch_size: int, seed: int) -> dict:
-        return self.collate(self.sample(step, batch_size, seed))
-
     def val_batches(self, batch_size: int, n: int):
         for i in range(0, min(len(self.val), n * batch_size), batch_size):
             yield self.collate(self.val[i:i + batch_size])
@@ -242,9 +239,6 @@ class TextData:
 
         x = torch.stack(windows)
         return {"input_ids": x, "labels": x.clone()}
-
-    def batch(self, step: int, batch_size: int, seed: int) -> dict:
-        return self.collate(self.sample(step, batch_size, seed))
 
     def val_batches(self, batch_size: int, n: int):
         L = self.seq_len
@@ -376,8 +370,11 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
     tokenizer = load_tokenizer(init_dir)
 
     if cfg.data.source in ("tasks", "jsonl"):
+        # under micro-batching on several ranks, packed row counts (so micro-batch counts, so FSDP2's collectives
+        # per forward) would differ between ranks: pad there
+        padding_free = cfg.data.padding_free and not (env.world_size > 1 and eng.micro_batch_rows)
         data = TaskData(train_items, test_items, tokenizer, cfg.data.seq_len, cfg.data.completion_only,
-                        cfg.data.packing, cfg.data.padding_free)
+                        cfg.data.packing, padding_free)
     else:
         ids = torch.tensor(tokenizer("\n\n".join(corpus), add_special_tokens=False)["input_ids"], dtype=torch.long)
         cut = int(len(ids) * (1 - cfg.data.val_fraction))
@@ -414,9 +411,6 @@ def pretrain(cfg: PretrainConfig, run: RunDir, progress: bool = True, stop_after
             return total / max(n, 1), {}
         return piece
     shard = dist.shard_rows(tc.batch_size, env.rank, env.world_size)  # this rank's rows of every global batch
-    if env.world_size > 1 and eng.micro_batch_rows and getattr(data, "padding_free", False):
-        # ranks' packed row counts differ, so would their micro-batch counts (and FSDP2's collectives per forward)
-        data.padding_free = False
 
     def save(step: int) -> None:
         if env.world_size > 1:
