@@ -10,8 +10,9 @@ the candidate rule is identical). Refinery runs twice: in memory (``lsh_clusters
 runs it (signatures written per chunk, band tasks, drop lists; ``refinery.data.text.dedup_disk``).
 
 Scaling (``--scale``): the out-of-core path on N synthetic signatures (random, 25% planted near-duplicate rows;
-the MinHash cost is excluded, the speed table covers it): peak RSS of the collect worker (streams N documents in
-chunks of 1024 to disk), of each band-task worker (a spawn pool of 2, ``--docs-per-task`` documents per task), and
+the MinHash cost is excluded, the speed table covers it): peak RSS of the collect worker (makes N documents 1024 at
+a time, as the engine's collect calls come, and writes them in chunks of ``--chunk-docs``, the pipeline's
+``dedup.chunk_docs``), of each band-task worker (a spawn pool of 2, ``--docs-per-task`` documents per task), and
 of the driver (which holds the chunk summaries and the duplicate edges, not the signatures).
 """
 
@@ -82,8 +83,8 @@ def refinery_disk(docs, folder: Path):
     a, b = permutations(260)
     ids = [f"{i:07d}" for i in range(len(docs))]
     summaries = []
-    for k, c in enumerate(range(0, len(docs), 1024)):  # the pipeline's collect chunks
-        part = slice(c, c + 1024)
+    for k, c in enumerate(range(0, len(docs), 65536)):  # the pipeline's chunks (dedup.chunk_docs)
+        part = slice(c, c + 65536)
         sigs = np.stack([minhash(d, a, b, 24) for d in docs[part]])
         summaries.append(dedup_disk.write_chunk(folder / f"shard-00000.{k:05d}", ids[part],
                                                 [(x, None) for x in ids[part]], sigs, 20, 13, "shard-00000"))
@@ -102,14 +103,23 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _collect_worker(n: int, folder: str, seed: int = 0) -> tuple[list[dict], float]:
-    """Stream ``n`` synthetic signatures (25% near-copies of an earlier one) to disk in chunks of 1024."""
+def _collect_worker(n: int, folder: str, chunk_docs: int, seed: int = 0) -> tuple[list[dict], float]:
+    """Stream ``n`` synthetic signatures (25% near-copies of an earlier one), 1024 at a time, to disk in chunks of
+    ``chunk_docs`` (as ``FuzzyDedup.collect`` buffers them)."""
     from refinery.data.text import dedup_disk
 
     rng = np.random.default_rng(seed)
     recent = np.zeros((0, 260), dtype=np.uint32)
-    summaries = []
-    for k, c in enumerate(range(0, n, 1024)):
+    summaries, buf_rows, buf_sigs = [], [], []
+
+    def write():
+        summaries.append(dedup_disk.write_chunk(Path(folder) / f"shard-00000.{len(summaries):05d}", buf_rows,
+                                                [(r, None) for r in buf_rows], np.concatenate(buf_sigs), 20, 13,
+                                                "shard-00000"))
+        buf_rows.clear()
+        buf_sigs.clear()
+
+    for c in range(0, n, 1024):
         m = min(1024, n - c)
         sigs = rng.integers(0, 1 << 32, size=(m, 260), dtype=np.uint32)
         dup = rng.random(m) < 0.25
@@ -119,9 +129,12 @@ def _collect_worker(n: int, folder: str, seed: int = 0) -> tuple[list[dict], flo
             src[flip] = rng.integers(0, 1 << 32, size=int(flip.sum()), dtype=np.uint32)
             sigs[dup] = src
         recent = sigs  # near-copies of the previous chunk: bounded memory, duplicates across chunks
-        rows = [f"00000-{c + i:09d}" for i in range(m)]
-        summaries.append(dedup_disk.write_chunk(Path(folder) / f"shard-00000.{k:05d}", rows,
-                                                [(r, None) for r in rows], sigs, 20, 13, "shard-00000"))
+        buf_rows.extend(f"00000-{c + i:09d}" for i in range(m))
+        buf_sigs.append(sigs)
+        if len(buf_rows) >= chunk_docs:
+            write()
+    if buf_rows:
+        write()
     return summaries, _maxrss_mb()
 
 
@@ -156,7 +169,7 @@ def _driver(summaries: list[dict], docs_per_task: int) -> tuple[float, float, in
     return max(peaks), _maxrss_mb(), sum(len(c) - 1 for c in clusters), time.perf_counter() - t0
 
 
-def scaling(sizes: list[int], docs_per_task: int) -> list[str]:
+def scaling(sizes: list[int], docs_per_task: int, chunk_docs: int) -> list[str]:
     """Peak memory per worker vs documents (each phase in a fresh spawn process)."""
     import multiprocessing as mp
     import tempfile
@@ -166,13 +179,14 @@ def scaling(sizes: list[int], docs_per_task: int) -> list[str]:
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         bare = pool.submit(_bare).result()
     lines = ["", f"Scaling: out-of-core path, synthetic signatures, {docs_per_task} documents per band task, "
+             f"chunks of {chunk_docs} documents, "
              f"peak RSS per process (a bare worker with Python + NumPy imported: {bare:.0f} MB)", "",
              "| documents | collect worker MB | band-task worker MB (max) | driver MB | duplicates removed | "
              "signatures on disk MB | dedup s |", "|---|---|---|---|---|---|---|"]
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                summaries, collect_mb = pool.submit(_collect_worker, n, tmp).result()
+                summaries, collect_mb = pool.submit(_collect_worker, n, tmp, chunk_docs).result()
             disk = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
             with ProcessPoolExecutor(1, mp_context=ctx) as pool:
                 task_mb, driver_mb, removed, dt = pool.submit(_driver, summaries, docs_per_task).result()
@@ -209,6 +223,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--scale", default="", help="comma-separated corpus sizes for the memory scaling table")
     ap.add_argument("--docs-per-task", type=int, default=10_000)
+    ap.add_argument("--chunk-docs", type=int, default=65_536, help="documents per signature chunk (dedup.chunk_docs)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool, alternating; the best time is reported")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
@@ -245,7 +260,7 @@ def main() -> None:
                      f"(in memory), {rows['datasketch'][0] / rows['refinery (out of core)'][0]:.2f}x (out of core)")
     print("\n".join(lines), flush=True)
     if args.scale:
-        lines += scaling([int(x) for x in args.scale.split(",")], args.docs_per_task)
+        lines += scaling([int(x) for x in args.scale.split(",")], args.docs_per_task, args.chunk_docs)
     if args.record:
         from _common import record
 

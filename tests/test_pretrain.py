@@ -158,3 +158,25 @@ def test_engine_micro_batches_train_like_one_batch_and_bf16_learns(tmp_path, tin
     lc = [r["loss"] for r in run_c.metrics() if "loss" in r]
     assert s_c["precision"] == "bf16" and lc[-1] < lc[0] - 0.5, lc
     assert all(p.dtype == torch.float32 for p in load_model(run_c.path / "model").parameters())
+
+
+def test_lazy_task_data_draws_the_batches_eager_encoding_would():
+    """Examples are rendered and tokenised when a batch first draws them: the same sequences, in the same order, as
+    encoding every example up front (and only the drawn ones are encoded)."""
+    from refinery.models.io import load_tokenizer
+    from refinery.models.pretrain import LazySeqs, TaskData
+    from refinery.models.zoo import ModelConfig, TokenizerConfig, build_cached
+
+    items = [{"prompt": f"What is {i} + {i % 7}?", "solution": f"{i} + {i % 7} = {i + i % 7}"} for i in range(300)]
+    tok = load_tokenizer(build_cached(ModelConfig(preset="nano"), TokenizerConfig(),
+                                      [it["prompt"] + "\n" + it["solution"] for it in items], seed=0))
+    data = TaskData(items, items[:4], tok, 64, completion_only=True)
+    assert isinstance(data.train, LazySeqs) and len(data.train) == 300 and not data.train.cache
+    eager = data.train.encode(items)
+    batches = [data.sample(step, 16, seed=3) for step in range(5)]
+    assert 0 < len(data.train.cache) <= 80 and all(data.train.cache[i] == eager[i] for i in data.train.cache)
+    g = [torch.Generator().manual_seed(3 * 1_000_003 + step) for step in range(5)]
+    assert batches == [[eager[i] for i in torch.randint(0, 300, (16,), generator=gg).tolist()] for gg in g]
+    assert data.train[-1] == eager[-1] and data.train[2:5] == eager[2:5] and list(data.train)[7] == eager[7]
+    with pytest.raises(IndexError):
+        data.train[300]

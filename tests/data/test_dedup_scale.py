@@ -140,12 +140,13 @@ class RecordingDedup(FuzzyDedup):
         drops = {p.name: json.loads(p.read_text()) for p in sorted(Path(self.ctx.work / "drop").glob("*.json"))}
         (Path(out_dir) / "decide.json").write_text(json.dumps({
             "types": sorted({type(x).__name__ for x in flat}), "bytes": len(pickle.dumps(summaries)),
-            "chunks": len(flat), "decision_bytes": len(pickle.dumps(decision)), "drops": drops}))
+            "chunks": len(flat), "n": [x["n"] for x in flat], "decision_bytes": len(pickle.dumps(decision)),
+            "drops": drops}))
         return decision
 
 
-def recording_stages(docs_per_task=1_000_000):
-    return [RecordingDedup(DedupConfig(docs_per_task=docs_per_task))]
+def recording_stages(docs_per_task=1_000_000, chunk_docs=65_536):
+    return [RecordingDedup(DedupConfig(docs_per_task=docs_per_task, chunk_docs=chunk_docs))]
 
 
 def write_inputs(tmp_path, docs, files=3):
@@ -178,14 +179,15 @@ def test_pipeline_local_executor_drop_lists_per_shard_and_no_signatures_in_the_d
     docs = planted_corpus(400, seed=1)
     inputs = write_inputs(tmp_path, docs)
     out = tmp_path / "out"
-    stats = run_pipeline(RunSpec(functools.partial(recording_stages, 150), str(out)), plan_shards(inputs),
+    stats = run_pipeline(RunSpec(functools.partial(recording_stages, 150, 40), str(out)), plan_shards(inputs),
                          workers=1, progress=False)
     kept_ids, clusters, rows = expected_kept(docs)
     assert [r["id"] for r in output_records(out)] == kept_ids
     assert stats["stages"][-1]["dropped"] == {"duplicate_fuzzy": len(docs) - len(kept_ids)}
     seen = json.loads((out / "decide.json").read_text())
     assert seen["types"] == ["dict"]  # summaries are paths and counts, never signatures
-    assert seen["chunks"] >= (12 if hasattr(engine, "COLLECT_ROWS") else 3)
+    # 3 shards of 134/134/132 documents, collected 32 at a time, written in chunks of >= 40: 64 + 64 + 6 per shard
+    assert seen["chunks"] == 9 and seen["n"] == [64, 64, 6, 64, 64, 6, 64, 64, 4]
     assert seen["bytes"] < 400 * seen["chunks"] and seen["decision_bytes"] < 500  # no drop set pickled to shards
     want = defaultdict(list)
     for c in clusters:

@@ -90,7 +90,12 @@ class GlobalStage(Stage):
         self.ctx = ctx
 
     def collect(self, records: list[Record]) -> Any:
+        """A summary of one chunk of a shard's records, or None when the stage keeps them for a later summary."""
         raise NotImplementedError
+
+    def collect_end(self) -> Any:
+        """Called once after a shard's last ``collect``: a last summary (e.g. what was buffered) or None."""
+        return None
 
     def decide(self, summaries: list[Any], out_dir: Path) -> Any:
         raise NotImplementedError
@@ -335,14 +340,16 @@ def run_segment(spec: RunSpec, seg: Segment, n_segments: int, shard: Shard) -> d
         for chunk in _batched(records, COLLECT_ROWS):
             out.write(chunk)
             n_out += len(chunk)
-            if collector is not None:
-                summaries.append(collector.collect(chunk))
+            if collector is not None and (summary := collector.collect(chunk)) is not None:
+                summaries.append(summary)
             if typed:  # types as the finishing step will read them back (after JSON)
                 _add_types(types, [json.loads(json.dumps(r, ensure_ascii=False, default=str)) for r in chunk])
     except BaseException:
         out.abort()
         rejects.abort()
         raise
+    if collector is not None and (summary := collector.collect_end()) is not None:
+        summaries.append(summary)
     if collector is not None and not summaries:
         summaries.append(collector.collect([]))
     out.close()

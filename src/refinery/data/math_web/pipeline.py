@@ -62,6 +62,9 @@ class DedupConfig(Section):
     seed: int = Field(1, description="permutation seed")
     docs_per_task: int = Field(1_000_000, gt=0, description="documents per candidate-pair task (one band, one key "
                                                            "range): a task holds ~40 bytes per document")
+    chunk_docs: int = Field(65_536, gt=0, description="documents per signature chunk a worker writes (it holds "
+                                                      "~1.5 KB per document until it writes; every band task reads "
+                                                      "one slice of every chunk, so fewer chunks, fewer reads)")
 
 
 class DecontamConfig(Section):
@@ -281,10 +284,12 @@ class FuzzyDedup(GlobalStage):
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
         self._chunk, self._drops = 0, (None, set())
+        self._buf: tuple[list, list, list] = ([], [], [])
 
     def bind(self, ctx) -> None:
         super().bind(ctx)
-        self._chunk = 0  # collect calls since the engine bound this shard
+        self._chunk = 0  # chunks written since the engine bound this shard
+        self._buf = ([], [], [])
 
     def _sigs(self, records):
         import numpy as np
@@ -299,12 +304,30 @@ class FuzzyDedup(GlobalStage):
         rows, meta = [row_id(r) for r in records], [(r.get("id"), r.get("source")) for r in records]
         if self.ctx is None or self.ctx.shard is None:
             return rows, meta, self._sigs(records)
+        # Bound: buffered into chunks of ``chunk_docs`` (the engine's collect calls are small), written when full.
+        buf_rows, buf_meta, buf_sigs = self._buf
+        buf_rows += rows
+        buf_meta += meta
+        buf_sigs.append(self._sigs(records))
+        return self._write() if len(buf_rows) >= self.cfg.chunk_docs else None
+
+    def collect_end(self):
+        """The shard's last chunk (an empty one for a shard without records, so every shard has a summary)."""
+        return self._write() if self._buf[0] or self._chunk == 0 else None
+
+    def _write(self) -> dict:
+        import numpy as np
+
         from refinery.data.text.dedup_disk import write_chunk
 
+        rows, meta, sigs = self._buf
+        self._buf = ([], [], [])
         name = self.ctx.shard.name
         prefix = self.ctx.work / "sig" / f"{name}.{self._chunk:05d}"
         self._chunk += 1
-        return write_chunk(prefix, rows, meta, self._sigs(records), self.cfg.bands, self.cfg.rows, name)
+        width = self.cfg.bands * self.cfg.rows
+        return write_chunk(prefix, rows, meta, np.concatenate(sigs) if sigs else np.zeros((0, width), np.uint32),
+                           self.cfg.bands, self.cfg.rows, name)
 
     def decide(self, summaries, out_dir: Path):
         flat = [x for s in summaries for x in (s if isinstance(s, list) else [s])]  # per shard, or per chunk
