@@ -63,8 +63,8 @@ def _quick_rm() -> RMConfig:
     return validate(RMConfig, {
         "name": "quickstart-rm", "pipeline": ["bt", "armo"], "loss": {"type": "scaled_bt"},
         "data": {"n_train": 1200, "n_valid": 200, "n_test": 400},
-        "trainer": {"epochs": 2, "batch_pairs": 16, "lr": 5e-4, "max_length": 128, "eval_every": 50},
-        "armo": {"gate_hidden": 64, "steps": 200},
+        "trainer": {"epochs": 3, "batch_pairs": 16, "lr": 5e-4, "max_length": 128, "eval_every": 50},
+        "armo": {"gate_hidden": 64, "steps": 300},
     }, source="quickstart rm")
 
 
@@ -75,10 +75,10 @@ def _quick_puzzle() -> PuzzleRecipe:
     return validate(PuzzleRecipe, {
         "name": "quickstart-puzzle",
         "data": {"seq_len": 96, "n_calib": 64, "n_score": 16, "n_distill": 256},
-        "bld": {"steps": 40, "lr": 1e-3, "batch_size": 8},
+        "bld": {"steps": 60, "lr": 1e-3, "batch_size": 8},
         "cost": {"batch_size": 8, "seq_len": 128, "repeats": 5, "model_repeats": 5},
         "search": {"target_speedup": 1.5, "n_solutions": 3},
-        "gkd": {"steps": 60, "lr": 5e-4, "batch_size": 8},
+        "gkd": {"steps": 80, "lr": 5e-4, "batch_size": 8},
     }, source="quickstart puzzle")
 
 
@@ -91,8 +91,7 @@ class QuickstartConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=_quick_pretrain, description="stage 1: build + SFT")
     rl: RLConfig = Field(default_factory=_quick_rl, description="stage 2: RL from the stage-1 model")
     rm: RMConfig = Field(default_factory=_quick_rm, description="stage 3: reward model on the stage-1 backbone")
-    sparsity: PolicySparsityConfig = Field(default_factory=lambda: PolicySparsityConfig(
-        name="quickstart-sparsity", n_calib=256, steps=100),
+    sparsity: PolicySparsityConfig = Field(default_factory=lambda: PolicySparsityConfig(name="quickstart-sparsity"),
                                            description="stage 4: MaskLLM 2:4 on the RL policy")
     puzzle: PuzzleRecipe = Field(default_factory=_quick_puzzle, description="stage 5: Puzzle on the RL policy")
 
