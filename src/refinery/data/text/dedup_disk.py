@@ -150,7 +150,7 @@ def run_tasks(tasks: list[tuple], executor: str = "local", workers: int | None =
                 init(workers or 1, ray_address)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        remote = ray.remote(num_cpus=1)(_band_edges_task)
+        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)(_band_edges_task)
         return ray.get([remote.remote(t) for t in tasks])
     if (workers or 1) <= 1 or len(tasks) <= 1:
         return [_band_edges_task(t) for t in tasks]
