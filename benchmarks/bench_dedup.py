@@ -83,8 +83,8 @@ def refinery_disk(docs, folder: Path):
     a, b = permutations(260)
     ids = [f"{i:07d}" for i in range(len(docs))]
     summaries = []
-    for k, c in enumerate(range(0, len(docs), 65536)):  # the pipeline's chunks (dedup.chunk_docs)
-        part = slice(c, c + 65536)
+    for k, c in enumerate(range(0, len(docs), 8192)):  # the pipeline's chunks (dedup.chunk_docs)
+        part = slice(c, c + 8192)
         sigs = np.stack([minhash(d, a, b, 24) for d in docs[part]])
         summaries.append(dedup_disk.write_chunk(folder / f"shard-00000.{k:05d}", ids[part],
                                                 [(x, None) for x in ids[part]], sigs, 20, 13, "shard-00000"))
@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--scale", default="", help="comma-separated corpus sizes for the memory scaling table")
     ap.add_argument("--docs-per-task", type=int, default=10_000)
-    ap.add_argument("--chunk-docs", type=int, default=65_536, help="documents per signature chunk (dedup.chunk_docs)")
+    ap.add_argument("--chunk-docs", type=int, default=8192, help="documents per signature chunk (dedup.chunk_docs)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool, alternating; the best time is reported")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()

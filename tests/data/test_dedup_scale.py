@@ -145,7 +145,7 @@ class RecordingDedup(FuzzyDedup):
         return decision
 
 
-def recording_stages(docs_per_task=1_000_000, chunk_docs=65_536):
+def recording_stages(docs_per_task=1_000_000, chunk_docs=8192):
     return [RecordingDedup(DedupConfig(docs_per_task=docs_per_task, chunk_docs=chunk_docs))]
 
 

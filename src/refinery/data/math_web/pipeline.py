@@ -62,9 +62,10 @@ class DedupConfig(Section):
     seed: int = Field(1, description="permutation seed")
     docs_per_task: int = Field(1_000_000, gt=0, description="documents per candidate-pair task (one band, one key "
                                                            "range): a task holds ~40 bytes per document")
-    chunk_docs: int = Field(65_536, gt=0, description="documents per signature chunk a worker writes (it holds "
-                                                      "~1.5 KB per document until it writes; every band task reads "
-                                                      "one slice of every chunk, so fewer chunks, fewer reads)")
+    chunk_docs: int = Field(8192, gt=0, description="documents per signature chunk a worker writes (it holds them "
+                                                    "until it writes: ~5 KB per document with the write's "
+                                                    "temporaries; every band task reads one slice of every chunk, "
+                                                    "so fewer chunks, fewer reads)")
 
 
 class DecontamConfig(Section):
