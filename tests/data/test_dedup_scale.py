@@ -217,8 +217,8 @@ def test_band_tasks_as_ray_tasks_wiring(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(is_initialized=lambda: True, get=lambda refs: [r() for r in refs])
 
-    def remote(num_cpus):
-        calls.append(num_cpus)
+    def remote(**options):
+        calls.append(options)
         return lambda fn: types.SimpleNamespace(remote=lambda args: (lambda: fn(args)))
 
     fake.remote = remote
@@ -226,7 +226,7 @@ def test_band_tasks_as_ray_tasks_wiring(monkeypatch):
     empty = np.zeros((2, 0), dtype=np.int64)
     monkeypatch.setattr(dedup_disk, "band_edges", lambda *a: empty + a[1])
     assert [e.shape for e in dedup_disk.run_tasks([(None, 1), (None, 2)], "ray", 2)] == [(2, 0), (2, 0)]
-    assert calls == [1]
+    assert calls == [{"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_retries": 2}]  # spread over the nodes
 
 
 @pytest.mark.slow
