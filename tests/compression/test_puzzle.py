@@ -437,3 +437,45 @@ def _libs(parent, st):
         attn_lib.append({a.name: library.init_attention(layer, cfg, a) for a in library.attention_variants(cfg, [1])})
         ffn_lib.append({f.name: library.init_ffn(layer, st.layers[i], f) for f in library.ffn_variants(cfg, [0.5])})
     return attn_lib, ffn_lib
+
+
+def test_library_is_read_from_disk_one_layer_at_a_time(tmp_path, monkeypatch):
+    """The run's library is files, read when a variant is asked for: scoring reads each variant file of a layer
+    once, holds only that layer's variants, and scores exactly as the library held whole in memory would."""
+    import safetensors.torch as st
+
+    from refinery.compression.puzzle import runner
+    from refinery.compression.puzzle.config import PuzzleRecipe
+    from refinery.errors import DataError
+
+    parent = tiny_llama()
+    for p in parent.parameters():
+        p.requires_grad_(False)
+    cfg = PuzzleRecipe.model_validate({"bld": {"steps": 0}, "space": {"kv_heads": [1], "ffn_fractions": [0.5]}})
+    g = torch.Generator().manual_seed(2)
+    calib = (torch.randint(0, 96, (6, 16), generator=g), None)
+    score_rows = (torch.randint(0, 96, (4, 16), generator=g), None)
+    root = tmp_path / "library"
+    runner.build_library(cfg, parent, calib, root, progress=False)
+    attn_lib, ffn_lib = runner.load_library(cfg, parent.config, root)
+    assert all(isinstance(x, runner.LibraryLayer) for x in attn_lib + ffn_lib) and len(attn_lib) == 4
+    whole_a = [{n: x[n] for n in x} for x in attn_lib]
+    whole_f = [{n: x[n] for n in x} for x in ffn_lib]
+
+    reads: list[str] = []
+    real = st.load_file
+    monkeypatch.setattr(st, "load_file", lambda path, *a, **k: (reads.append(path), real(path, *a, **k))[1])
+    lazy = runner.score_library(cfg, parent, score_rows, attn_lib, ffn_lib, tmp_path / "lazy.json", False)
+    assert sorted(reads) == sorted(str(f) for f in root.glob("L*.safetensors"))  # every variant file read once, no more
+    order = [int(r.split("/")[-1].split(".")[0][1:]) for r in reads]
+    assert order == sorted(order)  # layer by layer: layer i+1's files only after layer i's
+    monkeypatch.setattr(st, "load_file", real)
+    held = runner.score_library(cfg, parent, score_rows, whole_a, whole_f, tmp_path / "held.json", False)
+    assert lazy == held
+    child = distill.assemble(parent, [parent_block(parent.config)] * 4, attn_lib, ffn_lib)
+    ids = torch.randint(0, 96, (2, 16), generator=g)
+    assert torch.allclose(child(ids).logits, parent(ids).logits, atol=1e-5)
+
+    next(root.glob("L2.ffn.*.safetensors")).unlink()
+    with pytest.raises(DataError, match="lacks 1 variant file"):
+        runner.load_library(cfg, parent.config, root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,40 @@ def build_library(cfg: PuzzleRecipe, parent, windows: Rows, root: Path, progress
     return losses
 
 
-def load_library(cfg: PuzzleRecipe, config, root: Path) -> tuple[list[dict[str, State]], list[dict[str, State]]]:
-    from safetensors.torch import load_file
+class LibraryLayer(Mapping):
+    """One layer's variants of one part (``attention`` or ``ffn``), read from the library's files when asked for:
+    the run never holds the whole library (52 GiB for Llama-3-8B), only the variants in use."""
 
+    def __init__(self, root: Path, layer: int, part: str, specs: list):
+        self.root, self.layer, self.part = Path(root), layer, part
+        self.specs = {s.name: s for s in specs}
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __getitem__(self, name: str) -> State:
+        from safetensors.torch import load_file
+
+        spec = self.specs[name]  # KeyError for a variant the library does not have
+        if spec.kind == "no_op":
+            return {}
+        return load_file(str(self.root / f"L{self.layer}.{self.part}.{name}.safetensors"))
+
+
+def load_library(cfg: PuzzleRecipe, config, root: Path) -> tuple[list[LibraryLayer], list[LibraryLayer]]:
+    """Per layer, the attention and FFN variants on disk (read lazily; missing files are one clear error now)."""
     attn_vars, ffn_vars = variants(cfg, config)
-    attn_lib, ffn_lib = [], []
-    for i in range(config.num_hidden_layers):
-        for part, vars_, dest in (("attention", attn_vars, attn_lib), ("ffn", ffn_vars, ffn_lib)):
-            dest.append({s.name: {} if s.kind == "no_op" else load_file(str(root / f"L{i}.{part}.{s.name}.safetensors"))
-                         for s in vars_})
+    attn_lib = [LibraryLayer(root, i, "attention", attn_vars) for i in range(config.num_hidden_layers)]
+    ffn_lib = [LibraryLayer(root, i, "ffn", ffn_vars) for i in range(config.num_hidden_layers)]
+    missing = [str(root / f"L{x.layer}.{x.part}.{n}.safetensors") for x in attn_lib + ffn_lib
+               for n, sp in x.specs.items()
+               if sp.kind != "no_op" and not (root / f"L{x.layer}.{x.part}.{n}.safetensors").exists()]
+    if missing:
+        raise DataError(f"the Puzzle library in {root} lacks {len(missing)} variant file(s), e.g. {missing[0]}: "
+                        "rerun the library stage (resume rebuilds only what is missing)")
     return attn_lib, ffn_lib
 
 
@@ -209,15 +235,17 @@ def score_library(cfg: PuzzleRecipe, parent, windows: Rows, attn_lib, ffn_lib, p
             n += len(attn_vars) * len(ffn_vars)
             continue
         row = {}
+        attn_i = {a.name: attn_lib[i][a.name] for a in attn_vars}  # this layer's variants only, read once
+        ffn_i = {f.name: ffn_lib[i][f.name] for f in ffn_vars}
         for a in attn_vars:
             for f in ffn_vars:
                 spec = BlockSpec(a, f)
-                layer = lib.build_layer(parent.config, spec, {**attn_lib[i][a.name], **ffn_lib[i][f.name]},
-                                        layer_idx=i)
+                layer = lib.build_layer(parent.config, spec, {**attn_i[a.name], **ffn_i[f.name]}, layer_idx=i)
                 row[spec.name] = scorer.score(i, layer)
                 n += 1
                 bar.update(n, {"kl": row[spec.name]["kl"]})
         scores[str(i)] = row
+        del attn_i, ffn_i, layer
         atomic_write_text(path, json.dumps(scores, indent=1))
     bar.close()
     return scores
