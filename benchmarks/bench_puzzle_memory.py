@@ -103,7 +103,7 @@ def measure(c: dict) -> dict:
                     continue
                 made[(part, v.name)] = (lib.init_attention(layer, cfg, v) if part == "attention"
                                         else lib.init_ffn(layer, stats.layers[i], v))
-                _save(made[(part, v.name)], root / f"L{i}.{part}.{v.name}.safetensors")
+                _save(made[(part, v.name)], LibraryLayer(root, i, part, vars_).path(v.name))
         per_layer.append(_bytes(made))
         del made
     out["library (disk)"] = sum(f.stat().st_size for f in root.iterdir()) / GB

@@ -193,13 +193,14 @@ class LibraryLayer(Mapping):
     def __iter__(self):
         return iter(self.specs)
 
+    def path(self, name: str) -> Path:
+        return self.root / f"L{self.layer}.{self.part}.{name}.safetensors"
+
     def __getitem__(self, name: str) -> State:
         from safetensors.torch import load_file
 
         spec = self.specs[name]  # KeyError for a variant the library does not have
-        if spec.kind == "no_op":
-            return {}
-        return load_file(str(self.root / f"L{self.layer}.{self.part}.{name}.safetensors"))
+        return {} if spec.kind == "no_op" else load_file(str(self.path(name)))
 
 
 def load_library(cfg: PuzzleRecipe, config, root: Path) -> tuple[list[LibraryLayer], list[LibraryLayer]]:
@@ -207,9 +208,8 @@ def load_library(cfg: PuzzleRecipe, config, root: Path) -> tuple[list[LibraryLay
     attn_vars, ffn_vars = variants(cfg, config)
     attn_lib = [LibraryLayer(root, i, "attention", attn_vars) for i in range(config.num_hidden_layers)]
     ffn_lib = [LibraryLayer(root, i, "ffn", ffn_vars) for i in range(config.num_hidden_layers)]
-    missing = [str(root / f"L{x.layer}.{x.part}.{n}.safetensors") for x in attn_lib + ffn_lib
-               for n, sp in x.specs.items()
-               if sp.kind != "no_op" and not (root / f"L{x.layer}.{x.part}.{n}.safetensors").exists()]
+    missing = [str(x.path(n)) for x in attn_lib + ffn_lib for n, sp in x.specs.items()
+               if sp.kind != "no_op" and not x.path(n).exists()]
     if missing:
         raise DataError(f"the Puzzle library in {root} lacks {len(missing)} variant file(s), e.g. {missing[0]}: "
                         "rerun the library stage (resume rebuilds only what is missing)")
