@@ -75,6 +75,9 @@ def test_sft_on_jsonl_with_packing(tmp_path, alphabet_model, capsys):
     recipe.write_text(f"init_from: {alphabet_model}\ndata: {{source: jsonl, jsonl_files: [{bad}]}}\n")
     assert main(["sft", "train", str(recipe), "--out", str(tmp_path / "run2"), "--no-progress"]) == 2
     assert "line 1: needs 'response'" in capsys.readouterr().err
+    bad.write_text('{"prompt": "x", "response": "y"}\n{"messages": [{"content": "hi"}], "response": "y"}\n')
+    assert main(["sft", "train", str(recipe), "--out", str(tmp_path / "run3"), "--no-progress"]) == 2
+    assert "line 2: 'messages' must be a non-empty list" in capsys.readouterr().err
 
 
 def test_eval_is_as_strict_as_the_rl_reward():

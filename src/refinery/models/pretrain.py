@@ -238,6 +238,12 @@ def read_chat_jsonl(paths: list[str]) -> list[dict]:
                 isinstance(rec.get("prompt"), str) or isinstance(rec.get("messages"), list))
             if not ok:
                 raise DataError(f"{path} line {lineno}: needs 'response' and 'prompt' (or 'messages')")
+            # examples are rendered when a batch first draws them: a malformed turn must fail here, not mid-run
+            if "prompt" not in rec and not (rec["messages"] and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in rec["messages"])):
+                raise DataError(f"{path} line {lineno}: 'messages' must be a non-empty list of "
+                                "{'role': str, 'content': str} turns")
             items.append(rec)
     if not items:
         raise DataError(f"no examples in {', '.join(paths)}")
