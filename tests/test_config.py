@@ -115,6 +115,8 @@ def test_quickstart_recipe_matches_builtin_defaults():
     assert from_file.rl == QuickstartConfig().rl
     assert from_file.rm == QuickstartConfig().rm
     assert from_file.sparsity == QuickstartConfig().sparsity
+    assert from_file.puzzle == QuickstartConfig().puzzle
+    assert from_file.stages == QuickstartConfig().stages
 
 
 def test_every_config_field_is_documented():

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -14,7 +15,7 @@ from refinery.reward_models.data import (
     responses_with_attributes,
     split_pairs,
 )
-from refinery.reward_models.synthetic import synthetic_pairs
+from refinery.reward_models.synthetic import FILLER, synthetic_pairs
 
 
 def test_helpsteer2_orientation_and_strength():
@@ -110,6 +111,34 @@ def test_synthetic_truth_noise_and_length_trap():
     assert abs(shorter_minus_longer(big_test)) < 0.04  # test: length says nothing
     rows = responses_with_attributes(train, ["helpfulness", "verbosity"])
     assert rows and all(len(r["labels"]) == 2 for r in rows)
+
+
+def test_synthetic_countdown_pairs_reject_a_wrong_expression():
+    """Countdown pairs: the rejected response is the chosen one's work with its final expression's last number
+    changed, so the task's own check fails it (off the target or a number not given), at about the same length."""
+    from refinery.tasks.countdown import check
+
+    pairs = synthetic_pairs(400, seed=4, split="test", tasks=("countdown",))
+    assert len(pairs) == 400 and len({p["prompt"] for p in pairs}) == 400
+    for p in pairs:
+        good, bad = p["chosen"], p["rejected"]  # test split: never flipped
+        ref = good.split("The answer is ")[-1]
+        assert check(good, ref) and not check(bad, ref)
+        # the same work (filler sentences aside), only the last number of the stated expression differs
+        head_g, expr_g = good.rsplit("The answer is ", 1)
+        head_b, expr_b = bad.rsplit("The answer is ", 1)
+        def work(head):
+            for f in FILLER:
+                head = head.replace(f, "")
+            return head.strip()
+
+        assert work(head_g) == work(head_b)
+        def last_number_out(expr):
+            return re.sub(r"\d+(?=\D*$)", "N", expr)
+
+        assert last_number_out(expr_g) == last_number_out(expr_b) and expr_g != expr_b
+        assert abs(len(expr_g) - len(expr_b)) <= 1
+    assert {p["strength"] for p in pairs} == {1, 2, 3}
 
 
 def test_real_hh_rlhf_and_pandalm_load(shared_data):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from refinery.reward_models.data import make_pair
@@ -31,9 +32,22 @@ OBJECTIVES = ["helpfulness", "correctness", "verbosity"]
 
 def _wrong(solution: str, answer: str, delta: int) -> str:
     """The same worked steps with the stated final answer off by ``delta`` (a slip between the work and the
-    answer: the truth is checkable from the response itself)."""
+    answer: the truth is checkable from the response itself). A number answer is shifted by ``delta``; an
+    expression answer (countdown) has its last number shifted by ``|delta|`` (up, or down when that stays >= 1),
+    so it misses the target or uses a number it was not given, at about the same length as the right one."""
     head, _, _ = solution.rpartition("The answer is")
-    return (head.strip() + " " if head.strip() else "") + f"The answer is {int(answer) + delta}."
+    lead = head.strip() + " " if head.strip() else ""
+    try:
+        return lead + f"The answer is {int(answer) + delta}."
+    except ValueError:
+        pass
+    last = list(re.finditer(r"\d+", answer))
+    if not last:
+        raise ValueError(f"no number to change in the answer {answer!r}")
+    m = last[-1]
+    n = int(m.group())
+    shifted = n - abs(delta) if delta < 0 and n - abs(delta) >= 1 else n + abs(delta)
+    return lead + f"The answer is {answer[:m.start()]}{shifted}{answer[m.end():]}"
 
 
 def _delta(rng: random.Random, strength: int) -> int:
@@ -54,7 +68,8 @@ def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[st
     """``n`` pairs from the task's ``split`` (train and test never share a problem). ``length_bias`` is the
     probability that the correct answer (and 1 - it that the wrong one) is padded: default 0.6 for train and 0.5
     (no bias) for test; ``noise`` maps strength to flip probability (default train {1: .3, 2: .1}, test none)."""
-    from refinery.tasks import sample
+    from refinery.tasks import get_task, sample
+    from refinery.tasks.base import final_answer
 
     train = split == "train"
     bias = length_bias if length_bias is not None else (0.6 if train else 0.5)
@@ -65,13 +80,17 @@ def synthetic_pairs(n: int, seed: int = 0, split: str = "train", tasks: tuple[st
     for t in tasks:
         # distinct prompts are enough for pair sets; the split itself is the problem's, so train and test pairs
         # never share a problem
-        items += sample(t, per_task, seed=seed, difficulty=difficulty or [1, 2], split=split, unique="prompt")
+        items += [(get_task(t), it) for it in sample(t, per_task, seed=seed, difficulty=difficulty or [1, 2],
+                                                       split=split, unique="prompt")]
     rng.shuffle(items)
     pairs = []
-    for it in items[:n]:
+    for task, it in items[:n]:
         s = rng.choice([1, 2, 3])
         good, good_k = _pad(rng, it["solution"], rng.random() < bias)
-        bad, bad_k = _pad(rng, _wrong(it["solution"], it["answer"], _delta(rng, s)), rng.random() < 1 - bias)
+        wrong = _wrong(it["solution"], it["answer"], _delta(rng, s))
+        while task.check(wrong, it["answer"]):  # a changed number can still solve the puzzle: change it more
+            wrong = _wrong(wrong, final_answer(wrong) or "", 1)
+        bad, bad_k = _pad(rng, wrong, rng.random() < 1 - bias)
 
         def attrs(correct: bool, k: int, s: int = s) -> dict[str, float | None]:
             score = 4.0 if correct else float(3 - s)
