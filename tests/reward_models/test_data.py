@@ -139,6 +139,10 @@ def test_synthetic_countdown_pairs_reject_a_wrong_expression():
         assert last_number_out(expr_g) == last_number_out(expr_b) and expr_g != expr_b
         assert abs(len(expr_g) - len(expr_b)) <= 1
     assert {p["strength"] for p in pairs} == {1, 2, 3}
+    from refinery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="need a number in the task's answer"):
+        synthetic_pairs(4, tasks=("arithmetic_mcq",))
 
 
 def test_real_hh_rlhf_and_pandalm_load(shared_data):

@@ -43,7 +43,10 @@ def _wrong(solution: str, answer: str, delta: int) -> str:
         pass
     last = list(re.finditer(r"\d+", answer))
     if not last:
-        raise ValueError(f"no number to change in the answer {answer!r}")
+        from refinery.errors import ConfigError
+
+        raise ConfigError(f"synthetic preference pairs need a number in the task's answer to make a wrong one, and "
+                          f"{answer!r} has none: use arithmetic, word_problems or countdown")
     m = last[-1]
     n = int(m.group())
     shifted = n - abs(delta) if delta < 0 and n - abs(delta) >= 1 else n + abs(delta)
