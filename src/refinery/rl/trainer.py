@@ -548,8 +548,9 @@ class RLRun:
                 old = self._score_rows(self.model, batch, T, chunks, full_chunks) if multi else None
                 ref = self._score_rows(self.ref, batch, T, chunks, full_chunks) if self.ref is not None else None
             else:
-                old = self._score(self.model, batch, T) if multi else None
+                old, first = self._old_logprobs(batch, T, chunks) if multi else (None, None)
                 ref = self._score(self.ref, batch, T) if self.ref is not None else None
+        fresh = {"rows": first if not self.distributed else None}  # rows whose old log-probs the update fills in
         mask_d, advs_d = mask.to(dev), advs_t.to(dev)
         rollout_d = self._rollout_logprobs(groups, mask.shape).to(dev) if alg.rollout_correction != "none" else None
 
@@ -558,7 +559,12 @@ class RLRun:
                 logp, ent = response_logprobs(self.model, batch, T, rows=rows, with_entropy=True,
                                               entropy_grad=alg.entropy_coef > 0, chunk_tokens=eng.logprob_chunk_tokens)
             rd = rows.to(dev)
-            old_rows = old[rd] if old is not None else logp.detach()
+            if old is None:
+                old_rows = logp.detach()
+            elif fresh["rows"] is not None:  # the first mini-batch, before any step: old = current, kept for later
+                old[rd] = old_rows = logp.detach()
+            else:
+                old_rows = old[rd]
             is_w, is_st = None, {}
             if rollout_d is not None:  # the trainer's log-probs at rollout time over the sampler's
                 is_w, is_st = rollout_correction(old_rows, rollout_d[rd], mask_d[rd], alg.rollout_correction,
@@ -587,6 +593,7 @@ class RLRun:
                 if cfg.trainer.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.grad_clip)
                 self.opt.step()
+                fresh["rows"] = None
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
         self.refresh_inference()  # one process: nothing to do for the HF sampler (it samples from the policy)
@@ -688,12 +695,25 @@ class RLRun:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return float(total)
 
-    def _score(self, model, batch, T: float) -> torch.Tensor:
-        """Log-probs of every row under ``model`` (old policy, reference), a micro-batch at a time."""
+    def _score(self, model, batch, T: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs of ``rows`` (default: every row) under ``model`` (old policy, reference), a micro-batch at a
+        time."""
         eng = self.cfg.engine
+        rows = torch.arange(len(batch)) if rows is None else rows
         with autocast(self.compute_precision, self.device):
             return torch.cat([response_logprobs(model, batch, T, rows=r, chunk_tokens=eng.logprob_chunk_tokens)[0]
-                              for r in micro_batches(torch.arange(len(batch)), eng.micro_batch_rows)])
+                              for r in micro_batches(rows, eng.micro_batch_rows)])
+
+    def _old_logprobs(self, batch, T: float, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rollout policy's log-probs ``[rows, T]`` for the mini-batches after the first, and the first's rows.
+        The first is scored by the policy it is about to update, so its old log-probs are the update's own
+        (detached, ratio exactly 1): ``update`` fills them in from its first forward. Saves one forward over a
+        mini-batch per step."""
+        later = torch.cat(list(chunks[1:])) if len(chunks) > 1 else torch.zeros(0, dtype=torch.long)
+        old = torch.zeros(batch.mask.shape, device=self.device)
+        if len(later):
+            old[later.to(self.device)] = self._score(self.model, batch, T, rows=later).float()
+        return old, chunks[0]
 
     def step(self, step: int) -> dict[str, Any]:
         t0 = time.time()
