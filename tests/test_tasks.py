@@ -132,6 +132,17 @@ def test_countdown_evaluator_is_restricted_and_exact():
         evaluate("3/(2-2)")
 
 
+def test_countdown_evaluator_is_silent_on_odd_literals():
+    """A policy writes "1or 2": Python's parser warns (invalid decimal literal), which must not reach the console."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError):
+            evaluate("1or 2")
+    assert not [w for w in seen if issubclass(w.category, SyntaxWarning)], [str(w.message) for w in seen]
+
+
 def test_countdown_numbers_used_at_most_once():
     assert is_solution("(19*12)-19", [19, 19, 12], 209)
     assert not is_solution("(19*12)-19", [19, 12, 5], 209)  # 19 used twice, given once

@@ -51,8 +51,8 @@ def _quick_rl() -> RLConfig:
         "algorithm": {"eps_low": 0.2, "eps_high": 0.4, "kl_coef": 1e-3, "kl_estimator": "k2",
                       "dynamic_sampling": True},
         "rollout": {"group_size": 8, "prompts_per_step": 16, "temperature": 1.0, "max_new_tokens": 48},
-        "trainer": {"lr": 1e-4, "mini_batch_prompts": 8, "steps": 80, "eval_every": 20, "checkpoint_every": 20},
-        "controllers": {"reference_reset": {"every": 40, "patience": 3}},
+        "trainer": {"lr": 1e-4, "mini_batch_prompts": 8, "steps": 64, "eval_every": 16, "checkpoint_every": 16},
+        "controllers": {"reference_reset": {"every": 32, "patience": 3}},
         "eval": {"max_new_tokens": 48},
     }, source="quickstart rl")
 
@@ -65,7 +65,7 @@ def _quick_rm() -> RMConfig:
     return validate(RMConfig, {
         "name": "quickstart-rm", "pipeline": ["bt", "armo"], "loss": {"type": "scaled_bt"},
         "data": {"tasks": ["countdown"], "n_train": 1200, "n_valid": 200, "n_test": 400},
-        "trainer": {"epochs": 3, "batch_pairs": 16, "lr": 5e-4, "max_length": 128, "eval_every": 50},
+        "trainer": {"epochs": 2, "batch_pairs": 16, "lr": 5e-4, "max_length": 128, "eval_every": 50},
         "armo": {"gate_hidden": 64, "steps": 300},
     }, source="quickstart rm")
 

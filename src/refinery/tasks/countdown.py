@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import random
+import warnings
 from collections import Counter
 from fractions import Fraction
 
@@ -60,7 +61,9 @@ _ALLOWED_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
 def evaluate(expression: str) -> tuple[Fraction, list[int]]:
     """Exact value of an arithmetic expression and the integer literals it uses; ValueError if not allowed."""
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        with warnings.catch_warnings():  # "1or 2" from a policy: a SyntaxWarning on the user's console otherwise
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as e:
         raise ValueError(f"not an expression: {e.msg}") from None
     used: list[int] = []
