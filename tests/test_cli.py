@@ -167,15 +167,13 @@ def test_quickstart_default(tmp_path):
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["pretrain.accuracy"] > 0.05, summary  # it learns the format and some problems
     assert summary["pretrain.eval_loss"] < 1.0  # an untrained model is at ~ln(512) = 6.2
-    # 80 RL steps from the countdown SFT start: the policy's own pass rate on its training prompts (16 x 8 samples
-    # a step, all groups drawn) rises, measured 0.255 -> 0.299 (first vs last 20 steps); greedy held-out accuracy
-    # moved +2..+6 points in six settings of one seed (SE 3.5 each), so the test only asks that it does not fall
-    # beyond that noise. The RL claim itself (+10 points, 3 seeds) is ProRL tiny's: benchmarks/RESULTS.md.
-    rows = [json.loads(line) for line in (tmp_path / "q" / "rl" / "metrics.jsonl").read_text().splitlines()]
-    acc = [r["rollout_accuracy"] for r in rows if "rollout_accuracy" in r]
-    assert len(acc) == 64 and sum(acc[-16:]) / 16 >= sum(acc[:16]) / 16 + 0.02, acc
+    # 64 RL steps from the countdown SFT start: the policy's sampled pass rate on its training prompts (16 x 8
+    # samples a step) rises, measured 24.5% -> 29.9% (first vs last quarter); greedy held-out accuracy moves within
+    # its noise in so few steps (40.0% -> 40.5%; +2..+6 in six 80-step settings, SE 3.5), so the test asks only that
+    # it does not fall beyond that. The RL claim (+10 points, 3 seeds) is ProRL tiny's: benchmarks/RESULTS.md.
+    assert summary["rl.train_pass_rate_last"] >= summary["rl.train_pass_rate_first"] + 0.02, summary
     assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] - 0.035, summary
-    assert summary["rm.accuracy"] > 0.55, summary  # measured: 0.725 (chance is 0.5)
+    assert summary["rm.accuracy"] > 0.55, summary  # measured: 0.623 on countdown pairs (chance is 0.5)
     assert summary["sparsity.fraction"] >= 0.5
     assert summary["sparsity.ppl_maskllm"] < summary["sparsity.ppl_sparsegpt"], summary  # measured 1.362 < 1.444
     assert summary["data.formula_recall"] == 1.0 and summary["data.contaminated"] == 1

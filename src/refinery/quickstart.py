@@ -77,10 +77,10 @@ def _quick_puzzle() -> PuzzleRecipe:
     return validate(PuzzleRecipe, {
         "name": "quickstart-puzzle",
         "data": {"seq_len": 96, "n_calib": 64, "n_score": 16, "n_distill": 256},
-        "bld": {"steps": 60, "lr": 1e-3, "batch_size": 8},
+        "bld": {"steps": 45, "lr": 1e-3, "batch_size": 8},
         "cost": {"batch_size": 8, "seq_len": 128, "repeats": 5, "model_repeats": 5},
         "search": {"target_speedup": 1.5, "n_solutions": 3},
-        "gkd": {"steps": 80, "lr": 5e-4, "batch_size": 8},
+        "gkd": {"steps": 60, "lr": 5e-4, "batch_size": 8},
     }, source="quickstart puzzle")
 
 
@@ -239,6 +239,8 @@ def run_quickstart(cfg: QuickstartConfig, run: RunDir, progress: bool = True, co
 HEADLINES = [("data.formula_recall", "formula recall", "{:.2f}"), ("pretrain.accuracy", "SFT accuracy", "{:.1%}"),
              ("rl.accuracy_before", "RL accuracy before", "{:.1%}"), ("rl.accuracy_after", "RL accuracy after",
                                                                       "{:.1%}"),
+             ("rl.train_pass_rate_first", "RL train pass rate, 1st quarter", "{:.1%}"),
+             ("rl.train_pass_rate_last", "RL train pass rate, last quarter", "{:.1%}"),
              ("rm.accuracy", "RM accuracy", "{:.3f}"), ("sparsity.ppl_maskllm", "MaskLLM 2:4 ppl", "{:.3f}"),
              ("puzzle.measured_speedup", "Puzzle speed-up", "{:.2f}x"), ("puzzle.ppl_child", "Puzzle child ppl",
                                                                         "{:.3f}"),

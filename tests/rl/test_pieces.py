@@ -201,3 +201,12 @@ def test_is_weights_scale_only_the_policy_gradient_term():
     halved, st2 = policy_loss(logp, old, adv, mask, is_weights=torch.full((2, 3), 0.5), **kw)
     assert st2["pg_loss"] == pytest.approx(0.5 * st["pg_loss"], abs=1e-6)
     assert float(halved) == pytest.approx(0.5 * st["pg_loss"] + 0.1 * st["kl"], abs=1e-5)  # the KL term unscaled
+
+
+def test_rollout_trend_averages_the_first_and_last_quarter():
+    from refinery.rl.trainer import rollout_trend
+
+    rows = [{"step": i, "rollout_accuracy": a} for i, a in enumerate([0.1, 0.3, 0.5, 0.5, 0.6, 0.6, 0.8, 1.0])]
+    rows.insert(3, {"step": 3, "valid_accuracy": 0.9})  # rows without a rollout (an eval-only row) do not count
+    assert rollout_trend(rows) == {"rl.train_pass_rate_first": 0.2, "rl.train_pass_rate_last": 0.9}
+    assert rollout_trend([]) == {}
