@@ -207,7 +207,8 @@ def rollout_trend(rows: list[dict]) -> dict[str, float]:
     if not acc:
         return {}
     w = max(1, len(acc) // 4)
-    return {"rl.train_pass_rate_first": round(sum(acc[:w]) / w, 4), "rl.train_pass_rate_last": round(sum(acc[-w:]) / w, 4)}
+    return {"rl.train_pass_rate_first": round(sum(acc[:w]) / w, 4),
+            "rl.train_pass_rate_last": round(sum(acc[-w:]) / w, 4)}
 
 
 def lr_factor(tr, step: int) -> float:
@@ -554,6 +555,7 @@ class RLRun:
         full_chunks = chunks
         if self.distributed:  # this rank's rows of every mini-batch
             chunks = [c[self._my_rows(len(c))] for c in chunks]
+        first = None  # rows whose old log-probs come from the update's own first forward (one process only)
         with torch.no_grad():
             if self.distributed:
                 old = self._score_rows(self.model, batch, T, chunks, full_chunks) if multi else None
@@ -561,7 +563,7 @@ class RLRun:
             else:
                 old, first = self._old_logprobs(batch, T, chunks) if multi else (None, None)
                 ref = self._score(self.ref, batch, T) if self.ref is not None else None
-        fresh = {"rows": first if not self.distributed else None}  # rows whose old log-probs the update fills in
+        filling = {"on": first is not None}  # until the first optimizer step
         mask_d, advs_d = mask.to(dev), advs_t.to(dev)
         rollout_d = self._rollout_logprobs(groups, mask.shape).to(dev) if alg.rollout_correction != "none" else None
 
@@ -572,7 +574,7 @@ class RLRun:
             rd = rows.to(dev)
             if old is None:
                 old_rows = logp.detach()
-            elif fresh["rows"] is not None:  # the first mini-batch, before any step: old = current, kept for later
+            elif filling["on"]:  # the first mini-batch, before any step: old = current, kept for later epochs
                 old[rd] = old_rows = logp.detach()
             else:
                 old_rows = old[rd]
@@ -604,7 +606,7 @@ class RLRun:
                 if cfg.trainer.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.grad_clip)
                 self.opt.step()
-                fresh["rows"] = None
+                filling["on"] = False
                 for k, v in st.items():
                     stats.setdefault(k, []).append(v)
         self.refresh_inference()  # one process: nothing to do for the HF sampler (it samples from the policy)
