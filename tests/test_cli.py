@@ -169,7 +169,7 @@ def test_quickstart_default(tmp_path):
     assert summary["pretrain.eval_loss"] < 1.0  # an untrained model is at ~ln(512) = 6.2
     # 64 RL steps from the countdown SFT start: the policy's sampled pass rate on its training prompts (16 x 8
     # samples a step) rises, measured 24.5% -> 29.9% (first vs last quarter); greedy held-out accuracy moves within
-    # its noise in so few steps (40.0% -> 40.5%; +2..+6 in six 80-step settings, SE 3.5), so the test asks only that
+    # its noise in so few steps (40.0% -> 40.5%; -0.5..+6 in six 80-step settings, SE 3.5), so the test asks only that
     # it does not fall beyond that. The RL claim (+10 points, 3 seeds) is ProRL tiny's: benchmarks/RESULTS.md.
     assert summary["rl.train_pass_rate_last"] >= summary["rl.train_pass_rate_first"] + 0.02, summary
     assert summary["rl.accuracy_after"] >= summary["rl.accuracy_before"] - 0.035, summary
